@@ -1,0 +1,3 @@
+"""pluralign: pluralistic preference alignment (MixDPO, DAHP, PAL) with subgroup-honest evaluation."""
+
+__version__ = "0.1.0"
