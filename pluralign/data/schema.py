@@ -1,0 +1,282 @@
+"""The one preference-data schema every layer reads, and its validator.
+
+A preference dataset is a :class:`datasets.Dataset` with these columns (DESIGN.md):
+
+============== ==================================================================================
+``prompt``     str, or a list of ``{"role", "content"}`` chat messages (TRL conversational format)
+``chosen``     str or message list: the response the annotator preferred
+``rejected``   str or message list: the response the annotator did not prefer
+``annotator_id`` str, or None when the source is anonymous (e.g. HH-RLHF)
+``attributes`` annotator demographics, str -> str (may be empty)
+``context``    conditions of the comparison, str -> str,
+               e.g. ``{"conversation_type": "values guided"}``
+``item_id``    str naming the compared item: rows with the same ``item_id`` compare the same two
+               responses to the same prompt (possibly labelled by different annotators)
+============== ==================================================================================
+
+Storage of ``attributes`` / ``context``: each is a JSON object encoded as a string (sorted
+keys), because sources have different keys per row and Arrow structs need one fixed set of fields.
+Never parse these strings yourself: use :func:`row_attributes`, :func:`row_context` or
+:func:`to_pandas` (which expands them into ``attr.<name>`` / ``ctx.<name>`` columns). Loaders may
+keep extra columns (scores, ids, ground truth); they travel with the dataset and are ignored by the
+checks below.
+
+Every loader and public entry point passes its result through :func:`validate`, which raises
+:class:`SchemaError` naming the source, the row and the field of the first problem it finds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pluralign.errors import PluralignError
+
+REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+OPTIONAL_COLUMNS = ("annotator_id", "attributes", "context", "item_id")
+COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+MAPPING_COLUMNS = ("attributes", "context")
+
+
+class SchemaError(PluralignError, ValueError):
+    """Preference data does not fit the schema; the message names the source, row and field."""
+
+
+def schema_error(source: str, row: int | str | None, field: str | None,
+                 problem: str) -> SchemaError:
+    """A :class:`SchemaError` with the uniform ``source, row R, field 'F': problem`` message."""
+    where = [str(source)]
+    if row is not None:
+        where.append(f"row {row}")
+    if field is not None:
+        where.append(f"field '{field}'")
+    return SchemaError(f"{', '.join(where)}: {problem}")
+
+
+def encode_mapping(mapping: Mapping[str, Any] | None) -> str:
+    """Encode a str->str mapping as the canonical JSON string stored in ``attributes``/``context``.
+
+    ``None`` values are dropped (a missing answer is an absent key); other values become ``str``.
+    """
+    if not mapping:
+        return "{}"
+    clean = {str(k): str(v) for k, v in mapping.items() if v is not None}
+    return json.dumps(clean, sort_keys=True, ensure_ascii=False)
+
+
+def _decode_mapping(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items() if v is not None}
+    decoded = json.loads(value)
+    if not isinstance(decoded, dict):
+        raise ValueError(f"expected a JSON object, got {type(decoded).__name__}")
+    return decoded
+
+
+def row_attributes(example: Mapping[str, Any]) -> dict[str, str]:
+    """Annotator demographics of one row (``dataset[i]`` or a batch-free mapping) as a dict."""
+    return _decode_mapping(example.get("attributes"))
+
+
+def row_context(example: Mapping[str, Any]) -> dict[str, str]:
+    """Context of one row (e.g. ``{"conversation_type": "unguided"}``) as a dict."""
+    return _decode_mapping(example.get("context"))
+
+
+def to_pandas(dataset: datasets.Dataset) -> pd.DataFrame:
+    """The dataset as a DataFrame with ``attributes``/``context`` expanded to ``attr.*``/``ctx.*``.
+
+    The JSON columns themselves are removed; a key missing in a row becomes NaN in its column.
+    Decoding is done once per distinct JSON string, so it stays fast on synthetic data with 1M rows.
+    """
+    frame = dataset.to_pandas()
+    for column, prefix in (("attributes", "attr."), ("context", "ctx.")):
+        if column not in frame.columns:
+            continue
+        codes, uniques = pd.factorize(frame[column], use_na_sentinel=True)
+        decoded = [_decode_mapping(u) for u in uniques]
+        keys = sorted({k for d in decoded for k in d})
+        for key in keys:
+            values = pd.Series([d.get(key) for d in decoded] + [None], dtype=object)
+            frame[prefix + key] = values.to_numpy()[codes].tolist() if len(codes) else []
+        frame = frame.drop(columns=[column])
+    return frame
+
+
+def is_conversational(value: Any) -> bool:
+    """True when ``value`` is a list of ``{"role", "content"}`` messages (TRL's definition)."""
+    return (isinstance(value, list) and bool(value) and isinstance(value[0], Mapping)
+            and "role" in value[0])
+
+
+def _is_string_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_message_list_type(t: pa.DataType) -> bool:
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return False
+    item = t.value_type
+    return pa.types.is_struct(item) and {"role", "content"} <= {f.name for f in item}
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    mask = pc.fill_null(mask, False)
+    if not pc.any(mask).as_py():
+        return None
+    return int(pc.index(mask, True).as_py())
+
+
+def _fill_optional_columns(dataset: datasets.Dataset) -> datasets.Dataset:
+    n = len(dataset)
+    if "annotator_id" not in dataset.column_names:
+        dataset = dataset.add_column("annotator_id", [None] * n, feature=datasets.Value("string"))
+    elif dataset.features["annotator_id"] != datasets.Value("string"):
+        ids = [None if v is None else str(v) for v in dataset["annotator_id"]]
+        dataset = dataset.remove_columns("annotator_id").add_column(
+            "annotator_id", ids, feature=datasets.Value("string"))
+    for column in MAPPING_COLUMNS:
+        if column not in dataset.column_names:
+            dataset = dataset.add_column(column, ["{}"] * n, feature=datasets.Value("string"))
+    if "item_id" not in dataset.column_names:
+        dataset = dataset.add_column("item_id", [str(i) for i in range(n)],
+                                     feature=datasets.Value("string"))
+    return dataset
+
+
+def _encode_mapping_columns(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
+    for column in MAPPING_COLUMNS:
+        if dataset.features[column] == datasets.Value("string"):
+            continue
+        values = dataset[column]
+        encoded = []
+        for row, value in enumerate(values):
+            if value is not None and not isinstance(value, Mapping):
+                raise schema_error(source, row, column,
+                                   f"expected a mapping of str -> str, got {type(value).__name__}")
+            encoded.append(encode_mapping(value))
+        dataset = dataset.remove_columns(column).add_column(
+            column, encoded, feature=datasets.Value("string"))
+    return dataset
+
+
+def _check_text_column(table: pa.Table, column: str, source: str) -> None:
+    arr = table.column(column)
+    if _is_string_type(arr.type):
+        row = _first_true(pc.is_null(arr))
+        if row is not None:
+            raise schema_error(source, row, column, "missing value (null); every pair needs text")
+        if column != "prompt":
+            row = _first_true(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0))
+            if row is not None:
+                raise schema_error(source, row, column,
+                                   "empty or whitespace-only response; drop the row or fix "
+                                   "the source")
+        return
+    if _is_message_list_type(arr.type):
+        for row, messages in enumerate(arr.to_pylist()):
+            _check_messages(messages, source, row, column)
+        return
+    got = str(arr.type)
+    sample = arr.slice(0, 1).to_pylist()
+    raise schema_error(source, 0 if sample else None, column,
+                       f"must be a string or a list of {{'role', 'content'}} messages, got Arrow "
+                       f"type {got}")
+
+
+def _check_messages(messages: Any, source: str, row: int, column: str) -> None:
+    if not messages:
+        raise schema_error(source, row, column, "empty message list")
+    for message in messages:
+        if message is None or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise schema_error(source, row, column,
+                               "each message needs string 'role' and 'content'")
+    if column != "prompt" and not "".join(m["content"] for m in messages).strip():
+        raise schema_error(source, row, column, "empty response messages")
+
+
+def _check_distinct(table: pa.Table, source: str) -> None:
+    chosen, rejected = table.column("chosen"), table.column("rejected")
+    if chosen.type != rejected.type:
+        raise schema_error(source, 0, "rejected",
+                           f"type {rejected.type} differs from 'chosen' type {chosen.type}; use "
+                           "strings for both or message lists for both")
+    if _is_string_type(chosen.type):
+        row = _first_true(pc.equal(chosen, rejected))
+    else:
+        row = next((i for i, (c, r) in enumerate(zip(chosen.to_pylist(), rejected.to_pylist(),
+                                                     strict=True)) if c == r), None)
+    if row is not None:
+        raise schema_error(source, row, "rejected",
+                           "identical to 'chosen'; a preference needs two different responses")
+
+
+def _check_ids(table: pa.Table, source: str) -> None:
+    item = table.column("item_id")
+    if not _is_string_type(item.type):
+        raise schema_error(source, 0, "item_id", f"must be strings, got Arrow type {item.type}")
+    row = _first_true(pc.is_null(item))
+    if row is not None:
+        raise schema_error(source, row, "item_id", "missing value; give every pair an item id")
+
+
+def _mapping_problem(value: str) -> str | None:
+    try:
+        decoded = _decode_mapping(value)
+    except ValueError as exc:
+        return f"not a JSON object ({exc})"
+    bad = next((k for k, v in decoded.items() if not isinstance(v, str)), None)
+    return None if bad is None else f"value of key '{bad}' is not a string"
+
+
+def _check_mappings(table: pa.Table, source: str) -> None:
+    for column in MAPPING_COLUMNS:
+        arr = table.column(column)
+        row = _first_true(pc.is_null(arr))
+        if row is not None:
+            raise schema_error(source, row, column, "null; use '{}' for no information")
+        for value in pc.unique(arr).to_pylist():
+            problem = _mapping_problem(value)
+            if problem is not None:
+                raise schema_error(source, _first_true(pc.equal(arr, value)), column, problem)
+
+
+def validate(dataset: datasets.Dataset, source: str = "<dataset>") -> datasets.Dataset:
+    """Check a preference dataset against the schema and return it in canonical storage.
+
+    Required columns: ``prompt``, ``chosen``, ``rejected``. Missing optional columns are added
+    (``annotator_id`` = None, ``attributes`` = ``context`` = ``{}``, ``item_id`` = row index),
+    dict-valued ``attributes``/``context`` are encoded to JSON strings and non-string annotator ids
+    become strings. Checks (vectorised with Arrow for string columns, so a 1M-row dataset validates
+    in about a second): text columns are strings or message lists; no null prompt; no
+    empty/whitespace-only response; ``chosen != rejected``; item ids present; attributes/context
+    decode to str -> str objects.
+
+    Raises:
+        SchemaError: naming ``source``, the first offending row and the field.
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        raise schema_error(source, None, None,
+                           f"expected a datasets.Dataset, got {type(dataset).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise schema_error(source, None, missing[0],
+                           f"missing column; found columns {dataset.column_names}. Map your column "
+                           "names with column_map={'prompt': ..., 'chosen': ..., 'rejected': ...}")
+    dataset = _encode_mapping_columns(_fill_optional_columns(dataset), source)
+    table = dataset.data.table if dataset._indices is None else dataset.flatten_indices().data.table
+    for column in REQUIRED_COLUMNS:
+        _check_text_column(table, column, source)
+    _check_distinct(table, source)
+    _check_ids(table, source)
+    _check_mappings(table, source)
+    return dataset

@@ -1,0 +1,154 @@
+"""Synthetic populations: determinism, Bradley–Terry calibration, controls, save/load."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import expit
+
+from pluralign.data import SchemaError, to_pandas, validate
+from pluralign.data.synthetic import (
+    PopulationConfig,
+    load_population,
+    make_population,
+)
+from pluralign.errors import ConfigError
+
+
+def test_same_seed_gives_identical_data_and_other_seed_differs():
+    cfg = PopulationConfig(n_annotators=40, pairs_per_annotator=10, seed=3)
+    a, b = make_population(cfg), make_population(cfg)
+    assert a.dataset.data.table.equals(b.dataset.data.table)
+    np.testing.assert_array_equal(a.truth.annotator_beta, b.truth.annotator_beta)
+    c = make_population(cfg, seed=4)
+    assert not a.dataset.data.table.equals(c.dataset.data.table)
+
+
+def test_dataset_is_schema_valid_with_ground_truth_columns():
+    pop = make_population(n_annotators=30, pairs_per_annotator=5)
+    ds = validate(pop.dataset, source="test")
+    assert len(ds) == 150
+    assert {"type_id", "true_beta", "true_margin", "chosen_id", "rejected_id"} <= set(
+        ds.column_names)
+    df = to_pandas(ds)
+    assert {"attr.age", "attr.gender", "attr.education", "attr.employment_status",
+            "ctx.domain"} <= set(df.columns)
+    # the texts and ids agree with the truth tables
+    row = ds[7]
+    assert pop.responses[row["chosen_id"]] == row["chosen"]
+    assert pop.prompts[row["prompt_id"]] == row["prompt"]
+    i = pop.truth.annotator_index()[row["annotator_id"]]
+    assert pop.truth.annotator_type[i] == row["type_id"]
+    assert pop.truth.annotator_beta[i] == row["true_beta"]
+    r = pop.type_rewards([row["chosen_id"], row["rejected_id"]])[row["type_id"]]
+    assert r[0] - r[1] == pytest.approx(row["true_margin"])
+
+
+def test_empirical_label_rates_match_bradley_terry_probabilities():
+    """Orient each pair canonically (lower id first): P(first wins) = σ(β w·(x_first − x_second)).
+
+    Probabilities are recomputed here from the saved features and weights with scipy's expit.
+    Pairs are binned into deciles of that probability; each bin's count of first-wins is compared
+    with its expectation via a chi-square statistic Σ (O−E)²/Σp(1−p) with 10 d.o.f.
+    (Poisson-binomial
+    variance); we require p-value > 1e-3, and the overall z-score |z| < 3.3.
+    """
+    pop = make_population(n_annotators=1000, pairs_per_annotator=50, strength="gamma", seed=11)
+    df = pop.dataset.select_columns(["chosen_id", "rejected_id", "annotator_id"]).to_pandas()
+    first = np.minimum(df.chosen_id, df.rejected_id).to_numpy()
+    second = np.maximum(df.chosen_id, df.rejected_id).to_numpy()
+    first_won = (df.chosen_id.to_numpy() == first)
+    idx = df.annotator_id.map(pop.truth.annotator_index()).to_numpy()
+    w = pop.truth.type_weights[pop.truth.annotator_type[idx]]
+    x = pop.truth.features
+    diff = np.einsum("nk,nk->n", w, x[first] - x[second])
+    p = expit(pop.truth.annotator_beta[idx] * diff)
+    bins = np.quantile(p, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(bins, p, side="right") - 1, 0, 9)
+    observed = np.bincount(which, weights=first_won, minlength=10)
+    expected = np.bincount(which, weights=p, minlength=10)
+    variance = np.bincount(which, weights=p * (1 - p), minlength=10)
+    chi2 = np.sum((observed - expected) ** 2 / variance)
+    assert stats.chi2.sf(chi2, df=10) > 1e-3
+    z = (first_won.sum() - p.sum()) / np.sqrt(variance.sum())
+    assert abs(z) < 3.3
+    # labels are informative: the higher-reward response wins clearly more often than chance
+    assert np.mean(first_won == (diff > 0)) > 0.6
+
+
+def test_homogeneous_control_one_type_constant_beta_same_items():
+    cfg = PopulationConfig(n_annotators=50, pairs_per_annotator=8, seed=5)
+    het, hom = make_population(cfg), make_population(cfg.homogeneous_control())
+    assert hom.truth.n_types == 1 and set(hom.dataset["type_id"]) == {0}
+    assert np.unique(hom.truth.annotator_beta).size == 1
+    assert np.unique(hom.dataset["true_beta"]).size == 1
+    assert hom.truth.annotator_beta[0] == pytest.approx(np.exp(0.0 + 0.6 ** 2 / 2))
+    assert hom.dataset["item_id"] == het.dataset["item_id"]
+    assert hom.dataset["annotator_id"] == het.dataset["annotator_id"]
+    assert hom.responses == het.responses and hom.prompts == het.prompts
+    np.testing.assert_allclose(hom.truth.type_weights[0],
+                               het.truth.type_probs @ het.truth.type_weights)
+
+
+def test_type_spread_zero_means_identical_types_and_spread_separates_them():
+    same = make_population(n_annotators=20, pairs_per_annotator=2, type_spread=0.0)
+    np.testing.assert_allclose(same.truth.type_weights, same.truth.type_weights[[0, 0, 0]])
+    apart = make_population(n_annotators=20, pairs_per_annotator=2, type_spread=3.0)
+    w = apart.truth.type_weights / 3.0
+    assert np.min(np.linalg.norm(w[:, None] - w[None], axis=-1)[np.triu_indices(3, 1)]) > 0.3
+
+
+def test_types_correlate_with_demographics():
+    df = to_pandas(make_population(n_annotators=2000, pairs_per_annotator=1,
+                                   demographic_signal=2.0).dataset)
+    table = np.array(df.groupby(["attr.age", "type_id"]).size().unstack(fill_value=0))
+    assert stats.chi2_contingency(table).pvalue < 1e-6
+    independent = to_pandas(make_population(n_annotators=2000, pairs_per_annotator=1,
+                                            demographic_signal=0.0).dataset)
+    table = np.array(independent.groupby(["attr.age", "type_id"]).size().unstack(fill_value=0))
+    assert stats.chi2_contingency(table).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("strength, mean", [("point", 1.0), ("lognormal", np.exp(0.18)),
+                                            ("gamma", 1.0)])
+def test_beta_distribution_families(strength, mean):
+    pop = make_population(n_annotators=4000, pairs_per_annotator=1, strength=strength)
+    beta = pop.truth.annotator_beta
+    assert beta.mean() == pytest.approx(mean, rel=0.05)
+    if strength == "point":
+        assert np.unique(beta).size == 1
+    elif strength == "gamma":
+        assert stats.kstest(beta, stats.gamma(2.0, scale=0.5).cdf).pvalue > 1e-3
+    else:
+        assert stats.kstest(np.log(beta), stats.norm(0.0, 0.6).cdf).pvalue > 1e-3
+
+
+def test_compact_text_names_the_considerations():
+    pop = make_population(n_annotators=5, pairs_per_annotator=2, text_style="compact")
+    for rid, text in enumerate(pop.responses):
+        named = {c for c in pop.truth.considerations if c.capitalize() in text}
+        assert named == {c for c, v in zip(pop.truth.considerations, pop.truth.features[rid],
+                                           strict=True) if v > 0}
+
+
+def test_save_and_load_round_trip(tmp_path):
+    pop = make_population(n_annotators=12, pairs_per_annotator=3, strength="gamma")
+    pop.save(tmp_path / "pop")
+    back = load_population(tmp_path / "pop")
+    assert back.dataset.data.table.equals(pop.dataset.data.table)
+    np.testing.assert_array_equal(back.truth.features, pop.truth.features)
+    np.testing.assert_array_equal(back.truth.type_weights, pop.truth.type_weights)
+    np.testing.assert_array_equal(back.truth.annotator_beta, pop.truth.annotator_beta)
+    assert back.config == pop.config and back.responses == pop.responses
+    assert back.truth.strength_params == {"shape": 2.0, "rate": 2.0}
+
+
+@pytest.mark.parametrize("bad", [dict(n_types=0), dict(strength="weibull"), dict(sigma=0.0),
+                                 dict(type_probs=[1.0]), dict(responses_per_prompt=1),
+                                 dict(text_style="fancy")])
+def test_bad_config_raises_config_error(bad):
+    with pytest.raises(ConfigError):
+        PopulationConfig(**bad)
+
+
+def test_schema_error_is_not_config_error():
+    assert not issubclass(SchemaError, ConfigError)
