@@ -1,0 +1,399 @@
+"""``PreferenceTrainer``: DPO / MixDPO / corrected DPO / agreement training on
+``transformers.Trainer``.
+
+Per step (seeds/001 §3): one forward pass of the policy over the ``[2B, L]`` batch (chosen rows,
+then rejected rows) gives summed completion log-probs; the reference log-probs come from a frozen
+reference model (under ``torch.inference_mode``), from the same peft model with its adapters
+disabled, or from columns precomputed once before training. The margin ``Δ = (log π_θ(y_w) − log
+π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l))`` goes through the configured objective; the loss is
+the mean over pairs.
+
+What the ``Trainer`` does not know and this class adds:
+
+* the objective's strength parameters are trained in their own optimizer parameter group
+  (``strength_learning_rate``), averaged across processes like DDP averages the policy gradients,
+  saved to
+  ``strength.safetensors`` in every checkpoint and restored on resume;
+* checkpoints are written into a hidden staging folder and renamed into place once complete, so a
+  killed run never leaves a half-written ``checkpoint-N`` for ``resume_from_checkpoint`` to pick up;
+* per-step logs carry ``margin_mean``, ``accuracy``, ``beta_mean``, ``beta_var`` and
+  ``strength/<param>`` (reaching every ``report_to`` integration and ``trainer_state.json``'s
+  ``log_history``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+import torch
+import torch.distributed as dist
+from accelerate.utils import gather_object
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from pluralign.data import SchemaError
+from pluralign.errors import ConfigError
+from pluralign.io import atomic_path
+from pluralign.objectives import Objective, build_objective
+from pluralign.training.config import PreferenceConfig
+from pluralign.training.logps import sequence_logps
+from pluralign.training.tokenization import (
+    REF_COLUMNS,
+    TOKEN_COLUMNS,
+    PreferenceCollator,
+    tokenize_pair,
+)
+
+STRENGTH_FILE = "strength.safetensors"
+STAGING_DIR = ".staging"
+REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+_NUMERIC = (
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "bool",
+)
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def numeric_columns(dataset: datasets.Dataset) -> list[str]:
+    """Columns holding one number per pair (kept for the objective: pair_variance, agreement,
+    ...)."""
+    return [
+        name
+        for name, feature in dataset.features.items()
+        if isinstance(feature, datasets.Value) and feature.dtype in _NUMERIC
+    ]
+
+
+def tokenize_dataset(
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    max_prompt_length: int,
+    name: str = "train",
+) -> datasets.Dataset:
+    """Check the pair columns, tokenise every pair once, keep only token and numeric per-pair
+    columns."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise SchemaError(
+            f"{name} dataset: missing column(s) {', '.join(missing)} "
+            f"(has {', '.join(dataset.column_names)});"
+            " a preference dataset needs 'prompt', 'chosen' and 'rejected' — load it with "
+            "pluralign.data.load_preferences or rename its columns"
+        )
+    if len(dataset) == 0:
+        raise SchemaError(f"{name} dataset: no rows; give at least one preference pair")
+    keep = set(numeric_columns(dataset)) - set(TOKEN_COLUMNS)
+    return dataset.map(
+        tokenize_pair,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "max_length": max_length,
+            "max_prompt_length": max_prompt_length,
+        },
+        remove_columns=[c for c in dataset.column_names if c not in keep],
+        desc=f"Tokenizing {name} pairs",
+    )
+
+
+class PreferenceTrainer(Trainer):
+    """Preference optimisation of a causal LM (see the module docstring).
+
+    Args:
+        model: the policy (a ``PreTrainedModel`` or a peft model), normally an SFT checkpoint.
+        ref_model: frozen reference; if None it is the peft base (adapters disabled) for peft
+        models, the
+            precomputed log-probs when ``args.precompute_ref_logps``, or else a copy of ``model``.
+        args: a :class:`PreferenceConfig`.
+        train_dataset / eval_dataset: ``datasets.Dataset`` with ``prompt``, ``chosen``, ``rejected``
+            (strings or chat messages); numeric per-pair columns reach the objective in the batch.
+        processing_class: the tokenizer.
+        objective: an already built :class:`~pluralign.objectives.Objective` (default: from
+        ``args``).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module,
+        ref_model: PreTrainedModel | nn.Module | None = None,
+        args: PreferenceConfig | None = None,
+        train_dataset: datasets.Dataset | None = None,
+        eval_dataset: datasets.Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        objective: Objective | None = None,
+        **kwargs: Any,
+    ) -> None:
+        args = args if args is not None else PreferenceConfig(output_dir="pluralign_output")
+        if not isinstance(args, PreferenceConfig):
+            raise ConfigError(f"args must be a PreferenceConfig, got {type(args).__name__}")
+        if processing_class is None:
+            raise ConfigError(
+                "PreferenceTrainer needs processing_class=<tokenizer> to tokenise pairs"
+            )
+        self.objective = (
+            objective
+            if objective is not None
+            else build_objective(args.objective, **args.objective_kwargs())
+        )
+        tok_kwargs = {
+            "tokenizer": processing_class,
+            "max_length": args.max_length,
+            "max_prompt_length": args.max_prompt_length,
+        }
+        if train_dataset is not None:
+            train_dataset = tokenize_dataset(train_dataset, name="train", **tok_kwargs)
+        if eval_dataset is not None:
+            eval_dataset = tokenize_dataset(eval_dataset, name="eval", **tok_kwargs)
+        ref_dtype = getattr(torch, args.reference_dtype)
+        if ref_model is None and not _is_peft(model) and not args.precompute_ref_logps:
+            ref_model = copy.deepcopy(model)
+        if ref_model is not None:
+            ref_model = ref_model.to(dtype=ref_dtype).eval().requires_grad_(False)
+        pad_id = processing_class.pad_token_id
+        if pad_id is None:
+            pad_id = processing_class.eos_token_id
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=PreferenceCollator(pad_id, args.pad_to_multiple_of),
+            **kwargs,
+        )
+        if self.is_deepspeed_enabled and ref_model is not None:
+            raise ConfigError(
+                "with DeepSpeed, use precompute_ref_logps: true or a peft adapter "
+                "instead of a separate reference model"
+            )
+        if ref_model is not None and self.is_fsdp_enabled:
+            ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        elif ref_model is not None:
+            ref_model = ref_model.to(self.args.device)
+        self.ref_model = ref_model
+        self.objective.to(self.args.device)
+        self._stats: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+        self._staging = False
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(self.args.output_dir, STAGING_DIR), ignore_errors=True)
+        if args.precompute_ref_logps:
+            self.train_dataset = self._with_ref_logps(self.train_dataset, "train")
+            self.eval_dataset = self._with_ref_logps(self.eval_dataset, "eval")
+            self.ref_model = None
+
+    # ------------------------------------------------------------------ reference log-probs
+    def _reference_logps(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Summed completion log-probs ``[2B]`` of the reference policy (no autograd graph)."""
+        if REF_COLUMNS[0] in inputs:
+            return torch.cat([inputs[REF_COLUMNS[0]], inputs[REF_COLUMNS[1]]])
+        args = (inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        with torch.inference_mode():
+            if self.ref_model is not None:
+                logps = sequence_logps(self.ref_model, *args)
+            else:
+                policy = self.accelerator.unwrap_model(self.model)
+                if not _is_peft(policy):
+                    raise ConfigError(
+                        "no reference: pass ref_model, a peft model, or precompute_ref_logps"
+                    )
+                with policy.disable_adapter():
+                    logps = sequence_logps(policy, *args)
+        return logps.clone()
+
+    def _with_ref_logps(
+        self, dataset: datasets.Dataset | None, name: str
+    ) -> datasets.Dataset | None:
+        """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, each process scoring a
+        contiguous shard."""
+        if dataset is None:
+            return None
+        dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
+        if self.ref_model is None and not _is_peft(self.model):
+            ref_dtype = getattr(torch, self.args.reference_dtype)
+            if self.model.dtype != ref_dtype:
+                self.ref_model = (
+                    copy.deepcopy(self.model).to(ref_dtype).eval().requires_grad_(False)
+                )
+        shard = dataset.shard(
+            self.accelerator.num_processes, self.accelerator.process_index, contiguous=True
+        )
+        loader = DataLoader(
+            shard,
+            batch_size=self.args.per_device_eval_batch_size,
+            collate_fn=self.data_collator,
+            shuffle=False,
+        )
+        ref_model, self.ref_model = self.ref_model, self.ref_model or self.model
+        chosen: list[float] = []
+        rejected: list[float] = []
+        try:
+            for batch in loader:
+                batch = {k: v.to(self.args.device) for k, v in batch.items()}
+                c, r = self._reference_logps(batch).chunk(2)
+                chosen += c.tolist()
+                rejected += r.tolist()
+        finally:
+            self.ref_model = ref_model if ref_model is not None or _is_peft(self.model) else None
+        if self.accelerator.num_processes > 1:
+            chosen, rejected = gather_object(chosen), gather_object(rejected)
+        return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
+
+    # ------------------------------------------------------------------ loss and metrics
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: Mapping[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean objective loss over the pairs of the batch (see the module docstring)."""
+        logps = sequence_logps(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+        )
+        ref_logps = self._reference_logps(inputs)
+        logratio_chosen, logratio_rejected = (logps - ref_logps).chunk(2)
+        margin = logratio_chosen - logratio_rejected
+        loss = self.objective(margin, inputs).mean()
+        detached = margin.detach()
+        mode = "train" if model.training else "eval"
+        self._stats[mode].append(
+            torch.stack(
+                [
+                    detached.sum(),
+                    (detached > 0).sum().to(detached.dtype),
+                    torch.tensor(float(detached.numel()), device=detached.device),
+                ]
+            )
+        )
+        if return_outputs:
+            return loss, {"margin": detached}
+        return loss
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """The Trainer's step, plus averaging the strength gradients across processes (DDP does the
+        policy)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.num_processes > 1 and dist.is_initialized():
+            for p in self.objective.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad.div_(self.accelerator.num_processes)
+        return loss
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor, None, None]:
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add margin_mean / accuracy (averaged over every process) and the objective's strength
+        metrics."""
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        if self._stats[mode]:
+            totals = torch.stack(self._stats[mode]).sum(dim=0)
+            if self.accelerator.num_processes > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            margin_sum, correct, count = totals.tolist()
+            logs[f"{prefix}margin_mean"] = margin_sum / count
+            logs[f"{prefix}accuracy"] = correct / count
+            self._stats[mode] = []
+        if mode == "eval" or "loss" in logs:
+            logs.update({f"{prefix}{k}": v for k, v in self.objective.metrics().items()})
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ optimizer and checkpoints
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer plus one parameter group for the strength parameters."""
+        optimizer = super().create_optimizer(model)
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if params and not known.intersection(map(id, params)):
+            optimizer.add_param_group(
+                {"params": params, "lr": self.args.strength_learning_rate, "weight_decay": 0.0}
+            )
+        return optimizer
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the policy (safetensors) and, beside it, the objective's strength parameters."""
+        super().save_model(output_dir, _internal_call)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.objective.state_dict().items()}
+        if self.args.should_save and state:
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            with atomic_path(os.path.join(output_dir, STRENGTH_FILE)) as tmp:
+                save_file(state, str(tmp), metadata={"objective": type(self.objective).__name__})
+
+    def _get_output_dir(self, trial: Any) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Write ``checkpoint-N`` into a staging folder, then rename it into place once complete."""
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(run_dir, STAGING_DIR, name), final)
+            shutil.rmtree(os.path.join(run_dir, STAGING_DIR), ignore_errors=True)
+            if self.state.best_model_checkpoint:
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(
+                    os.path.join(run_dir, STAGING_DIR), run_dir
+                )
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: nn.Module | None = None
+    ) -> None:
+        """Restore the policy (Trainer) and the strength parameters saved beside it."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, STRENGTH_FILE)
+        if os.path.isfile(path):
+            state = load_file(path, device=str(self.args.device))
+            self.objective.load_state_dict(state, strict=True)
