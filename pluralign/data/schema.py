@@ -70,7 +70,8 @@ def encode_mapping(mapping: Mapping[str, Any] | None) -> str:
     return json.dumps(clean, sort_keys=True, ensure_ascii=False)
 
 
-def _decode_mapping(value: Any) -> dict[str, str]:
+def decode_mapping(value: Any) -> dict[str, str]:
+    """Inverse of :func:`encode_mapping`; also accepts a dict or None (empty)."""
     if value is None:
         return {}
     if isinstance(value, Mapping):
@@ -83,12 +84,12 @@ def _decode_mapping(value: Any) -> dict[str, str]:
 
 def row_attributes(example: Mapping[str, Any]) -> dict[str, str]:
     """Annotator demographics of one row (``dataset[i]`` or a batch-free mapping) as a dict."""
-    return _decode_mapping(example.get("attributes"))
+    return decode_mapping(example.get("attributes"))
 
 
 def row_context(example: Mapping[str, Any]) -> dict[str, str]:
     """Context of one row (e.g. ``{"conversation_type": "unguided"}``) as a dict."""
-    return _decode_mapping(example.get("context"))
+    return decode_mapping(example.get("context"))
 
 
 def to_pandas(dataset: datasets.Dataset) -> pd.DataFrame:
@@ -102,7 +103,7 @@ def to_pandas(dataset: datasets.Dataset) -> pd.DataFrame:
         if column not in frame.columns:
             continue
         codes, uniques = pd.factorize(frame[column], use_na_sentinel=True)
-        decoded = [_decode_mapping(u) for u in uniques]
+        decoded = [decode_mapping(u) for u in uniques]
         keys = sorted({k for d in decoded for k in d})
         for key in keys:
             values = pd.Series([d.get(key) for d in decoded] + [None], dtype=object)
@@ -133,6 +134,18 @@ def _first_true(mask: pa.ChunkedArray | pa.Array) -> int | None:
     if not pc.any(mask).as_py():
         return None
     return int(pc.index(mask, True).as_py())
+
+
+def column_array(dataset: datasets.Dataset, name: str) -> pa.ChunkedArray:
+    """The Arrow column ``name`` of ``dataset`` in row order (honours ``select``/``shuffle``).
+
+    One vectorised ``take`` over the indices mapping (``Dataset.with_format("arrow")`` gathers row
+    by row and is ~400× slower on a shuffled 1M-row dataset).
+    """
+    column = dataset.data.table.column(name)
+    if dataset._indices is None:
+        return column
+    return pc.take(column, dataset._indices.column(0))
 
 
 def _fill_optional_columns(dataset: datasets.Dataset) -> datasets.Dataset:
@@ -231,7 +244,7 @@ def _check_ids(table: pa.Table, source: str) -> None:
 
 def _mapping_problem(value: str) -> str | None:
     try:
-        decoded = _decode_mapping(value)
+        decoded = decode_mapping(value)
     except ValueError as exc:
         return f"not a JSON object ({exc})"
     bad = next((k for k, v in decoded.items() if not isinstance(v, str)), None)
@@ -273,7 +286,9 @@ def validate(dataset: datasets.Dataset, source: str = "<dataset>") -> datasets.D
                            f"missing column; found columns {dataset.column_names}. Map your column "
                            "names with column_map={'prompt': ..., 'chosen': ..., 'rejected': ...}")
     dataset = _encode_mapping_columns(_fill_optional_columns(dataset), source)
-    table = dataset.data.table if dataset._indices is None else dataset.flatten_indices().data.table
+    if dataset._indices is not None:
+        dataset = dataset.flatten_indices()
+    table = dataset.data.table
     for column in REQUIRED_COLUMNS:
         _check_text_column(table, column, source)
     _check_distinct(table, source)
