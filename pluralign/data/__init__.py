@@ -5,6 +5,7 @@ Public names: :class:`SchemaError`, :func:`validate`, :func:`row_attributes`,
 ``synthetic``, ``splits`` and ``pairing`` submodules.
 """
 
+from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import (
     COLUMNS,
     SchemaError,
@@ -14,4 +15,5 @@ from pluralign.data.schema import (
     validate,
 )
 
-__all__ = ["COLUMNS", "SchemaError", "row_attributes", "row_context", "to_pandas", "validate"]
+__all__ = ["COLUMNS", "FORMATS", "SchemaError", "detect_format", "load_preferences",
+           "row_attributes", "row_context", "to_pandas", "validate"]
