@@ -1,0 +1,408 @@
+"""Per-pair preference losses on reward margins (seeds/001 Eq. 1 and Eq. 3).
+
+A *margin* is ``Δ = r(x, y_chosen) − r(x, y_rejected)``; for a policy ``r = log π_θ − log π_ref``
+summed over completion tokens, with no β inside. Every loss here is per pair (no reduction), so the
+caller chooses the mean, a weighted mean or a per-subgroup sum.
+
+Objectives are ``nn.Module`` objects (they may own learnable strength parameters that the
+optimiser must see) with ``forward(margin, batch=None) -> per-pair loss`` and
+``metrics() -> dict[str, float]``.
+:func:`build_objective` turns a config name into one; the registry :data:`OBJECTIVES` maps each
+name to a builder and is extended further down this file by the DAHP objectives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pluralign.errors import ConfigError
+from pluralign.numerics import log_point_expected_sigmoid
+from pluralign.strength import PointMass, StrengthDistribution, build_strength
+
+# ----------------------------------------------------------------------------------------------
+# Losses (pure functions)
+# ----------------------------------------------------------------------------------------------
+
+
+def dpo_loss(margin: Tensor, beta: float | Tensor) -> Tensor:
+    """DPO loss per pair, ``−log σ(β·Δ)`` (seeds/001 Eq. 1; Rafailov et al. 2023).
+
+    Computed as ``−logsigmoid(β·Δ)`` in at least float32 (bfloat16/float16 margins are upcast and
+    the loss is float32), so it is finite for any finite margin.
+    """
+    return -log_point_expected_sigmoid(margin, beta)
+
+
+def mixdpo_loss(margin: Tensor, strength: StrengthDistribution) -> Tensor:
+    """MixDPO loss per pair, ``−log E_{β~p(β)}[σ(β·Δ)]`` (seeds/001 Eq. 3).
+
+    The expectation is evaluated by the strength distribution in log space
+    (:meth:`StrengthDistribution.log_expected_sigmoid`), which is finite for ``|Δ|`` up to 1e4.
+    With ``PointMass(β)`` this is the very same computation as :func:`dpo_loss`, hence equal
+    bit for bit.
+    """
+    return -strength.log_expected_sigmoid(margin)
+
+
+# ----------------------------------------------------------------------------------------------
+# Objective objects
+# ----------------------------------------------------------------------------------------------
+
+
+class Objective(nn.Module):
+    """A per-pair preference loss with optional learnable state.
+
+    Subclasses implement ``forward(margin, batch=None) -> Tensor`` (per-pair losses, same shape as
+    ``margin``) and ``metrics() -> dict[str, float]`` (what the trainer logs every step).
+    ``batch`` carries per-pair side information some objectives need (e.g. ``pair_variance``).
+    """
+
+    name: str = "objective"
+
+    def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class DPOObjective(Objective):
+    """DPO with a fixed preference strength ``beta`` (seeds/001 Eq. 1)."""
+
+    name = "dpo"
+
+    def __init__(self, beta: float = 0.1) -> None:
+        super().__init__()
+        if not beta > 0:
+            raise ConfigError(f"DPO beta must be > 0, got {beta!r}")
+        self.beta = float(beta)
+
+    def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
+        return dpo_loss(margin, self.beta)
+
+    def metrics(self) -> dict[str, float]:
+        return {"beta_mean": self.beta, "beta_var": 0.0}
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta:g}"
+
+
+class MixDPOObjective(Objective):
+    """MixDPO: DPO marginalised over a preference-strength distribution (seeds/001 Eq. 3).
+
+    Owns its :class:`~pluralign.strength.StrengthDistribution`, so a learnable strength's
+    parameters are this module's parameters and reach the optimiser with the policy's.
+    """
+
+    name = "mixdpo"
+
+    def __init__(self, strength: StrengthDistribution) -> None:
+        super().__init__()
+        if not isinstance(strength, StrengthDistribution):
+            raise ConfigError(
+                f"MixDPOObjective needs a StrengthDistribution, got {type(strength).__name__}"
+            )
+        self.strength = strength
+
+    def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
+        return mixdpo_loss(margin, self.strength)
+
+    @torch.no_grad()
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "beta_mean": float(self.strength.mean()),
+            "beta_var": float(self.strength.variance()),
+        }
+        out.update({f"strength/{k}": v for k, v in self.strength.params().items()})
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Factory
+# ----------------------------------------------------------------------------------------------
+
+
+def _build_dpo(
+    strength: str = "point", learnable_strength: bool = True, beta: float = 0.1, **params: Any
+) -> Objective:
+    if strength != "point" or params:
+        raise ConfigError(
+            f"objective 'dpo' has a fixed beta; got strength={strength!r} and extra parameters "
+            f"{sorted(params)}. Use objective 'mixdpo' for a strength distribution."
+        )
+    return DPOObjective(beta)
+
+
+def _build_mixdpo(
+    strength: str = "point", learnable_strength: bool = True, beta: float = 0.1, **params: Any
+) -> Objective:
+    if strength == "point":
+        return MixDPOObjective(PointMass(beta=params.pop("beta", beta), learnable=False))
+    return MixDPOObjective(build_strength(strength, learnable=learnable_strength, **params))
+
+
+#: name -> builder(strength=..., learnable_strength=..., beta=..., **params) -> Objective.
+#: Other objective families register themselves here (see the DAHP section below).
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    "dpo": _build_dpo,
+    "mixdpo": _build_mixdpo,
+}
+
+
+def build_objective(
+    name: str,
+    strength: str = "point",
+    learnable_strength: bool = True,
+    beta: float = 0.1,
+    **params: Any,
+) -> Objective:
+    """Build the objective called ``name`` (one of :data:`OBJECTIVES`).
+
+    ``strength`` names the preference-strength family for MixDPO (``"point"``, ``"lognormal"``,
+    ``"gamma"``) and ``params`` its parameters (``mu``/``sigma``, ``shape``/``rate``, ``method``,
+    ``num_points``); paper defaults apply to anything left out. ``beta`` is DPO's fixed strength
+    (and the base β of objectives that have one). Unknown names or parameters raise
+    :class:`~pluralign.errors.ConfigError`.
+
+    Example::
+
+        objective = build_objective("mixdpo", strength="gamma")   # Gamma(k=2, λ=16.7), learnable
+        loss = objective(margins).mean()
+    """
+    try:
+        builder = OBJECTIVES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown objective {name!r}; valid objectives: {', '.join(sorted(OBJECTIVES))}"
+        ) from None
+    return builder(strength=strength, learnable_strength=learnable_strength, beta=beta, **params)
+
+
+# ----------------------------------------------------------------------------------------------
+# DAHP objectives (first-order-corrected DPO, agreement loss) — appended by the DAHP work
+# ----------------------------------------------------------------------------------------------
+# Notation (seeds/003): h = β·Δ is the difference of the policy's induced rewards (Eq. 18) and
+# s = σ(h). With user types u, the population preference is P(w≻l) = E_u σ(Δ_u) (Eq. 8), where
+# Δ_u = r_u(w) − r_u(l) (β folded in). At the optimum π* of Eq. 10, h = E_u Δ_u (Eq. 11).
+
+#: Default ε of :func:`corrected_dpo_loss`: the corrected likelihood never drops below it.
+CORRECTION_FLOOR = 1e-6
+
+
+def _upcast(margin: Tensor) -> Tensor:
+    return margin if margin.dtype in (torch.float32, torch.float64) else margin.float()
+
+
+def corrected_dpo_loss(
+    margin: Tensor,
+    variance: Tensor,
+    alpha: float,
+    beta: float = 0.1,
+    floor: float = CORRECTION_FLOOR,
+) -> Tensor:
+    """First-order-corrected DPO loss per pair, ``−log(s + α·c)`` (seeds/003 §5.1, Eqs. 17–19).
+
+    Derivation. Expand ``E_u σ(Δ_u)`` around ``Δ̄ = E_u Δ_u`` to second order:
+    ``P(w≻l) ≈ σ(Δ̄) + ½ σ''(Δ̄) Var_u(Δ_u)`` with ``σ'' = s(1−s)(1−2s)`` (Eq. 17; DPO keeps only
+    the zeroth-order term, Eq. 12). The joint-likelihood model of §5.3 estimates the variance of
+    the per-annotator *probability* ``V = Var_u σ(Δ_u)`` (see :func:`pair_variance`), and the
+    first-order expansion ``σ(Δ_u) ≈ s + s(1−s)(Δ_u − Δ̄)`` gives ``Var_u Δ_u ≈ V / (s(1−s))²``
+    (Lemma 5.3). Substituting, with the policy's ``h = β·margin`` in place of ``Δ̄`` (Eq. 11):
+
+        ``q(h) = s + α·c``,   ``c = ½ (1 − 2s) · V / (s(1−s))``,   ``s = σ(β·margin)``.
+
+    ``α = 1`` is the theory's value and ``α = 0`` is DPO; β enters only through ``h``. Note
+    ``q(−h) = 1 − q(h)`` for the same ``V``, so ``q`` is a proper two-outcome likelihood.
+
+    Keeping the log's argument positive. Far from the expansion point ``c`` is unbounded
+    (``c → −∞`` as ``s → 1``), so ``q`` can leave ``[0, 1]`` and the raw loss is unbounded below.
+    Any variable in ``[0, 1]`` with mean ``m`` has variance at most ``m(1−m)`` (Bhatia–Davis), so
+    with the model's ``s`` standing in for the mean we cap ``V ≤ ρ·s(1−s)``, i.e. use
+    ``c = ½(1−2s)·min(V/(s(1−s)), ρ)`` with ``ρ = min(1, 2(1−ε)/α)``. Then for ``s ≥ ½``
+    ``q ≥ s − (1−ε)(2s−1) ≥ ε`` and for ``s ≤ ½`` ``q ≥ s`` (and symmetrically ``q ≤ 1 − ε``),
+    so ``q ∈ [ε, 1]`` by construction and ``q(−h) = 1 − q(h)`` still holds. The cap is inactive
+    near the optimum whenever the estimated ``V`` respects the bound (in the proximity
+    environment ``V/(P(1−P)) ≤ 0.62``), so it does not move the corrected optimum. The log is
+    evaluated stably (``logaddexp`` of ``log s`` and ``log c`` for ``h < 0``).
+
+    Args:
+        margin: ``Δ`` per pair (policy log-ratio difference, no β inside).
+        variance: ``V`` per pair, the type variance of the preference probability (≥ 0).
+        alpha: correction strength ``α ≥ 0``.
+        beta: DPO's β.
+        floor: ``ε``, the smallest value the corrected likelihood can take.
+    """
+    if alpha < 0:
+        raise ConfigError(f"corrected DPO alpha must be >= 0, got {alpha!r}")
+    if not 0 < floor < 0.5:
+        raise ConfigError(f"corrected DPO floor must be in (0, 0.5), got {floor!r}")
+    h = beta * _upcast(margin)
+    variance = variance.to(h.dtype).clamp(min=0.0)
+    log_s, log_one_minus_s = F.logsigmoid(h), F.logsigmoid(-h)
+    s = log_s.exp()
+    cap = min(1.0, 2.0 * (1.0 - floor) / alpha) if alpha > 0 else 1.0
+    tiny = torch.finfo(h.dtype).tiny ** 0.5
+    spread = (log_s + log_one_minus_s).exp().clamp(min=tiny)         # s(1−s), never 0
+    correction = 0.5 * alpha * (1.0 - 2.0 * s) * torch.minimum(variance / spread,
+                                                               torch.full_like(h, cap))
+    log_q_pos = torch.log((s + correction).clamp(min=floor))           # h ≥ 0: correction ≤ 0
+    log_q_neg = torch.logaddexp(log_s, torch.log(correction.clamp(min=tiny)))  # correction ≥ 0
+    return -torch.where(h >= 0, log_q_pos, log_q_neg)
+
+
+def agreement_loss(
+    margin: Tensor, agreement: Tensor, num_types: int, beta: float = 0.1
+) -> Tensor:
+    """Consistent loss on items labelled by every type (seeds/003 §6, Eq. 20 and Prop. 6.1).
+
+    ``ℓ = −[all chose w]·log σ(e·h) − [all chose l]·log σ(−e·h)``, ``h = β·margin``, ``e`` = number
+    of (equally represented) types; items with any disagreement contribute 0.
+
+    Derivation. Under BT, ``P(all chose w) = Π_u σ(Δ_u)`` and ``P(all chose l) = Π_u σ(−Δ_u)``,
+    so conditioned on agreement ``P(w | agree) = 1 / (1 + Π_u e^{−Δ_u}) = σ(Σ_u Δ_u) = σ(e·Δ̄)``.
+    At π*, ``h = Δ̄`` (Eq. 11), so this is a logistic likelihood in ``e·h`` whose minimiser is π*
+    exactly (tested in the tabular infinite-data limit). A public implementation uses
+    ``σ(e·(1 − h))`` in the second term, which is not consistent.
+
+    Args:
+        margin: ``Δ`` per pair (chosen minus rejected, no β inside).
+        agreement: per pair +1 (all types chose the "chosen" response), −1 (all chose the
+            "rejected" one) or 0 (they disagree).
+        num_types: ``e``.
+        beta: DPO's β.
+    """
+    if int(num_types) < 1:
+        raise ConfigError(f"agreement loss needs num_types >= 1, got {num_types!r}")
+    h = beta * _upcast(margin) * int(num_types)
+    agreement = agreement.to(h.dtype)
+    return -((agreement > 0) * F.logsigmoid(h) + (agreement < 0) * F.logsigmoid(-h))
+
+
+def joint_preference_loss(
+    first_margins: Tensor, second_margins: Tensor, class_logits: Tensor, beta: float = 1.0
+) -> Tensor:
+    """Cross-entropy of a latent-class joint-likelihood model ``J`` on paired preferences (§5.3).
+
+    ``J(w₁≻l₁, w₂≻l₂) = Σ_k π_k σ(β m_k(w₁, l₁)) σ(β m_k(w₂, l₂))``, ``π = softmax(class_logits)``:
+    the probability that one annotator (of unknown class ``k``) makes both observed choices.
+    ``first_margins``/``second_margins`` are ``[..., K]`` per-class reward margins of the two pairs,
+    oriented chosen-minus-rejected; returns ``−log J`` per row, computed with ``logsumexp``.
+    """
+    return -torch.logsumexp(_joint_log_terms(first_margins, second_margins, class_logits, beta),
+                            dim=-1)
+
+
+def joint_class_posterior(
+    first_margins: Tensor, second_margins: Tensor, class_logits: Tensor, beta: float = 1.0
+) -> Tensor:
+    """Posterior ``p(k | both labels) ∝ π_k σ(β m_k(w₁, l₁)) σ(β m_k(w₂, l₂))`` (EM's E-step)."""
+    return torch.softmax(_joint_log_terms(first_margins, second_margins, class_logits, beta),
+                         dim=-1)
+
+
+def _joint_log_terms(first_margins: Tensor, second_margins: Tensor, class_logits: Tensor,
+                     beta: float) -> Tensor:
+    return (
+        torch.log_softmax(class_logits, dim=-1)
+        + F.logsigmoid(beta * _upcast(first_margins))
+        + F.logsigmoid(beta * _upcast(second_margins))
+    )
+
+
+def pair_variance(margins: Tensor, class_logits: Tensor, beta: float = 1.0) -> Tensor:
+    """Variance term of Lemma 5.3 (Eq. 19) from a joint-likelihood model: ``J(w≻l, w≻l) − P²``.
+
+    The same pair labelled twice by one annotator gives ``J(w≻l, w≻l) = E_k σ_k²`` and J's
+    marginal ``P(w≻l) = J(w≻l, w≻l) + J(w≻l, l≻w) = E_k σ_k`` (``σ_k = σ(β m_k)``), so the result
+    is ``Var_k σ_k`` — the ``V`` that :func:`corrected_dpo_loss` expects. ``margins``: ``[..., K]``.
+    """
+    probs = torch.softmax(class_logits, dim=-1)
+    sig = torch.sigmoid(beta * _upcast(margins))
+    both = (probs * sig * sig).sum(dim=-1)
+    marginal = (probs * sig).sum(dim=-1)
+    return (both - marginal * marginal).clamp(min=0.0)
+
+
+def _batch_field(batch: Mapping[str, Any] | None, key: str, owner: str) -> Tensor:
+    if batch is None or key not in batch:
+        raise ConfigError(f"{owner} needs batch[{key!r}] for every pair; the data collator or "
+                          f"environment must provide it")
+    return torch.as_tensor(batch[key])
+
+
+class CorrectedDPOObjective(Objective):
+    """First-order-corrected DPO reading ``batch["pair_variance"]`` (:func:`corrected_dpo_loss`)."""
+
+    name = "corrected_dpo"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.1) -> None:
+        super().__init__()
+        if not beta > 0 or not alpha >= 0:
+            raise ConfigError(f"corrected DPO needs beta > 0 and alpha >= 0, got {beta}, {alpha}")
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
+        variance = _batch_field(batch, "pair_variance", "CorrectedDPOObjective")
+        return corrected_dpo_loss(margin, variance.to(margin.device), self.alpha, self.beta)
+
+    def metrics(self) -> dict[str, float]:
+        return {"beta_mean": self.beta, "beta_var": 0.0, "alpha": self.alpha}
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}, beta={self.beta:g}"
+
+
+class AgreementObjective(Objective):
+    """Agreement-only consistent loss reading ``batch["agreement"]`` (:func:`agreement_loss`)."""
+
+    name = "agreement"
+
+    def __init__(self, num_types: int, beta: float = 0.1) -> None:
+        super().__init__()
+        if not beta > 0 or int(num_types) < 1:
+            raise ConfigError(f"agreement needs beta > 0 and num_types >= 1, got {beta}, "
+                              f"{num_types}")
+        self.num_types, self.beta = int(num_types), float(beta)
+
+    def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
+        agreement = _batch_field(batch, "agreement", "AgreementObjective")
+        return agreement_loss(margin, agreement.to(margin.device), self.num_types, self.beta)
+
+    def metrics(self) -> dict[str, float]:
+        return {"beta_mean": self.beta, "beta_var": 0.0, "num_types": float(self.num_types)}
+
+    def extra_repr(self) -> str:
+        return f"num_types={self.num_types}, beta={self.beta:g}"
+
+
+def _point_only(name: str, strength: str) -> None:
+    if strength != "point":
+        raise ConfigError(f"objective {name!r} has a fixed beta; got strength={strength!r}")
+
+
+def _build_corrected_dpo(strength: str = "point", learnable_strength: bool = True,
+                         beta: float = 0.1, alpha: float = 1.0, **params: Any) -> Objective:
+    _point_only("corrected_dpo", strength)
+    if params:
+        raise ConfigError(f"objective 'corrected_dpo' takes alpha only; got {sorted(params)}")
+    return CorrectedDPOObjective(alpha=alpha, beta=beta)
+
+
+def _build_agreement(strength: str = "point", learnable_strength: bool = True,
+                     beta: float = 0.1, num_types: int | None = None,
+                     **params: Any) -> Objective:
+    _point_only("agreement", strength)
+    if num_types is None or params:
+        raise ConfigError("objective 'agreement' takes num_types (the number of user types that "
+                          f"label every item) and nothing else; got num_types={num_types!r}, "
+                          f"extra {sorted(params)}")
+    return AgreementObjective(num_types=num_types, beta=beta)
+
+
+OBJECTIVES["corrected_dpo"] = _build_corrected_dpo
+OBJECTIVES["agreement"] = _build_agreement

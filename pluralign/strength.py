@@ -1,0 +1,318 @@
+"""Preference-strength distributions p(β) for mixed-logit (MixDPO) losses (seeds/001 §3).
+
+Each distribution is an ``nn.Module``. With ``learnable=True`` its raw parameters are
+``nn.Parameter`` s (trained jointly with the policy, as in the paper); otherwise buffers.
+Positivity holds by construction: σ, k, λ (and a learnable β) are ``softplus`` of an unconstrained
+raw parameter, initialised with the inverse softplus so the initial values are the requested ones.
+Parameters are stored in float64; the kernels in :mod:`pluralign.numerics` compute in float64
+and return the margin's dtype.
+
+Paper defaults: ``PointMass(β=0.1)`` (DPO), ``LogNormal(μ=−2.3, σ=0.6)``,
+``Gamma(k=2.0, λ=16.7)`` (λ is a *rate*: mean k/λ ≈ 0.12).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pluralign.errors import ConfigError
+from pluralign.numerics import (
+    LOGNORMAL_METHODS,
+    gamma_expected_sigmoid,
+    log_gamma_expected_sigmoid,
+    log_lognormal_expected_sigmoid,
+    log_point_expected_sigmoid,
+    lognormal_expected_sigmoid,
+)
+
+__all__ = [
+    "StrengthDistribution",
+    "PointMass",
+    "LogNormal",
+    "Gamma",
+    "STRENGTHS",
+    "build_strength",
+]
+
+
+def _inverse_softplus(value: float) -> float:
+    """``y`` with ``softplus(y) = value`` (value > 0), accurate for small and large values."""
+    return value + math.log(-math.expm1(-value))
+
+
+def _validated(name: str, value: float, family: str, *, allow_zero: bool = False) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{family} {name} must be a number, got {value!r}") from None
+    ok = value >= 0 if allow_zero else value > 0
+    if not (math.isfinite(value) and ok):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{family} {name} must be finite and {bound}, got {value!r}")
+    return value
+
+
+class StrengthDistribution(nn.Module):
+    """Base class: a distribution p(β) over preference strengths β > 0.
+
+    Subclasses implement :meth:`log_expected_sigmoid`, :meth:`mean`, :meth:`variance`,
+    :meth:`posterior_mean`, :meth:`sample` and :meth:`params`.
+    """
+
+    family: str = ""
+
+    def __init__(self, learnable: bool) -> None:
+        super().__init__()
+        self.learnable = bool(learnable)
+
+    def _register(self, name: str, value: float) -> None:
+        tensor = torch.tensor(value, dtype=torch.float64)
+        if self.learnable:
+            self.register_parameter(name, nn.Parameter(tensor))
+        else:
+            self.register_buffer(name, tensor)
+
+    def expected_sigmoid(self, margin: Tensor) -> Tensor:
+        """``E_{β~p}[σ(β·Δ)]`` per pair: the probability that the chosen response wins."""
+        return torch.exp(self.log_expected_sigmoid(margin))
+
+    def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
+        """``log E_{β~p}[σ(β·Δ)]`` per pair, finite for ``|Δ|`` up to 1e4."""
+        raise NotImplementedError
+
+    def mean(self) -> Tensor:
+        """``E[β]`` as a 0-dim tensor."""
+        raise NotImplementedError
+
+    def variance(self) -> Tensor:
+        """``Var[β]`` as a 0-dim tensor."""
+        raise NotImplementedError
+
+    def posterior_mean(self, margin: Tensor) -> Tensor:
+        """``E[β | chosen ≻ rejected, Δ] = E[β σ(βΔ)] / E[σ(βΔ)]`` per pair."""
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` independent draws of β (float64 tensor of shape ``[n]``)."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, float]:
+        """The raw distribution parameters as plain floats (what metrics and reports log)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        inner = ", ".join(f"{k}={v:.4g}" for k, v in self.params().items())
+        return f"{inner}, learnable={self.learnable}"
+
+
+class PointMass(StrengthDistribution):
+    """A single preference strength β (standard DPO, seeds/001 Eq. 1).
+
+    ``learnable=False`` (default) keeps β exactly as given, so MixDPO with ``PointMass(β)`` is
+    bit-for-bit DPO; ``learnable=True`` trains ``β = softplus(raw)``.
+    """
+
+    family = "point"
+
+    def __init__(self, beta: float = 0.1, learnable: bool = False) -> None:
+        super().__init__(learnable)
+        beta = _validated("beta", beta, "PointMass")
+        self._register("raw_beta" if learnable else "beta_value", _inverse_softplus(beta)
+                       if learnable else beta)
+
+    @property
+    def beta(self) -> Tensor:
+        return F.softplus(self.raw_beta) if self.learnable else self.beta_value
+
+    def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
+        """``log σ(β·Δ)`` — the same function :func:`~pluralign.objectives.dpo_loss` negates."""
+        return log_point_expected_sigmoid(margin, self.beta)
+
+    def mean(self) -> Tensor:
+        return self.beta
+
+    def variance(self) -> Tensor:
+        return torch.zeros_like(self.beta)
+
+    def posterior_mean(self, margin: Tensor) -> Tensor:
+        return self.beta.expand(torch.as_tensor(margin).shape)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.beta.expand(int(n))
+
+    def params(self) -> dict[str, float]:
+        return {"beta": float(self.beta.detach())}
+
+
+class LogNormal(StrengthDistribution):
+    """``β = exp(μ + σ ε)``, ε ~ N(0, 1), σ = softplus(raw σ) (seeds/001 §3, Appendix B).
+
+    ``method="quadrature"`` (default) evaluates ``E[σ(βΔ)]`` deterministically with
+    ``num_points`` nodes; ``method="monte_carlo"`` is the paper's reparameterised estimator with
+    K = ``num_points`` fresh samples per pair and call (Eq. 7–8), drawn from ``generator``.
+    """
+
+    family = "lognormal"
+
+    def __init__(
+        self,
+        mu: float = -2.3,
+        sigma: float = 0.6,
+        learnable: bool = True,
+        method: str = "quadrature",
+        num_points: int = 16,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(learnable)
+        try:
+            mu = float(mu)
+        except (TypeError, ValueError):
+            raise ConfigError(f"LogNormal mu must be a number, got {mu!r}") from None
+        if not math.isfinite(mu):
+            raise ConfigError(f"LogNormal mu must be finite, got {mu!r}")
+        sigma = _validated("sigma", sigma, "LogNormal")
+        if method not in LOGNORMAL_METHODS:
+            raise ConfigError(
+                f"LogNormal method must be one of {LOGNORMAL_METHODS}, got {method!r}"
+            )
+        if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+            raise ConfigError(f"LogNormal num_points must be an integer >= 1, got {num_points!r}")
+        self.method = method
+        self.num_points = num_points
+        self.generator = generator
+        self._register("mu", mu)
+        self._register("raw_sigma", _inverse_softplus(sigma))
+
+    @property
+    def sigma(self) -> Tensor:
+        return F.softplus(self.raw_sigma)
+
+    def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
+        return log_lognormal_expected_sigmoid(
+            margin, self.mu, self.sigma, self.num_points, self.method, self.generator
+        )
+
+    def expected_sigmoid(self, margin: Tensor) -> Tensor:
+        return lognormal_expected_sigmoid(
+            margin, self.mu, self.sigma, self.num_points, self.method, self.generator
+        )
+
+    def mean(self) -> Tensor:
+        return torch.exp(self.mu + self.sigma**2 / 2)
+
+    def variance(self) -> Tensor:
+        s2 = self.sigma**2
+        return torch.expm1(s2) * torch.exp(2 * self.mu + s2)
+
+    def posterior_mean(self, margin: Tensor) -> Tensor:
+        """Exponential tilting: ``E[β σ(βΔ)] = E[β]·E_{LogNormal(μ+σ², σ)}[σ(βΔ)]``."""
+        tilted = log_lognormal_expected_sigmoid(
+            margin, self.mu + self.sigma**2, self.sigma, self.num_points, self.method,
+            self.generator,
+        )
+        return torch.exp(torch.log(self.mean()) + tilted - self.log_expected_sigmoid(margin))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(int(n), generator=generator, dtype=self.mu.dtype, device=self.mu.device)
+        return torch.exp(self.mu + self.sigma * eps)
+
+    def params(self) -> dict[str, float]:
+        return {"mu": float(self.mu.detach()), "sigma": float(self.sigma.detach())}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, method={self.method!r}, num_points={self.num_points}"
+
+
+class Gamma(StrengthDistribution):
+    """``β ~ Gamma(shape k, rate λ)``: density ``λ^k β^{k−1} e^{−λβ}/Γ(k)``, mean ``k/λ``.
+
+    ``E[σ(βΔ)]`` has the closed form of seeds/001 Eq. 4–5, evaluated exactly by
+    :func:`~pluralign.numerics.gamma_expected_sigmoid`. ``k = softplus(raw k)``,
+    ``λ = softplus(raw λ)``.
+    """
+
+    family = "gamma"
+
+    def __init__(self, shape: float = 2.0, rate: float = 16.7, learnable: bool = True) -> None:
+        super().__init__(learnable)
+        shape = _validated("shape", shape, "Gamma")
+        rate = _validated("rate", rate, "Gamma")
+        self._register("raw_shape", _inverse_softplus(shape))
+        self._register("raw_rate", _inverse_softplus(rate))
+
+    @property
+    def shape(self) -> Tensor:
+        return F.softplus(self.raw_shape)
+
+    @property
+    def rate(self) -> Tensor:
+        return F.softplus(self.raw_rate)
+
+    def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
+        return log_gamma_expected_sigmoid(margin, self.shape, self.rate)
+
+    def expected_sigmoid(self, margin: Tensor) -> Tensor:
+        return gamma_expected_sigmoid(margin, self.shape, self.rate)
+
+    def mean(self) -> Tensor:
+        return self.shape / self.rate
+
+    def variance(self) -> Tensor:
+        return self.shape / self.rate**2
+
+    def posterior_mean(self, margin: Tensor) -> Tensor:
+        """``E[β σ(βΔ)] = (k/λ)·E_{Gamma(k+1, λ)}[σ(βΔ)]`` (size-biased Gamma), so the posterior
+        mean is ``(k/λ)·E_{k+1}[σ]/E_k[σ]``, evaluated in log space."""
+        k, lam = self.shape, self.rate
+        log_ratio = log_gamma_expected_sigmoid(margin, k + 1, lam) - log_gamma_expected_sigmoid(
+            margin, k, lam
+        )
+        return (k / lam) * torch.exp(log_ratio)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draws via numpy's Gamma sampler seeded from ``generator`` (torch's Gamma sampler takes
+        no generator); not differentiable."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        k, lam = float(self.shape.detach()), float(self.rate.detach())
+        draws = np.random.default_rng(seed).gamma(k, 1.0 / lam, size=int(n))
+        return torch.from_numpy(draws).to(self.raw_shape.device)
+
+    def params(self) -> dict[str, float]:
+        return {"shape": float(self.shape.detach()), "rate": float(self.rate.detach())}
+
+
+#: family name -> class (the ``strength`` field of configs).
+STRENGTHS: dict[str, type[StrengthDistribution]] = {
+    "point": PointMass,
+    "lognormal": LogNormal,
+    "gamma": Gamma,
+}
+
+
+def build_strength(family: str, learnable: bool = True, **params: object) -> StrengthDistribution:
+    """Build a strength distribution by family name with paper defaults for omitted parameters.
+
+    Example::
+
+        build_strength("gamma", learnable=True, shape=2.0, rate=16.7)
+        build_strength("lognormal", learnable=False, mu=-2.3, sigma=0.6, method="monte_carlo")
+    """
+    try:
+        cls = STRENGTHS[family]
+    except KeyError:
+        raise ConfigError(
+            f"unknown strength family {family!r}; valid: {', '.join(sorted(STRENGTHS))}"
+        ) from None
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "learnable"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) {unknown} for strength {family!r}; valid: {sorted(accepted)}"
+        )
+    return cls(learnable=learnable, **params)
