@@ -74,6 +74,7 @@ FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "jsonl": _GENERIC_OPTIONS, "csv": _GENERIC_OPTIONS, "parquet": _GENERIC_OPTIONS,
     "hf": _GENERIC_OPTIONS,
 }
+POPULATION_PAIRS = "pairs.parquet"  # file name of the dataset in a saved synthetic population
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -102,9 +103,12 @@ def detect_format(source: Any) -> str:
             return "prism"
         if _has_hh_files(path):
             return "hh_rlhf"
+        if (path / POPULATION_PAIRS).is_file():
+            return "parquet"
         raise schema_error(str(path), None, None,
                            "folder is neither a PRISM release (conversations.jsonl + survey.jsonl)"
-                           " nor HH-RLHF (train/test.jsonl.gz); pass format=... explicitly")
+                           ", HH-RLHF (train/test.jsonl.gz) nor a saved synthetic population "
+                           "(pairs.parquet); pass format=... explicitly")
     if path.is_file():
         name = path.name.lower()
         if name.endswith(".parquet"):
@@ -147,13 +151,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _records_from_file(path: Path, fmt: str) -> list[dict[str, Any]]:
     if fmt == "jsonl":
         return [rec for _, rec in iter_jsonl(path)]
-    if fmt == "csv":
-        frame = _read_csv(path)
-    else:
-        try:
-            frame = pq.read_table(path).to_pandas()
-        except (OSError, pa.ArrowException) as exc:
-            raise schema_error(str(path), None, None, f"unreadable Parquet file ({exc})") from exc
+    frame = _read_csv(path)
     frame = frame.astype(object).where(frame.notna(), None)
     return frame.to_dict("records")
 
@@ -249,11 +247,20 @@ def _load_hub(source: str, fmt: str, split: str | None, options: dict[str, Any],
     return datasets.load_dataset(source, split=split or "train")
 
 
+def _read_parquet(path: Path) -> datasets.Dataset:
+    try:
+        return datasets.Dataset(pq.read_table(path))
+    except (OSError, pa.ArrowException) as exc:
+        raise schema_error(str(path), None, None, f"unreadable Parquet file ({exc})") from exc
+
+
 def _load_local(source: Any, fmt: str, split: str | None, options: dict[str, Any],
-                limit: int | None) -> dict[str, list[Any]] | datasets.Dataset:
+                limit: int | None) -> dict[str, list[Any]] | datasets.Dataset | list[Any]:
     if fmt == "hf":
         return source
     path = Path(os.fspath(source))
+    if fmt == "parquet":  # Arrow-native; a saved population folder reads its pairs.parquet
+        return _read_parquet(path / POPULATION_PAIRS if path.is_dir() else path)
     if fmt == "hh_rlhf":
         return load_hh_folder(path, split, options.pop("subsets", None), limit=limit, **options)
     if split not in (None, "train"):

@@ -169,6 +169,9 @@ def _encode_mapping_columns(dataset: datasets.Dataset, source: str) -> datasets.
     for column in MAPPING_COLUMNS:
         if dataset.features[column] == datasets.Value("string"):
             continue
+        if dataset.features[column] == datasets.Value("large_string"):
+            dataset = dataset.cast_column(column, datasets.Value("string"))
+            continue
         values = dataset[column]
         encoded = []
         for row, value in enumerate(values):

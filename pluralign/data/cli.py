@@ -1,0 +1,201 @@
+"""``pluralign data inspect`` and ``pluralign data synthetic``: look at preference data.
+
+``inspect`` loads any source :func:`~pluralign.data.load_preferences` accepts and prints the number
+of pairs, annotators, prompts and items, pairs per annotator, a few example pairs, and the pairs
+and annotators of every subgroup of the chosen attributes (``--by``; default: the demographic
+attributes age/gender/education/employment_status that are present, plus every context key),
+with a warning for subgroups that are too small to estimate anything per group.
+
+``synthetic`` writes a synthetic population (pairs + ground truth) to a folder that ``inspect``,
+``load_preferences`` and ``load_population`` read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from pluralign.data.loaders import FORMATS, detect_format, load_preferences
+from pluralign.data.schema import to_pandas
+from pluralign.data.synthetic import PopulationConfig, make_population
+from pluralign.errors import ConfigError
+
+DEFAULT_BY = ("age", "gender", "education", "employment_status")
+
+_EPILOG = """Examples:
+  pluralign data inspect tests/fixtures/prism
+  pluralign data inspect tests/fixtures/prism --by age religion.simplified --option pairs=by_score
+  pluralign data inspect community_alignment.csv --option language=en --min-annotators 20
+  pluralign data inspect hh-rlhf/helpful-base --split test --limit 1000
+  pluralign data inspect HannahRoseKirk/prism-alignment      # Hub id (needs network)
+  pluralign data synthetic runs/pop --set n_annotators=500 --set strength=gamma
+  pluralign data synthetic runs/pop-control --config pop.yaml --homogeneous
+"""
+
+
+def _parse_pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``pluralign data`` (subcommands ``inspect`` and ``synthetic``)."""
+    parser.epilog = _EPILOG
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    inspect = sub.add_parser(
+        "inspect", help="summarise a preference dataset", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print pairs, annotators, prompts and per-subgroup counts of a dataset.")
+    inspect.add_argument("source", help="local file/folder or Hub id")
+    inspect.add_argument("--format", choices=FORMATS, help="source format (default: detected)")
+    inspect.add_argument("--split", help="split to read (HH-RLHF files, Hub datasets)")
+    inspect.add_argument("--limit", type=int, help="read at most this many pairs")
+    inspect.add_argument("--by", nargs="+", metavar="ATTR",
+                         help="attributes or context keys to count subgroups of")
+    inspect.add_argument("--option", action="append", metavar="KEY=VALUE",
+                         help="loader option, e.g. pairs=by_score, language=en, chat=true")
+    inspect.add_argument("--min-annotators", type=int, default=10,
+                         help="warn about subgroups with fewer annotators (default 10)")
+    inspect.add_argument("--min-pairs", type=int, default=50,
+                         help="warn about subgroups with fewer pairs (default 50)")
+    inspect.add_argument("--examples", type=int, default=2, help="example pairs to show")
+    synth = sub.add_parser(
+        "synthetic", help="write a synthetic population with ground truth", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate a synthetic population (pluralign.data.synthetic) into a folder.")
+    synth.add_argument("output", help="folder to write (pairs.parquet, truth.json, ...)")
+    synth.add_argument("--config", help="YAML file of PopulationConfig fields")
+    synth.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                       help="override one PopulationConfig field (YAML value)")
+    synth.add_argument("--homogeneous", action="store_true",
+                       help="write the homogeneous control of the configuration")
+
+
+def _short(value: Any, width: int = 90) -> str:
+    text = value if isinstance(value, str) else " | ".join(
+        f"{m.get('role')}: {m.get('content')}" for m in value)
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _subgroup_table(df: pd.DataFrame, column: str, name: str, args: argparse.Namespace,
+                    has_annotators: bool) -> tuple[Table, list[str]]:
+    values = df[column].fillna("(missing)")
+    table = Table(title=f"subgroups by {name}")
+    for header in ("value", "pairs", "share", "annotators"):
+        table.add_column(header, justify="left" if header == "value" else "right")
+    warnings = []
+    grouped = df.assign(_v=values).groupby("_v", sort=True)
+    for value, group in grouped:
+        annotators = group["annotator_id"].nunique() if has_annotators else None
+        table.add_row(str(value), str(len(group)), f"{len(group) / len(df):.1%}",
+                      "-" if annotators is None else str(annotators))
+        small_pairs = len(group) < args.min_pairs
+        small_annot = annotators is not None and annotators < args.min_annotators
+        if small_pairs or small_annot:
+            warnings.append(f"{name}={value!r}: only {len(group)} pairs"
+                            + ("" if annotators is None else f" from {annotators} annotators")
+                            + " — too small for reliable per-group estimates")
+    return table, warnings
+
+
+def _inspect(args: argparse.Namespace, console: Console) -> int:
+    options = _parse_pairs(args.option, "--option")
+    fmt = args.format or detect_format(args.source)
+    ds = load_preferences(args.source, format=fmt, split=args.split, limit=args.limit, **options)
+    df = to_pandas(ds)
+    has_annotators = df["annotator_id"].notna().any()
+    per_annotator = df.groupby("annotator_id").size() if has_annotators else pd.Series(dtype=int)
+    prompts = ds["prompt"]
+    distinct_prompts = len({p if isinstance(p, str) else repr(p) for p in prompts})
+    summary = Table(title=f"{args.source} ({fmt})", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("pairs", str(len(ds)))
+    summary.add_row("annotators", str(per_annotator.size) if has_annotators
+                    else "none (anonymous)")
+    summary.add_row("prompts", str(distinct_prompts))
+    summary.add_row("items (item_id)", str(df["item_id"].nunique()))
+    if has_annotators:
+        q = np.percentile(per_annotator.to_numpy(), [0, 50, 100])
+        summary.add_row("pairs per annotator (min/median/max)", f"{q[0]:.0f} / {q[1]:.0f} / "
+                        f"{q[2]:.0f}")
+    summary.add_row("prompt format", "text" if isinstance(prompts[0], str) else "chat messages")
+    extra = [c for c in ds.column_names if c not in
+             ("prompt", "chosen", "rejected", "annotator_id", "attributes", "context", "item_id")]
+    summary.add_row("extra columns", ", ".join(extra) or "-")
+    console.print(summary)
+
+    examples = Table(title="example pairs", show_lines=True)
+    for header in ("prompt", "chosen", "rejected"):
+        examples.add_column(header, overflow="fold")
+    for row in ds.select(range(min(args.examples, len(ds)))):
+        examples.add_row(_short(row["prompt"]), _short(row["chosen"]), _short(row["rejected"]))
+    if args.examples > 0:
+        console.print(examples)
+
+    attrs = [c[len("attr."):] for c in df.columns if c.startswith("attr.")]
+    contexts = [c[len("ctx."):] for c in df.columns if c.startswith("ctx.")]
+    wanted = args.by or [a for a in DEFAULT_BY if a in attrs] + contexts
+    warnings = []
+    for name in wanted:
+        column = f"attr.{name}" if name in attrs else f"ctx.{name}" if name in contexts else None
+        if column is None:
+            warnings.append(f"{name!r} is neither an attribute nor a context key of this dataset")
+            continue
+        table, notes = _subgroup_table(df, column, name, args, has_annotators)
+        console.print(table)
+        warnings += notes
+    if not wanted:
+        console.print("no annotator attributes or context keys to group by")
+    for note in warnings:
+        console.print(f"[yellow]warning:[/yellow] {note}")
+    return 0
+
+
+def _synthetic(args: argparse.Namespace, console: Console) -> int:
+    fields: dict[str, Any] = {}
+    if args.config:
+        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{args.config}: expected a mapping of PopulationConfig fields")
+        fields.update(loaded)
+    fields.update(_parse_pairs(args.set, "--set"))
+    known = {f.name for f in dataclasses.fields(PopulationConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown PopulationConfig fields {unknown}; valid: {sorted(known)}")
+    config = PopulationConfig(**fields)
+    if args.homogeneous:
+        config = config.homogeneous_control()
+    population = make_population(config)
+    out = population.save(args.output)
+    console.print(f"wrote {len(population.dataset)} pairs from {config.n_annotators} annotators "
+                  f"({population.truth.n_types} types, β {population.truth.strength}) to {out}")
+    return 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    """Run ``pluralign data SUBCOMMAND``; returns the exit status."""
+    console = Console(width=120)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "data_command", None) == "inspect":
+        return _inspect(args, console)
+    if getattr(args, "data_command", None) == "synthetic":
+        return _synthetic(args, console)
+    console.print("usage: pluralign data {inspect,synthetic} ... (see pluralign data --help)")
+    return 2
