@@ -14,9 +14,8 @@ import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from pluralign.data import SchemaError
 from pluralign.errors import ConfigError
-from pluralign.training.tokenization import tokenize_pair
+from pluralign.training.tokenization import check_pair_columns, tokenize_pair
 
 IGNORE_INDEX = -100
 
@@ -72,12 +71,7 @@ def tokenize_sft(
     max_prompt_length: int,
 ) -> datasets.Dataset:
     """``prompt_ids`` and ``chosen_ids`` for every row; all other columns dropped."""
-    missing = [c for c in ("prompt", "chosen") if c not in dataset.column_names]
-    if missing:
-        raise SchemaError(
-            f"SFT dataset: missing column(s) {', '.join(missing)}; SFT trains on "
-            "'prompt' + 'chosen'"
-        )
+    check_pair_columns(dataset, "SFT", required=("prompt", "chosen"))
     return dataset.map(
         tokenize_pair,
         remove_columns=dataset.column_names,

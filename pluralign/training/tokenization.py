@@ -20,15 +20,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from pluralign.data import SchemaError
 from pluralign.errors import ConfigError
 
 #: Token columns produced by :func:`tokenize_pair`.
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 #: Per-pair reference log-probabilities written by precomputation.
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+#: Columns every preference dataset needs.
+REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
 
 def is_conversational(value: Any) -> bool:
@@ -95,6 +99,22 @@ def tokenize_pair(
     for name, ids in full.items():
         out[f"{name}_ids"] = ids[cut:][:room]
     return out
+
+
+def check_pair_columns(
+    dataset: datasets.Dataset, name: str = "train", required: tuple[str, ...] = REQUIRED_COLUMNS
+) -> None:
+    """Raise :class:`SchemaError` (before any model work) if pair columns are missing or no rows."""
+    missing = [c for c in required if c not in dataset.column_names]
+    if missing:
+        raise SchemaError(
+            f"{name} dataset: missing column(s) {', '.join(missing)} "
+            f"(has {', '.join(dataset.column_names)}); a preference dataset needs "
+            f"{', '.join(repr(c) for c in required)} — load it with "
+            "pluralign.data.load_preferences or rename its columns"
+        )
+    if len(dataset) == 0:
+        raise SchemaError(f"{name} dataset: no rows; give at least one preference pair")
 
 
 @dataclass

@@ -39,7 +39,6 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from pluralign.data import SchemaError
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
 from pluralign.objectives import Objective, build_objective
@@ -49,12 +48,12 @@ from pluralign.training.tokenization import (
     REF_COLUMNS,
     TOKEN_COLUMNS,
     PreferenceCollator,
+    check_pair_columns,
     tokenize_pair,
 )
 
 STRENGTH_FILE = "strength.safetensors"
 STAGING_DIR = ".staging"
-REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 _NUMERIC = (
     "int8",
     "int16",
@@ -92,18 +91,8 @@ def tokenize_dataset(
     max_prompt_length: int,
     name: str = "train",
 ) -> datasets.Dataset:
-    """Check the pair columns, tokenise every pair once, keep only token and numeric per-pair
-    columns."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
-    if missing:
-        raise SchemaError(
-            f"{name} dataset: missing column(s) {', '.join(missing)} "
-            f"(has {', '.join(dataset.column_names)});"
-            " a preference dataset needs 'prompt', 'chosen' and 'rejected' — load it with "
-            "pluralign.data.load_preferences or rename its columns"
-        )
-    if len(dataset) == 0:
-        raise SchemaError(f"{name} dataset: no rows; give at least one preference pair")
+    """Check the pair columns, tokenise every pair once, keep token and numeric per-pair columns."""
+    check_pair_columns(dataset, name)
     keep = set(numeric_columns(dataset)) - set(TOKEN_COLUMNS)
     return dataset.map(
         tokenize_pair,
