@@ -1,4 +1,4 @@
-"""Training layer: tokenisation, collator, log-probs, config checks, equality with TRL's DPO loss."""
+"""Training: tokenisation, collator, log-probs, config checks, equality with TRL's DPO loss."""
 
 from __future__ import annotations
 
