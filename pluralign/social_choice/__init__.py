@@ -1,0 +1,39 @@
+"""Social-choice analysis of preference aggregation (seeds/003 §4, §7.1, App. E).
+
+Normalized Borda count (what DPO optimises under heterogeneous preferences), the user-weighted
+average reward (what it should optimise), the infinite-data DPO optimum over a finite option set,
+Luce–Shepard rewards from survey shares, and the min-TV sensitivity of NBC to the sampling
+distribution of alternatives.
+"""
+
+from pluralign.social_choice.borda import (
+    average_reward,
+    dpo_limit,
+    normalized_borda,
+    preference_matrix,
+    ranking,
+)
+from pluralign.social_choice.errors import SocialChoiceError
+from pluralign.social_choice.sensitivity import SensitivityResult, min_tv_to_flip, sensitivity
+from pluralign.social_choice.shares import (
+    QuestionShares,
+    luce_shepard_rewards,
+    shares_from_respondents,
+    shares_from_share_table,
+)
+
+__all__ = [
+    "QuestionShares",
+    "SensitivityResult",
+    "SocialChoiceError",
+    "average_reward",
+    "dpo_limit",
+    "luce_shepard_rewards",
+    "min_tv_to_flip",
+    "normalized_borda",
+    "preference_matrix",
+    "ranking",
+    "sensitivity",
+    "shares_from_respondents",
+    "shares_from_share_table",
+]
