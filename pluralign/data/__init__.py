@@ -1,8 +1,9 @@
 """Preference data: the schema every layer reads, loaders, synthetic populations, splits, pairing.
 
 Public names: :class:`SchemaError`, :func:`validate`, :func:`row_attributes`,
-:func:`row_context`, :func:`to_pandas` (schema); :func:`load_preferences` (loaders); the
-``synthetic``, ``splits`` and ``pairing`` submodules.
+:func:`row_context`, :func:`to_pandas` (schema); :func:`load_preferences` (loaders);
+:func:`make_population`, :class:`PopulationConfig`, :func:`load_population` (synthetic); the
+``splits`` and ``pairing`` submodules.
 """
 
 from pluralign.data.loaders import FORMATS, detect_format, load_preferences
@@ -14,6 +15,8 @@ from pluralign.data.schema import (
     to_pandas,
     validate,
 )
+from pluralign.data.synthetic import Population, PopulationConfig, load_population, make_population
 
-__all__ = ["COLUMNS", "FORMATS", "SchemaError", "detect_format", "load_preferences",
-           "row_attributes", "row_context", "to_pandas", "validate"]
+__all__ = ["COLUMNS", "FORMATS", "Population", "PopulationConfig", "SchemaError", "detect_format",
+           "load_population", "load_preferences", "make_population", "row_attributes",
+           "row_context", "to_pandas", "validate"]

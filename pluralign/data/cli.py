@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pluralign.data.loaders import FORMATS, detect_format, load_preferences
-from pluralign.data.schema import to_pandas
+from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
 
@@ -120,7 +120,7 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
     df = to_pandas(ds)
     has_annotators = df["annotator_id"].notna().any()
     per_annotator = df.groupby("annotator_id").size() if has_annotators else pd.Series(dtype=int)
-    prompts = ds["prompt"]
+    prompts = column_array(ds, "prompt").to_pylist()
     distinct_prompts = len({p if isinstance(p, str) else repr(p) for p in prompts})
     summary = Table(title=f"{args.source} ({fmt})", show_header=False)
     summary.add_column("what")

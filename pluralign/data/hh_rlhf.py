@@ -96,6 +96,7 @@ def hh_pairs(records: Any, source: str, subset: str | None, split: str, chat: bo
                                    "context", "item_id")}
     drops = DropCounter(source)
     context = encode_mapping({"subset": subset})
+    name = subset or Path(source).stem
     kept = 0
     for row, rec in records:
         if limit is not None and len(columns["prompt"]) >= limit:
@@ -124,7 +125,7 @@ def hh_pairs(records: Any, source: str, subset: str | None, split: str, chat: bo
         columns["annotator_id"].append(None)
         columns["attributes"].append("{}")
         columns["context"].append(context)
-        columns["item_id"].append(f"{subset or Path(source).stem}/{split}:{row}")
+        columns["item_id"].append(f"{name}/{split}:{row}")
         kept += 1
     drops.log(kept)
     return columns

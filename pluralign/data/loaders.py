@@ -53,6 +53,7 @@ from pluralign.data.schema import (
     COLUMNS,
     REQUIRED_COLUMNS,
     column_array,
+    dataset_from_table,
     decode_mapping,
     encode_mapping,
     schema_error,
@@ -156,6 +157,20 @@ def _records_from_file(path: Path, fmt: str) -> list[dict[str, Any]]:
     return frame.to_dict("records")
 
 
+def _mapping_cell(value: Any, packed: tuple[tuple[str, Any], ...], source: str, row: int,
+                  field: str) -> str:
+    """One ``attributes``/``context`` cell: a JSON string or dict, plus packed source columns."""
+    if isinstance(value, str):
+        try:
+            value = decode_mapping(value)
+        except ValueError as exc:
+            raise schema_error(source, row, field, f"not a JSON object ({exc})") from exc
+    elif value is not None and not isinstance(value, dict):
+        raise schema_error(source, row, field,
+                           f"must be a mapping of str -> str, got {type(value).__name__}")
+    return encode_mapping({**(value or {}), **dict(packed)})
+
+
 def _standardise(records: list[dict[str, Any]], source: str, column_map: dict[str, str] | None,
                  attribute_columns: Iterable[str] | None, context_columns: Iterable[str] | None
                  ) -> dict[str, list[Any]]:
@@ -176,6 +191,7 @@ def _standardise(records: list[dict[str, Any]], source: str, column_map: dict[st
     taken = {mapping[c] for c in COLUMNS} | {c for cols in packs.values() for c in cols}
     extra = [c for c in records[0] if c not in taken] if records else []
     columns: dict[str, list[Any]] = {c: [] for c in (*COLUMNS, *extra)}
+    cache: dict[Any, str] = {}
     for row, rec in enumerate(records):
         for name in REQUIRED_COLUMNS:
             if mapping[name] not in rec:
@@ -190,18 +206,17 @@ def _standardise(records: list[dict[str, Any]], source: str, column_map: dict[st
         columns["annotator_id"].append(None if annotator in (None, "") else str(annotator))
         for name in ("attributes", "context"):
             value = rec.get(mapping[name])
-            if isinstance(value, str):
-                try:
-                    value = decode_mapping(value)
-                except ValueError as exc:
-                    raise schema_error(source, row, mapping[name],
-                                       f"not a JSON object ({exc})") from exc
-            elif value is not None and not isinstance(value, dict):
-                raise schema_error(source, row, mapping[name],
-                                   f"must be a mapping of str -> str, got {type(value).__name__}")
-            merged = dict(value or {})
-            merged.update({c: rec.get(c) for c in packs[name] if rec.get(c) not in (None, "")})
-            columns[name].append(encode_mapping(merged))
+            packed = tuple((c, rec.get(c)) for c in packs[name] if rec.get(c) not in (None, ""))
+            try:  # rows share few distinct mappings: encode each once
+                key = (value if not isinstance(value, dict) else tuple(value.items()), packed)
+                encoded = cache.get(key)
+            except TypeError:  # unhashable values inside the mapping
+                key, encoded = None, None
+            if encoded is None:
+                encoded = _mapping_cell(value, packed, source, row, mapping[name])
+                if key is not None:
+                    cache[key] = encoded
+            columns[name].append(encoded)
         item = rec.get(mapping["item_id"])
         columns["item_id"].append(str(row) if item in (None, "") else str(item))
         for c in extra:
@@ -249,7 +264,7 @@ def _load_hub(source: str, fmt: str, split: str | None, options: dict[str, Any],
 
 def _read_parquet(path: Path) -> datasets.Dataset:
     try:
-        return datasets.Dataset(pq.read_table(path))
+        return dataset_from_table(pq.read_table(path))
     except (OSError, pa.ArrowException) as exc:
         raise schema_error(str(path), None, None, f"unreadable Parquet file ({exc})") from exc
 

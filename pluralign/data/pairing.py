@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.special import expit
 
-from pluralign.data.schema import column_array, schema_error, validate
+from pluralign.data.schema import column_array, dataset_from_table, schema_error, validate
 from pluralign.data.splits import attribute_values
 from pluralign.data.synthetic import Population
 from pluralign.errors import ConfigError
@@ -65,7 +65,7 @@ def paired_preferences(ds: datasets.Dataset, seed: int = 0) -> datasets.Dataset:
         if c not in SHARED_COLUMNS:
             columns[f"{c}_1"] = column_array(left, c)
             columns[f"{c}_2"] = column_array(right, c)
-    return datasets.Dataset(pa.table(columns))
+    return dataset_from_table(pa.table(columns))
 
 
 def _orient_and_flag(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -158,12 +158,12 @@ def _from_population(pop: Population, beta: float | None, until_consensus: bool,
         "chosen_id": pa.array(chosen.astype(np.int32)),
         "rejected_id": pa.array(rejected.astype(np.int32)),
     })
-    return validate(datasets.Dataset(table), source="full_information_items")
+    return validate(dataset_from_table(table), source="full_information_items")
 
 
 def _from_dataset(ds: datasets.Dataset, by: str, rng: np.random.Generator) -> datasets.Dataset:
     if by in ds.column_names:
-        groups = np.asarray(ds[by], dtype=object)
+        groups = np.asarray(column_array(ds, by).to_pylist(), dtype=object)
     else:
         groups = attribute_values(ds, by)
     missing = np.flatnonzero([g is None for g in groups])
@@ -171,7 +171,8 @@ def _from_dataset(ds: datasets.Dataset, by: str, rng: np.random.Generator) -> da
         raise schema_error("full_information_items", int(missing[0]), by,
                            f"no value for the type key {by!r}; every row needs one")
     types = sorted({str(g) for g in groups})
-    items, chosen_texts = ds["item_id"], ds["chosen"]
+    items = column_array(ds, "item_id").to_pylist()
+    chosen_texts = column_array(ds, "chosen").to_pylist()
     reference: dict[str, object] = {}
     for item, text in zip(items, chosen_texts, strict=True):
         reference.setdefault(item, text)
@@ -193,14 +194,16 @@ def _from_dataset(ds: datasets.Dataset, by: str, rng: np.random.Generator) -> da
     keep, agreement = _orient_and_flag(labels, rng)
     first_row = frame.reset_index().drop_duplicates("item").set_index("item")["index"]
     base = ds.select(first_row.loc[votes.index].to_numpy())
-    pairs = list(zip(base["chosen"], base["rejected"], strict=True))
+    base_columns = {c: column_array(base, c).to_pylist()
+                    for c in ("prompt", "chosen", "rejected", "context", "item_id")}
+    pairs = list(zip(base_columns["chosen"], base_columns["rejected"], strict=True))
     chosen = [c if k else r for (c, r), k in zip(pairs, keep, strict=True)]
     rejected = [r if k else c for (c, r), k in zip(pairs, keep, strict=True)]
     oriented = np.where(keep[:, None], labels, 1.0 - labels)
     out = datasets.Dataset.from_dict({
-        "prompt": base["prompt"], "chosen": chosen, "rejected": rejected,
+        "prompt": base_columns["prompt"], "chosen": chosen, "rejected": rejected,
         "annotator_id": [None] * len(base), "attributes": ["{}"] * len(base),
-        "context": base["context"], "item_id": base["item_id"],
+        "context": base_columns["context"], "item_id": base_columns["item_id"],
         "type_labels": oriented.tolist(), "agreement": agreement.tolist(),
     })
     return validate(out, source="full_information_items")

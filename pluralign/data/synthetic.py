@@ -35,6 +35,7 @@ built by Arrow ``take`` from the finite sets of prompt/response strings (no Pyth
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -49,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pluralign.data.schema import encode_mapping, validate
+from pluralign.data.schema import dataset_from_table, encode_mapping, validate
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, write_json
 
@@ -372,7 +373,7 @@ def load_population(directory: str | os.PathLike[str]) -> Population:
         annotator_beta=annotators["beta"].to_numpy(dtype=float),
         strength=meta["strength"], strength_params=meta["strength_params"],
     )
-    dataset = validate(datasets.Dataset(pq.read_table(src / "pairs.parquet")), source=str(src))
+    dataset = validate(dataset_from_table(pq.read_table(src / "pairs.parquet")), source=str(src))
     return Population(
         config=PopulationConfig(**meta["config"]), dataset=dataset, truth=truth,
         prompts=prompts["text"].tolist(),
@@ -567,7 +568,9 @@ def make_population(config: PopulationConfig | None = None, **overrides: Any) ->
                                  types, beta), texts)
         for start in range(0, config.n_pairs, CHUNK_SIZE)
     ]
-    dataset = validate(datasets.Dataset(pa.concat_tables(tables)), source="synthetic population")
+    fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    dataset = validate(dataset_from_table(pa.concat_tables(tables), fingerprint[:16]),
+                       source="synthetic population")
     truth = PopulationTruth(
         considerations=CONSIDERATIONS, type_weights=weights, type_probs=shares, features=features,
         response_prompt=np.repeat(np.arange(config.n_prompts), config.responses_per_prompt),
