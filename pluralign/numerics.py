@@ -167,6 +167,16 @@ class _LogGammaExpectedSigmoid(torch.autograd.Function):
         return g_margin, g_shape, g_rate
 
 
+def _log_gamma(margin: Tensor, shape: TensorLike, rate: TensorLike) -> tuple[Tensor, torch.dtype]:
+    """Validated, broadcast ``log E[σ(βΔ)]`` in the compute dtype, and the dtype to return."""
+    margin = torch.as_tensor(margin)
+    shape, rate = _as_tensor(shape, margin), _as_tensor(rate, margin)
+    _check(margin, {"shape": shape, "rate": rate}, {})
+    dtype = _compute_dtype(margin.device)
+    args = torch.broadcast_tensors(margin.to(dtype), shape.to(dtype), rate.to(dtype))
+    return _LogGammaExpectedSigmoid.apply(*args), _result_dtype(margin)
+
+
 def log_gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLike) -> Tensor:
     """``log E_{β~Gamma(k, λ)}[σ(β·Δ)]`` (log of seeds/001 Eq. 4–5), stable for any finite Δ.
 
@@ -195,15 +205,8 @@ def log_gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLi
     Accuracy (tests/test_numerics.py, vs mpmath): ≤ 1e-12 relative in float64 for
     k ∈ [0.1, 50], λ ∈ [0.01, 100], |Δ| ∈ [0, 100].
     """
-    margin = torch.as_tensor(margin)
-    shape, rate = _as_tensor(shape, margin), _as_tensor(rate, margin)
-    _check(margin, {"shape": shape, "rate": rate}, {})
-    out_dtype = _result_dtype(margin)
-    dtype = _compute_dtype(margin.device)
-    margin, shape, rate = torch.broadcast_tensors(
-        margin.to(dtype), shape.to(dtype), rate.to(dtype)
-    )
-    return _LogGammaExpectedSigmoid.apply(margin, shape, rate).to(out_dtype)
+    log_e, out_dtype = _log_gamma(margin, shape, rate)
+    return log_e.to(out_dtype)
 
 
 def gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLike) -> Tensor:
@@ -212,7 +215,8 @@ def gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLike) 
     ``exp`` of :func:`log_gamma_expected_sigmoid` — see there for the series, the Lerch
     convention and the accuracy. Exactly ``1/2`` at ``Δ = 0``.
     """
-    return torch.exp(log_gamma_expected_sigmoid(margin, shape, rate))
+    log_e, out_dtype = _log_gamma(margin, shape, rate)
+    return torch.exp(log_e).to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,30 +226,49 @@ def gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLike) 
 LOGNORMAL_METHODS = ("quadrature", "monte_carlo")
 
 
-@functools.lru_cache(maxsize=16)
-def _hermite_rule(
-    num_points: int, device: torch.device, dtype: torch.dtype
+def _lambert_w(z: Tensor) -> Tensor:
+    """Winitzki's closed-form approximation of the principal Lambert W for ``z ≥ 0`` (a few %
+    relative error — used only to place quadrature nodes, never as part of a value)."""
+    lz = torch.log1p(z)
+    return lz * (1 - torch.log1p(lz) / (2 + lz))
+
+
+def _trapezoid_step(num_points: int) -> float:
+    """Node spacing ``h`` of the ``num_points``-node trapezoidal rule (see the LogNormal docstring).
+
+    Balances the discretisation error ``exp(−2πd/h)`` of a function analytic in the strip
+    ``|Im ε| < d = π/(2σ)`` against the truncation error ``exp(−(Nh/2)²/2)`` at σ = 1.5.
+    """
+    return (8 * math.pi**2 / (1.5 * num_points**2)) ** (1 / 3)
+
+
+def _lognormal_nodes(
+    margin: Tensor, mu: Tensor, sigma: Tensor, num_points: int
 ) -> tuple[Tensor, Tensor]:
-    """Probabilists' Gauss–Hermite rule: ``E[f(ε)] ≈ Σ_j w_j f(ε_j)``, ε ~ N(0, 1)."""
-    import numpy as np
+    """Per-pair nodes ``ε_j`` (last axis) and log-weights of the shifted trapezoidal rule."""
+    h = _trapezoid_step(num_points)
+    t = (torch.arange(num_points, dtype=margin.dtype, device=margin.device)
+         - (num_points - 1) / 2) * h
+    with torch.no_grad():
+        # Centre the grid on the peak of φ(ε)·σ(−e^{μ+σε}|Δ|) when Δ < 0 (the value is small and
+        # carried by the left tail of β); at the peak ε = −σ·y·σ(y) with y = e^{μ+σε}|Δ|, i.e.
+        # −σε ≈ W(σ²·y₀·σ(y₀)) with y₀ = e^μ|Δ|. For Δ ≥ 0 the value is ≥ 1/2: centre at 0.
+        y0 = torch.exp(mu) * (-margin).clamp(min=0)
+        centre = -_lambert_w(sigma**2 * y0 * torch.sigmoid(y0)) / sigma.clamp(min=1e-300)
+        eps = centre + t
+        log_w = math.log(h) - 0.5 * math.log(2 * math.pi) - 0.5 * eps**2
+    return eps, log_w
 
-    nodes, weights = np.polynomial.hermite_e.hermegauss(num_points)
-    weights = weights / weights.sum()
-    return (
-        torch.tensor(nodes, dtype=dtype, device=device),
-        torch.tensor(np.log(weights), dtype=dtype, device=device),
-    )
 
-
-def log_lognormal_expected_sigmoid(
+def _log_lognormal(
     margin: Tensor,
     mu: TensorLike,
     sigma: TensorLike,
-    num_points: int = 16,
-    method: str = "quadrature",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """``log E_{β=exp(μ+σε), ε~N(0,1)}[σ(β·Δ)]`` (log of the inner expectation of Eq. 3/8)."""
+    num_points: int,
+    method: str,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, torch.dtype]:
+    """Validated ``log E[σ(βΔ)]`` for LogNormal β in the compute dtype, and the dtype to return."""
     margin = torch.as_tensor(margin)
     mu, sigma = _as_tensor(mu, margin), _as_tensor(sigma, margin)
     if method not in LOGNORMAL_METHODS:
@@ -261,9 +284,40 @@ def log_lognormal_expected_sigmoid(
         eps = torch.randn(shape, generator=generator, dtype=dtype, device=margin.device)
         log_w = torch.full((), -math.log(num_points), dtype=dtype, device=margin.device)
     else:
-        eps, log_w = _hermite_rule(int(num_points), margin.device, dtype)
+        eps, log_w = _lognormal_nodes(margin, mu, sigma, int(num_points))
     beta = torch.exp(mu + sigma * eps)
-    return torch.logsumexp(log_w + F.logsigmoid(beta * margin), dim=-1).to(out_dtype)
+    return torch.logsumexp(log_w + F.logsigmoid(beta * margin), dim=-1), out_dtype
+
+
+def log_lognormal_expected_sigmoid(
+    margin: Tensor,
+    mu: TensorLike,
+    sigma: TensorLike,
+    num_points: int = 16,
+    method: str = "quadrature",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``log E_{β=exp(μ+σε), ε~N(0,1)}[σ(β·Δ)]`` — log of the inner expectation of seeds/001
+    Eq. 3 for LogNormal strengths (§3), finite for any finite Δ.
+
+    ``method="quadrature"``: a deterministic ``num_points``-node rule
+    ``Σ_j w_j σ(e^{μ+σε_j}Δ)``, evaluated as ``logsumexp_j(log w_j + logsigmoid(β_jΔ))``.
+    The integrand is analytic in ε only in the strip ``|Im ε| < π/(2σ)`` (σ(z) has poles at
+    ``z = ±iπ``), which is what limits Gauss–Hermite (32 nodes: ~1e-5 relative at σ = 1.2; 16
+    nodes: ~5e-3). The trapezoidal rule is the optimal rule for strip-analytic integrands, so we
+    use nodes ``ε_j = c + h·(j − (N−1)/2)`` with weights ``h·φ(ε_j)``, ``h`` from
+    :func:`_trapezoid_step` (0.37 for N = 32, 0.59 for N = 16), and a centre ``c`` placed at
+    the peak of the integrand for negative margins (a detached function of μ, σ, Δ, so the
+    rule stays a smooth deterministic function of all three). Measured against 20-digit mpmath
+    quadrature for σ ≤ 1.2, μ ∈ [−3, 1], |Δ| ∈ [1e-3, 10]: ≤ 2e-8 relative with 32 nodes
+    (≤ 5e-5 with 16; Gauss–Hermite: 1.4e-5 and 5e-3).
+
+    ``method="monte_carlo"``: the paper's reparameterised estimator (Appendix B, Eq. 7–8)
+    ``(1/K) Σ_k σ(exp(μ + σε_k)Δ)`` with ``K = num_points`` standard-normal draws from
+    ``generator``, independent for every pair. Unbiased for ``E[σ(βΔ)]`` (its log is not).
+    """
+    log_e, out_dtype = _log_lognormal(margin, mu, sigma, num_points, method, generator)
+    return log_e.to(out_dtype)
 
 
 def lognormal_expected_sigmoid(
@@ -274,7 +328,9 @@ def lognormal_expected_sigmoid(
     method: str = "quadrature",
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """``E_{β=exp(μ+σε), ε~N(0,1)}[σ(β·Δ)]`` (seeds/001 §3 and Eq. 7)."""
-    return torch.exp(
-        log_lognormal_expected_sigmoid(margin, mu, sigma, num_points, method, generator)
-    )
+    """``E_{β=exp(μ+σε), ε~N(0,1)}[σ(β·Δ)]`` (seeds/001 §3; Eq. 7 for ``method="monte_carlo"``).
+
+    See :func:`log_lognormal_expected_sigmoid` for the two methods and their accuracy.
+    """
+    log_e, out_dtype = _log_lognormal(margin, mu, sigma, num_points, method, generator)
+    return torch.exp(log_e).to(out_dtype)
