@@ -107,7 +107,9 @@ def test_community_alignment_counts_filters_and_demographics(caplog):
     assert "1 pairs with identical responses" in caplog.text
     assert "1 pairs with an empty or missing candidate" in caplog.text
     assert len(load_preferences(CA, language="en")) == spec.CA_PAIRS["en"]
+    caplog.clear()
     assert len(load_preferences(CA, first_turn_only=True)) == spec.CA_PAIRS["first_turn_only"]
+    assert "1 later turns (first_turn_only filter)" in caplog.text
     assert len(load_preferences(CA, pregenerated_only=True)) == 6 + 3
     df = to_pandas(ds)
     first = df[df.conversation_id == "ca-1"]

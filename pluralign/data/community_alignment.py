@@ -85,6 +85,10 @@ def community_alignment_pairs(frame: pd.DataFrame, source: str, language: str | 
         annotator = _clean(rec.get("annotator_id")) or None
         history: list[tuple[str, str]] = []
         turns = TURNS[:1] if first_turn_only else TURNS
+        if first_turn_only:
+            later = sum(bool(_clean(rec.get(f"{t}_turn_prompt"))) for t in TURNS[1:])
+            if later:
+                drops.drop("later turns (first_turn_only filter)", later)
         for position, turn in enumerate(turns):
             user_text = _clean(rec.get(f"{turn}_turn_prompt"))
             preferred = _clean(rec.get(f"{turn}_turn_preferred_response"))
