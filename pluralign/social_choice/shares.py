@@ -105,18 +105,25 @@ def shares_from_respondents(
         )
     if options is not None:
         _check_declared_options(frame, options, source)
-    sums = frame.groupby(["question", "type", "answer"], sort=False)["weight"].sum()
+        labels_of = {q: tuple(map(str, labels)) for q, labels in options.items()}
+    else:
+        seen = frame[["question", "answer"]].drop_duplicates().sort_values(["question", "answer"])
+        labels_of = {q: tuple(block) for q, block in seen.groupby("question", sort=False)["answer"]}
+    q_codes, questions = pd.factorize(frame["question"], sort=False)
+    type_index = {t: i for i, t in enumerate(all_types)}
+    t_codes = frame["type"].map(type_index).to_numpy()
+    option_index = pd.Series({(q, a): i for q in questions for i, a in enumerate(labels_of[q])})
+    o_codes = option_index.reindex(pd.MultiIndex.from_arrays([frame["question"],
+                                                              frame["answer"]])).to_numpy()
+    num_types = len(all_types)
+    max_options = max(len(labels_of[q]) for q in questions)
+    key = (q_codes * num_types + t_codes) * max_options + o_codes.astype(np.int64)
+    sums = np.bincount(key, weights=frame["weight"].to_numpy(),
+                       minlength=len(questions) * num_types * max_options)
+    sums = sums.reshape(len(questions), num_types, max_options)
     result = []
-    for question, block in sums.groupby(level="question", sort=False):
-        labels = (
-            tuple(options[question]) if options is not None
-            else tuple(sorted(block.index.get_level_values("answer").unique()))
-        )
-        counts = (
-            block.droplevel("question").unstack("answer", fill_value=0.0)
-            .reindex(index=all_types, columns=list(labels), fill_value=0.0)
-            .to_numpy(dtype=float)
-        )
+    for i, question in enumerate(questions):
+        counts = sums[i, :, :len(labels_of[question])]
         per_type = counts.sum(axis=1)
         if np.any(per_type <= 0):
             empty = [t for t, n in zip(all_types, per_type, strict=True) if n <= 0]
@@ -127,7 +134,7 @@ def shares_from_respondents(
                 f"{empty}; drop those rows/types or pass --skip-incomplete to skip such questions"
             )
         result.append(QuestionShares(
-            question=str(question), options=labels, types=tuple(all_types),
+            question=str(question), options=labels_of[question], types=tuple(all_types),
             shares=counts / per_type[:, None], type_probs=per_type / per_type.sum(),
         ))
     return result
