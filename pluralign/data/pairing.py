@@ -59,13 +59,16 @@ def paired_preferences(ds: datasets.Dataset, seed: int = 0) -> datasets.Dataset:
     n_odd = len(rows) - 2 * len(second)
     logger.info("paired_preferences: %d rows from %d comparisons; dropped %d without annotator "
                 "id and %d odd leftovers", len(second), len(ds), n_anonymous, n_odd)
-    left, right = ds.select(first), ds.select(second)
-    columns = {c: column_array(left, c) for c in SHARED_COLUMNS}
+    first, second = pa.array(first), pa.array(second)
+    shared, one, two = {}, {}, {}
     for c in ds.column_names:
-        if c not in SHARED_COLUMNS:
-            columns[f"{c}_1"] = column_array(left, c)
-            columns[f"{c}_2"] = column_array(right, c)
-    return dataset_from_table(pa.table(columns))
+        column = column_array(ds, c).combine_chunks()  # take on chunked strings is ~7x slower
+        if c in SHARED_COLUMNS:
+            shared[c] = pc.take(column, first)
+        else:
+            one[f"{c}_1"] = pc.take(column, first)
+            two[f"{c}_2"] = pc.take(column, second)
+    return dataset_from_table(pa.table({**shared, **one, **two}))
 
 
 def _orient_and_flag(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
