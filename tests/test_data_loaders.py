@@ -271,3 +271,30 @@ def test_hh_record_without_rejected(tmp_path):
 def test_filters_that_leave_nothing_are_errors():
     with pytest.raises(SchemaError, match="no preference pairs"):
         load_preferences(CA, language="xx")
+
+
+_field = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1).filter(
+    str.strip)
+
+
+@given(st.lists(st.tuples(_field, _field, _field,
+                          st.dictionaries(st.sampled_from(["age", "gender"]), _field)),
+                min_size=1, max_size=8).filter(lambda rows: all(c != r for _, c, r, _ in rows)))
+def test_generic_jsonl_round_trips(tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("rt") / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r,
+                                        "attributes": a}) + "\n" for p, c, r, a in rows))
+    ds = load_preferences(path)
+    assert ds["prompt"] == [p for p, *_ in rows] and ds["rejected"] == [r for *_, r, _ in rows]
+    assert [row_attributes(x) for x in ds] == [a for *_, a in rows]
+
+
+def test_bad_format_option_and_split_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown format"):
+        load_preferences(GENERIC / "pairs.jsonl", format="xml")
+    with pytest.raises(ConfigError, match="column_map keys"):
+        load_preferences(GENERIC / "pairs.jsonl", column_map={"question": "prompt"})
+    with pytest.raises(ConfigError, match="single split"):
+        load_preferences(GENERIC / "pairs.jsonl", split="test")
+    with pytest.raises(ConfigError, match="limit"):
+        load_preferences(GENERIC / "pairs.jsonl", limit=0)
