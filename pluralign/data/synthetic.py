@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pluralign.data.schema import dataset_from_table, encode_mapping, validate
+from pluralign.data.schema import column_array, dataset_from_table, encode_mapping, validate
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, write_json
 
@@ -331,7 +331,8 @@ class Population:
         out.mkdir(parents=True, exist_ok=True)
         t = self.truth
         with atomic_path(out / "pairs.parquet") as tmp:
-            pq.write_table(self.dataset.with_format(None).data.table, tmp)
+            pq.write_table(pa.table({c: column_array(self.dataset, c)
+                                     for c in self.dataset.column_names}), tmp)
         responses = pd.DataFrame({"response_id": np.arange(len(self.responses)),
                                   "prompt_id": t.response_prompt, "text": self.responses})
         for k, name in enumerate(t.considerations):
