@@ -1,0 +1,120 @@
+"""Survey tables -> shares, and the `pluralign nbc` command (run folder, malformed tables)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pluralign.cli import main
+from pluralign.social_choice import (
+    SocialChoiceError,
+    shares_from_respondents,
+    shares_from_share_table,
+)
+
+TYPES = ("Dem", "Neither", "Rep")
+
+
+def survey(num_questions: int, seed: int = 0) -> pd.DataFrame:
+    """Respondent rows: 3 types, 3-5 options, survey weights."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for q in range(num_questions):
+        labels = [chr(65 + i) for i in range(rng.integers(3, 6))]
+        for t, n in zip(TYPES, (40, 8, 35), strict=True):
+            frames.append(pd.DataFrame({
+                "question": f"Q{q}", "type": t,
+                "answer": rng.choice(labels, size=n, p=rng.dirichlet(np.ones(len(labels)))),
+                "weight": rng.uniform(0.5, 2.0, size=n)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_weighted_shares_match_pandas_pivot():
+    table = survey(4)
+    got = {q.question: q for q in shares_from_respondents(table)}
+    for question, block in table.groupby("question"):
+        pivot = block.pivot_table(index="type", columns="answer", values="weight", aggfunc="sum",
+                                  fill_value=0.0)
+        q = got[question]
+        assert q.types == TYPES and q.options == tuple(pivot.columns)
+        np.testing.assert_allclose(q.shares, (pivot.T / pivot.sum(axis=1)).T.to_numpy())
+        by_type = block.groupby("type")["weight"].sum()
+        np.testing.assert_allclose(q.type_probs, (by_type / by_type.sum()).to_numpy())
+
+
+def test_declared_options_keep_order_and_zero_shares():
+    table = pd.DataFrame({"question": ["q"] * 3, "type": ["a", "b", "b"],
+                          "answer": ["y", "x", "y"]})
+    (q,) = shares_from_respondents(table, options={"q": ["z", "y", "x"]})
+    assert q.options == ("z", "y", "x")
+    np.testing.assert_allclose(q.shares, [[0, 1, 0], [0, 0.5, 0.5]])
+    np.testing.assert_allclose(q.type_probs, [1 / 3, 2 / 3])
+
+
+def test_shares_table():
+    table = pd.DataFrame({"question": ["q"] * 4, "type": ["a", "a", "b", "b"],
+                          "option": ["x", "y", "x", "y"], "share": [3, 1, 0, 2],
+                          "type_weight": [1, 1, 3, 3]})
+    (q,) = shares_from_share_table(table)
+    np.testing.assert_allclose(q.shares, [[0.75, 0.25], [0, 1]])
+    np.testing.assert_allclose(q.type_probs, [0.25, 0.75])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t: t.assign(weight=t["weight"].where(t.index != 7, -1.0)), "row 7 field 'weight'"),
+    (lambda t: t.assign(answer=t["answer"].where(t.index != 3, "Z")), "row 3 field 'answer'"),
+    (lambda t: t[~((t["question"] == "Q1") & (t["type"] == "Neither"))],
+     "question 'Q1' has no rows.*'Neither'"),
+    (lambda t: t.drop(columns="type"), "missing column"),
+])
+def test_malformed_tables_get_clear_errors(mutate, message, tmp_path):
+    table = survey(3)
+    options = {q: sorted(block["answer"].unique()) for q, block in table.groupby("question")}
+    with pytest.raises(SocialChoiceError, match=message):
+        shares_from_respondents(mutate(table), options=options)
+
+
+def test_cli_writes_run_folder(tmp_path, capsys):
+    table = survey(40, seed=1)
+    table.to_csv(tmp_path / "survey.csv", index=False)
+    out = tmp_path / "run"
+    assert main(["nbc", str(tmp_path / "survey.csv"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    questions = pd.read_csv(out / "questions.csv")
+    assert metrics["num_questions"] == 40 == len(questions)
+    assert metrics["num_disagree"] == int(questions["disagree"].sum())
+    assert {"bump.png", "min_tv_cdf.png", "options.csv", "config.yaml"} <= {
+        p.name for p in out.iterdir()}
+    flippable = questions[np.isfinite(questions["min_tv_to_flip"])]
+    assert (flippable["flipped_nbc_ranking"] != flippable["nbc_ranking"]).all()
+
+
+def test_cli_reports_bad_rows(tmp_path, capsys):
+    table = survey(2)
+    table.loc[5, "weight"] = -2.0
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["nbc", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "row 5 field 'weight'" in err and "bad.csv" in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_cli_skip_incomplete(tmp_path, capsys):
+    table = survey(3)
+    table = table[~((table["question"] == "Q2") & (table["type"] == "Rep"))]
+    table.to_csv(tmp_path / "s.csv", index=False)
+    assert main(["nbc", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r")]) == 2
+    assert main(["nbc", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r"),
+                 "--skip-incomplete"]) == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["num_questions"] == 2
+
+
+@pytest.mark.slow
+def test_cli_paper_scale_survey(tmp_path, capsys):
+    """1,500 questions × 3 types × 3-5 options, as in the paper's Pew analysis."""
+    survey(1500, seed=2).to_parquet(tmp_path / "pew.parquet")
+    assert main(["nbc", str(tmp_path / "pew.parquet"), "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["num_questions"] == 1500
+    assert 0 < metrics["num_flippable"] <= 1500
