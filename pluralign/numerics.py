@@ -141,6 +141,7 @@ class _LogGammaExpectedSigmoid(torch.autograd.Function):
         r = torch.exp(shape.unsqueeze(-1) * (u[..., :1] - u))
         big_r = r @ w  # Σ c_n r_n ∈ [1/2, 1]
         log_s = torch.log(big_r) - shape * u[..., 0]  # log E[σ(−β|Δ|)]
+        log_s = torch.where(x == 0, -math.log(2.0), log_s)  # exactly 1/2 (CVZ gives 1/2 ± ulp)
         positive = margin > 0
         log_e = torch.where(positive, torch.log1p(-torch.exp(log_s)), log_s)
         ctx.save_for_backward(x, shape, rate, u, r, big_r, log_s, log_e, positive)
