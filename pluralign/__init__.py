@@ -1,3 +1,3 @@
-"""pluralign: pluralistic preference alignment (MixDPO, DAHP, PAL) with subgroup-honest evaluation."""
+"""pluralign: pluralistic preference alignment (MixDPO, DAHP, PAL) with subgroup evaluation."""
 
 __version__ = "0.1.0"

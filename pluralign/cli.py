@@ -1,8 +1,8 @@
 """The ``pluralign`` command: a thin dispatcher.
 
-Each command lives beside the library code it drives (``pluralign/<layer>/cli.py``) and exposes
-``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int``. Only the module of the command being
-run is imported, so ``pluralign --help`` is instant.
+Each command lives beside the library code it drives (``pluralign/<layer>/cli.py``) and
+exposes ``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int``. Only the module of
+the command being run is imported, so ``pluralign --help`` is instant.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pluralign.evaluation.cli", "run the embedded end-to-end demo on a laptop CPU"),
     "data": ("pluralign.data.cli", "inspect preference datasets (pairs, annotators, subgroups)"),
     "sft": ("pluralign.training.cli", "supervised fine-tuning on prompt + chosen"),
-    "train": ("pluralign.training.cli", "train a policy with DPO / MixDPO / corrected DPO / agreement"),
+    "train": ("pluralign.training.cli", "train a policy: DPO, MixDPO, corrected DPO, agreement"),
     "evaluate": ("pluralign.evaluation.cli", "preference margins by subgroup, win rates"),
     "diagnose": ("pluralign.evaluation.cli", "preference-strength heterogeneity diagnostic"),
     "report": ("pluralign.evaluation.cli", "build report.html from a run folder"),
-    "nbc": ("pluralign.social_choice.cli", "normalized Borda count vs average reward on survey tables"),
+    "nbc": ("pluralign.social_choice.cli", "normalized Borda count vs average reward on surveys"),
     "simulate": ("pluralign.envs.cli", "DAHP discrete proximity environment experiments"),
     "pal": ("pluralign.reward.cli", "PAL pluralistic reward models: train, eval, adapt, benchmark"),
 }

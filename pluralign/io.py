@@ -1,8 +1,8 @@
 """Atomic file output: a crash or Ctrl-C mid-write never leaves a half-written file behind.
 
-Everything pluralign writes into a run folder (metrics, tables, plots, caches, checkpoints' side files)
-goes through :func:`atomic_path`: the content is written to a temporary file in the same directory and
-moved into place with :func:`os.replace`, which is atomic on POSIX and Windows.
+Everything pluralign writes into a run folder (metrics, tables, plots, caches, checkpoints' side
+files) goes through :func:`atomic_path`: the content is written to a temporary file in the same
+directory and moved into place with :func:`os.replace`, which is atomic on POSIX and Windows.
 """
 
 from __future__ import annotations
@@ -46,5 +46,5 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON; NaN/inf are refused rather than written as invalid JSON."""
+    """Atomically write ``obj`` as indented JSON; NaN/inf are refused, never written as bad JSON."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
