@@ -190,7 +190,7 @@ def build_objective(
 # s = σ(h). With user types u, the population preference is P(w≻l) = E_u σ(Δ_u) (Eq. 8), where
 # Δ_u = r_u(w) − r_u(l) (β folded in). At the optimum π* of Eq. 10, h = E_u Δ_u (Eq. 11).
 
-#: Default ε of :func:`corrected_dpo_loss`: the corrected likelihood never drops below it.
+#: Default ε of :func:`corrected_dpo_loss`: where s ≥ ½ the corrected likelihood stays above it.
 CORRECTION_FLOOR = 1e-6
 
 
@@ -224,9 +224,9 @@ def corrected_dpo_loss(
     Any variable in ``[0, 1]`` with mean ``m`` has variance at most ``m(1−m)`` (Bhatia–Davis), so
     with the model's ``s`` standing in for the mean we cap ``V ≤ ρ·s(1−s)``, i.e. use
     ``c = ½(1−2s)·min(V/(s(1−s)), ρ)`` with ``ρ = min(1, 2(1−ε)/α)``. Then for ``s ≥ ½``
-    ``q ≥ s − (1−ε)(2s−1) ≥ ε`` and for ``s ≤ ½`` ``q ≥ s`` (and symmetrically ``q ≤ 1 − ε``),
-    so ``q ∈ [ε, 1]`` by construction and ``q(−h) = 1 − q(h)`` still holds. The cap is inactive
-    near the optimum whenever the estimated ``V`` respects the bound (in the proximity
+    ``ε ≤ s − (1−ε)(2s−1) ≤ q ≤ s``, and for ``s ≤ ½`` ``s ≤ q ≤ 1 − ε`` (by ``q(h) = 1 − q(−h)``),
+    so ``q ≥ min(s, ε) > 0`` by construction and ``q(−h) = 1 − q(h)`` still holds. The cap is
+    inactive near the optimum whenever the estimated ``V`` respects the bound (in the proximity
     environment ``V/(P(1−P)) ≤ 0.62``), so it does not move the corrected optimum. The log is
     evaluated stably (``logaddexp`` of ``log s`` and ``log c`` for ``h < 0``).
 
@@ -235,7 +235,7 @@ def corrected_dpo_loss(
         variance: ``V`` per pair, the type variance of the preference probability (≥ 0).
         alpha: correction strength ``α ≥ 0``.
         beta: DPO's β.
-        floor: ``ε``, the smallest value the corrected likelihood can take.
+        floor: ``ε``, the smallest value the corrected likelihood can take where ``s ≥ ½``.
     """
     if alpha < 0:
         raise ConfigError(f"corrected DPO alpha must be >= 0, got {alpha!r}")
@@ -246,12 +246,16 @@ def corrected_dpo_loss(
     log_s, log_one_minus_s = F.logsigmoid(h), F.logsigmoid(-h)
     s = log_s.exp()
     cap = min(1.0, 2.0 * (1.0 - floor) / alpha) if alpha > 0 else 1.0
-    tiny = torch.finfo(h.dtype).tiny ** 0.5
+    tiny = torch.finfo(h.dtype).tiny
     spread = (log_s + log_one_minus_s).exp().clamp(min=tiny)         # s(1−s), never 0
     correction = 0.5 * alpha * (1.0 - 2.0 * s) * torch.minimum(variance / spread,
                                                                torch.full_like(h, cap))
-    log_q_pos = torch.log((s + correction).clamp(min=floor))           # h ≥ 0: correction ≤ 0
-    log_q_neg = torch.logaddexp(log_s, torch.log(correction.clamp(min=tiny)))  # correction ≥ 0
+    # h ≥ 0: s ≥ ½ and correction ≤ 0, so log q = log s + log1p(correction / s) (q ≥ ε).
+    s_pos = s.clamp(min=0.5)                      # = s on this branch; keeps the other finite
+    log_q_pos = log_s + torch.log1p(torch.maximum(correction / s_pos, floor / s_pos - 1))
+    # h < 0: correction ≥ 0, so log q = logaddexp(log s, log correction) (exactly log s if 0).
+    log_q_neg = torch.where(correction > 0,
+                            torch.logaddexp(log_s, torch.log(correction.clamp(min=tiny))), log_s)
     return -torch.where(h >= 0, log_q_pos, log_q_neg)
 
 
