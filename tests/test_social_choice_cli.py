@@ -86,6 +86,7 @@ def test_cli_writes_run_folder(tmp_path, capsys):
     assert metrics["num_disagree"] == int(questions["disagree"].sum())
     assert {"bump.png", "min_tv_cdf.png", "options.csv", "config.yaml"} <= {
         p.name for p in out.iterdir()}
+    assert (questions["dpo_ranking"] == questions["nbc_ranking"]).all()     # Prop. 4.2
     flippable = questions[np.isfinite(questions["min_tv_to_flip"])]
     assert (flippable["flipped_nbc_ranking"] != flippable["nbc_ranking"]).all()
 

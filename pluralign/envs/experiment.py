@@ -4,7 +4,8 @@ Every method turns its dataset into *cells*: the distinct (state, chosen, reject
 their multiplicities (plus per-cell side information such as ``pair_variance``). A mean of
 per-pair losses over the dataset equals the weighted mean over cells, so training on cells is the
 same objective as training on the samples while costing ``O(S·A²)`` per step instead of
-``O(samples)``. Policies are fitted full-batch with Adam (as in the paper).
+``O(samples)``. Policies are fitted full-batch, by default with L-BFGS (the paper used Adam,
+available as ``optimizer="adam"``; both reach the same optimum of these smooth objectives).
 """
 
 from __future__ import annotations
@@ -188,9 +189,12 @@ def fit_type_rewards(pairs: Pairs, num_types: int, num_states: int, num_actions:
     return rewards.detach().numpy().reshape(num_types, num_states, num_actions)
 
 
-def relabel_with_average_reward(pairs: Pairs, type_rewards: np.ndarray, type_probs: np.ndarray,
-                                num_states: int, num_actions: int) -> Cells:
+def relabel_pairs_with_average_reward(pairs: Pairs, type_rewards: np.ndarray,
+                                      type_probs: np.ndarray, num_states: int,
+                                      num_actions: int) -> Cells:
     """The indirect route of §6: relabel every sampled pair with the average reward.
+
+    The tabular counterpart of ``pluralign.reward.relabel_with_average_reward`` (text data).
 
     Each pair ``(a, b)`` becomes soft labels ``q = σ(r̂(a) − r̂(b))`` for ``a ≻ b`` and ``1 − q``
     for ``b ≻ a`` with ``r̂ = Σ_u p(u) R_u``, so DPO's population optimum is ``π ∝ exp(r̂/β)``
@@ -320,5 +324,5 @@ def indirect_policy(env: ProximityEnv, pairs: Pairs, policy: nn.Module,
     """The indirect route (§6): per-type rewards → average → relabel → DPO."""
     shape = (env.config.num_states, env.config.num_actions)
     rewards = fit_type_rewards(pairs, env.num_types, *shape, **fit)
-    cells = relabel_with_average_reward(pairs, rewards, env.type_probs, *shape)
+    cells = relabel_pairs_with_average_reward(pairs, rewards, env.type_probs, *shape)
     return fit_policy(policy, build_objective("dpo", beta=env.config.beta), cells, **fit)

@@ -1,8 +1,9 @@
 """``pluralign nbc``: average reward vs normalized Borda count on survey tables (seeds/003 §7.1).
 
 For every question: per-type Luce–Shepard rewards from the choice shares (Eq. 27), the ranking by
-user-weighted average reward and by NBC under uniform alternatives, whether they disagree, and the
-smallest TV change of the alternatives' distribution that changes the NBC ranking (App. E LP).
+user-weighted average reward, by NBC under uniform alternatives and by DPO's infinite-data optimum
+(which ranks like NBC, Prop. 4.2), whether average reward and NBC disagree, and the smallest TV
+change of the alternatives' distribution that changes the NBC ranking (App. E LP).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import pandas as pd
 import yaml
 
 from pluralign.io import atomic_path, write_json, write_text
-from pluralign.social_choice.borda import LINKS, average_reward, normalized_borda, ranking
+from pluralign.social_choice.borda import (
+    LINKS,
+    average_reward,
+    dpo_limit,
+    normalized_borda,
+    ranking,
+)
 from pluralign.social_choice.errors import SocialChoiceError
 from pluralign.social_choice.plots import plot_bump, plot_min_tv_cdf
 from pluralign.social_choice.sensitivity import sensitivity
@@ -37,8 +44,9 @@ TABLE is either respondent-level (columns question, type, answer and optionally 
 shares table (columns question, type, option, share and optionally type_weight); csv, parquet
 and jsonl are read by suffix. --options is a csv with columns question, option that declares
 every question's options in order (answers outside it are errors; options nobody chose get the
-share floor). The run folder gets config.yaml, metrics.json, questions.csv (rankings, disagreement,
-min TV to flip), options.csv (per-option average reward and NBC before/after the flip),
+share floor). The run folder gets config.yaml, metrics.json, questions.csv (rankings by average
+reward, NBC and DPO's infinite-data optimum, disagreement, min TV to flip), options.csv
+(per-option average reward, NBC before/after the flip, DPO's induced reward),
 bump.png (Fig. 1) and min_tv_cdf.png (Fig. 2).
 """
 
@@ -118,7 +126,8 @@ def analyse(questions: list[QuestionShares], floor: float, eps: float, link: str
         if ok.any():
             flipped[ok] = normalized_borda(rewards[ok], type_probs[ok], result.flip_probs[ok],
                                            link=link, temperature=temperature)
-        avg_rank, nbc_rank = ranking(avg), ranking(result.nbc)
+        dpo = dpo_limit(rewards, type_probs, link=link, temperature=temperature)
+        avg_rank, nbc_rank, dpo_rank = ranking(avg), ranking(result.nbc), ranking(dpo)
         for j, (i, q) in enumerate(zip(indices, batch, strict=True)):
             labels = np.asarray(q.options)
             question_rows[i] = {
@@ -126,6 +135,7 @@ def analyse(questions: list[QuestionShares], floor: float, eps: float, link: str
                 "num_options": len(labels),
                 "avg_reward_ranking": " > ".join(labels[avg_rank[j]]),
                 "nbc_ranking": " > ".join(labels[nbc_rank[j]]),
+                "dpo_ranking": " > ".join(labels[dpo_rank[j]]),
                 "disagree": bool(np.any(avg_rank[j] != nbc_rank[j])),
                 "top_disagree": bool(avg_rank[j, 0] != nbc_rank[j, 0]),
                 "min_tv_to_flip": float(result.min_tv[j]),
@@ -136,7 +146,7 @@ def analyse(questions: list[QuestionShares], floor: float, eps: float, link: str
             }
             option_rows.append(pd.DataFrame({
                 "question": q.question, "option": labels, "avg_reward": avg[j],
-                "nbc_uniform": result.nbc[j], "nbc_flipped": flipped[j],
+                "nbc_uniform": result.nbc[j], "dpo_limit": dpo[j], "nbc_flipped": flipped[j],
                 "flip_alt_prob": result.flip_probs[j],
             }))
     options = pd.concat(option_rows, ignore_index=True) if option_rows else pd.DataFrame()
