@@ -49,7 +49,8 @@ _EPILOG = """Examples:
   pluralign {cmd} configs/tiny_cpu.yaml
   pluralign {cmd} configs/tiny_cpu.yaml --training.max_steps=20 --objective=mixdpo --strength=gamma
   pluralign {cmd} --resume configs/tiny_cpu.yaml          # continue from the last checkpoint
-  accelerate launch --num_processes 2 -m pluralign.cli {cmd} configs/tiny_cpu.yaml
+  accelerate launch --num_processes 2 -m pluralign.cli {cmd} configs/tiny_cpu.yaml   # GPUs
+  torchrun --nproc_per_node 2 -m pluralign.cli {cmd} configs/tiny_cpu.yaml            # CPU, gloo
 """
 
 

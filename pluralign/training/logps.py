@@ -134,14 +134,22 @@ def sequence_logps(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
+    completion_head: bool = True,
 ) -> torch.Tensor:
     """Summed completion log-probs ``[rows]`` (float32) of a right-padded batch; see the module
     docstring.
 
     ``completion_mask[i, t] = 1`` marks token ``t`` of row ``i`` as a completion token (position 0
     is never a completion token: it has no context). Rows with no completion token get 0.
+    ``completion_head=False`` forces the generic path (used so that a reference model is scored
+    exactly like a wrapped policy, making the margin exactly 0 when both have the same weights).
     """
-    split = _split_lm(model)
+    split = _split_lm(model) if completion_head else None
     if split is not None:
         return _completion_head_logps(*split, input_ids, attention_mask, completion_mask)
     return _generic_logps(model, input_ids, attention_mask, completion_mask)
+
+
+def supports_completion_head(model: nn.Module) -> bool:
+    """Whether :func:`sequence_logps` can use the completion-only head on ``model``."""
+    return _split_lm(model) is not None

@@ -33,17 +33,19 @@ import datasets
 import torch
 import torch.distributed as dist
 from accelerate.utils import gather_object
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
 from pluralign.objectives import Objective, build_objective
 from pluralign.training.config import PreferenceConfig
-from pluralign.training.logps import sequence_logps
+from pluralign.training.logps import sequence_logps, supports_completion_head
 from pluralign.training.tokenization import (
     REF_COLUMNS,
     TOKEN_COLUMNS,
@@ -104,6 +106,16 @@ def tokenize_dataset(
         remove_columns=[c for c in dataset.column_names if c not in keep],
         desc=f"Tokenizing {name} pairs",
     )
+
+
+class _ZeroStrengthGrads(TrainerCallback):
+    """The Trainer zeroes only the model's gradients; the objective's are zeroed after each step."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        self.objective = objective
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.objective.zero_grad(set_to_none=True)
 
 
 class PreferenceTrainer(Trainer):
@@ -182,6 +194,7 @@ class PreferenceTrainer(Trainer):
             ref_model = ref_model.to(self.args.device)
         self.ref_model = ref_model
         self.objective.to(self.args.device)
+        self.add_callback(_ZeroStrengthGrads(self.objective))
         self._stats: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
         self._staging = False
         if self.args.should_save:
@@ -192,11 +205,14 @@ class PreferenceTrainer(Trainer):
             self.ref_model = None
 
     # ------------------------------------------------------------------ reference log-probs
-    def _reference_logps(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _reference_logps(
+        self, inputs: Mapping[str, torch.Tensor], completion_head: bool = True
+    ) -> torch.Tensor:
         """Summed completion log-probs ``[2B]`` of the reference policy (no autograd graph)."""
         if REF_COLUMNS[0] in inputs:
             return torch.cat([inputs[REF_COLUMNS[0]], inputs[REF_COLUMNS[1]]])
-        args = (inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        args = (inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
+                completion_head)
         with torch.inference_mode():
             if self.ref_model is not None:
                 logps = sequence_logps(self.ref_model, *args)
@@ -257,10 +273,11 @@ class PreferenceTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean objective loss over the pairs of the batch (see the module docstring)."""
+        head = supports_completion_head(model)
         logps = sequence_logps(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], head
         )
-        ref_logps = self._reference_logps(inputs)
+        ref_logps = self._reference_logps(inputs, head)
         logratio_chosen, logratio_rejected = (logps - ref_logps).chunk(2)
         margin = logratio_chosen - logratio_rejected
         loss = self.objective(margin, inputs).mean()
@@ -380,8 +397,21 @@ class PreferenceTrainer(Trainer):
     def _load_from_checkpoint(
         self, resume_from_checkpoint: str, model: nn.Module | None = None
     ) -> None:
-        """Restore the policy (Trainer) and the strength parameters saved beside it."""
+        """Restore the policy (Trainer) and the strength parameters saved beside it.
+
+        transformers 5 saves some weights under legacy names (GPT-NeoX's ``lm_head`` as
+        ``embed_out``) that its resume path loads without renaming; when the checkpoint's names
+        differ from the model's, the weights are re-read with ``from_pretrained``, which renames.
+        """
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        if isinstance(target, PreTrainedModel) and os.path.isfile(weights):
+            with safe_open(weights, framework="pt") as f:
+                saved = set(f.keys())
+            if saved != set(target.state_dict()):
+                fresh = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
+                target.load_state_dict(fresh.state_dict(), strict=True)
         path = os.path.join(resume_from_checkpoint, STRENGTH_FILE)
         if os.path.isfile(path):
             state = load_file(path, device=str(self.args.device))
