@@ -104,8 +104,8 @@ def dpo_limit(
     alt_probs: np.ndarray | None = None,
     link: Link = "bt",
     temperature: float = 1.0,
-    tol: float = 1e-12,
-    max_iter: int = 200,
+    tol: float = 1e-10,
+    max_iter: int = 100,
 ) -> np.ndarray:
     """Induced reward ``h(a) = β log π(a)/π_ref(a)`` of DPO's infinite-data optimum (§4.2).
 
@@ -125,7 +125,8 @@ def dpo_limit(
     Args:
         rewards, type_probs, alt_probs, link, temperature: as in :func:`normalized_borda`;
             ``alt_probs`` must be strictly positive (an option never sampled has no DPO optimum).
-        tol: stop when the largest gradient entry is below this.
+        tol: an instance has converged when its largest gradient entry is below this (or when
+            its loss can no longer decrease at float precision).
         max_iter: Newton iterations at most.
 
     Returns:
@@ -139,10 +140,12 @@ def dpo_limit(
     target = borda_from_matrix(pref, alt)
     h = np.zeros(pref.shape[:-1])
     loss = _dpo_population_loss(h, pref, alt)
+    stalled = np.zeros(loss.shape, dtype=bool)
     for _ in range(max_iter):
         s = expit(h[..., :, None] - h[..., None, :])
         grad = alt * (borda_from_matrix(s, alt) - target)
-        if np.max(np.abs(grad)) < tol:
+        done = stalled | (np.max(np.abs(grad), axis=-1) < tol)
+        if np.all(done):
             break
         curv = alt[..., :, None] * alt[..., None, :] * s * (1.0 - s)
         hess = np.einsum("...ab,ab->...ab", -curv, 1.0 - np.eye(num))
@@ -151,15 +154,24 @@ def dpo_limit(
         # adding alt alt^T makes it positive definite without changing the step's other parts.
         hess = hess + alt[..., :, None] * alt[..., None, :]
         step = -np.linalg.solve(hess, grad[..., None])[..., 0]
-        scale = np.ones(h.shape[:-1])
+        scale = np.where(done, 0.0, 1.0)
         for _ in range(40):
             trial = h + scale[..., None] * step
             trial_loss = _dpo_population_loss(trial, pref, alt)
-            worse = trial_loss > loss + 1e-15
+            # rounding-level increases are accepted so the full Newton step is taken near the
+            # optimum, where the true decrease (~ gradient²) is below float resolution
+            worse = trial_loss > loss + 1e-12 * np.abs(loss)
             if not np.any(worse):
                 break
             scale = np.where(worse, scale / 2.0, scale)
-        h, loss = trial, trial_loss
+        # an instance whose loss cannot decrease at float precision has converged
+        stalled |= worse
+        h = np.where(worse[..., None], h, trial)
+        loss = np.where(worse, loss, trial_loss)
+    else:
+        raise SocialChoiceError(f"dpo_limit did not converge in {max_iter} Newton steps "
+                                f"(largest gradient {np.max(np.abs(grad)):.2e}); raise max_iter "
+                                "or check for extreme rewards")
     return h - h.mean(axis=-1, keepdims=True)
 
 
