@@ -137,15 +137,21 @@ def cvz_weights(num_terms: int = GAMMA_SERIES_TERMS) -> tuple[float, ...]:
 
 @functools.lru_cache(maxsize=32)
 def _cvz_buffers(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(n, c_n)`` for n = 1..N as tensors, built once per device and dtype."""
-    weights = torch.tensor(cvz_weights(), dtype=dtype, device=device)
+    """``(n, 2c_n)`` for n = 1..N as tensors, built once per device and dtype."""
+    weights = torch.tensor(cvz_weights(), dtype=dtype, device=device) * 2
     n = torch.arange(1, GAMMA_SERIES_TERMS + 1, dtype=dtype, device=device)
     return n, weights
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _reduce_grad(grad: Tensor, like: Tensor) -> Tensor:
     """Undo broadcasting and return the gradient in the input's dtype."""
-    return grad.sum_to_size(like.shape).to(like.dtype)
+    if grad.shape != like.shape:
+        grad = grad.sum_to_size(like.shape)
+    return _cast(grad, like.dtype)
 
 
 class _GammaExpectedSigmoid(torch.autograd.Function):
@@ -154,46 +160,48 @@ class _GammaExpectedSigmoid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, margin, shape, rate, as_log, out_dtype):  # type: ignore[override]
         dtype = _compute_dtype(margin.device)
-        n, w = _cvz_buffers(margin.device, dtype)
-        m, k, lam = margin.to(dtype), shape.to(dtype), rate.to(dtype)
+        n, w2 = _cvz_buffers(margin.device, dtype)
+        m, k, lam = _cast(margin, dtype), _cast(shape, dtype), _cast(rate, dtype)
         x = m.abs()
-        k_ = k.unsqueeze(-1)
-        # u_n = log(1 + n|Δ|/λ); a_n = exp(−k·u_n); ratios r_n = a_n/a_1 ∈ (0, 1].
+        # u_n = log(1 + n|Δ|/λ), a_n = exp(−k·u_n); with ratios r_n = a_n/a_1 ∈ (0, 1],
+        # S = a_1·Σ c_n r_n = a_1·(1 + q)/2 where q = Σ 2c_n (r_n − 1) (Σ 2c_n = 1 to 1e-15);
+        # expm1 keeps q exact as |Δ|/λ → 0, and q = 0, S = 1/2 exactly at Δ = 0.
         u = torch.log1p((x / lam).unsqueeze(-1) * n)
-        r = torch.exp((u[..., :1] - u) * k_)
-        big_r = r @ w  # Σ c_n r_n ∈ [1/2, 1]
-        log_s = torch.log(big_r) - k * u[..., 0]  # log S, S = E[σ(−β|Δ|)]
-        log_s = torch.where(x == 0, _LOG_HALF, log_s)  # exactly 1/2 (CVZ gives 1/2 ± ulp)
+        ku = u * k.unsqueeze(-1)
+        em1 = torch.expm1(ku[..., :1] - ku)
+        q = em1 @ w2
+        log_s = torch.log1p(q) - ku[..., 0] + _LOG_HALF  # log S, S = E[σ(−β|Δ|)]
         positive = m > 0
-        log_e = torch.where(positive, torch.log1p(-torch.exp(log_s)), log_s)
+        s = torch.exp(log_s)
+        log_e = torch.where(positive, torch.log1p(-s), log_s)
         out = log_e if as_log else torch.exp(log_e)
-        ctx.save_for_backward(margin, shape, rate, x, k_, lam, u, r, big_r, log_s, log_e, out)
+        ctx.save_for_backward(margin, shape, rate, x, k, lam, u, em1, q, s, positive, out)
         ctx.as_log = as_log
-        return out.to(out_dtype)
+        return _cast(out, out_dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        margin, shape, rate, x, k_, lam, u, r, big_r, log_s, log_e, out = ctx.saved_tensors
-        n, w = _cvz_buffers(x.device, x.dtype)
-        grad = grad.to(x.dtype)
+        margin, shape, rate, x, k, lam, u, em1, q, s, positive, out = ctx.saved_tensors
+        n, w2 = _cvz_buffers(x.device, x.dtype)
+        grad = _cast(grad, x.dtype)
         if not ctx.as_log:
             grad = grad * out  # d E = E · d log E
+        # With R = (1 + q)/2 = Σ c_n r_n:
         # d log S/dk = −Σ c_n r_n u_n / R ;  d log S/d|Δ| = −k Σ c_n r_n n/(λ + n|Δ|) / R ;
         # S depends on |Δ|/λ only, so d log S/dλ = −(|Δ|/λ) · d log S/d|Δ|.
         # log E = log S for Δ ≤ 0 and log(1 − S) for Δ > 0 (chain factor −S/(1 − S)).
-        positive = margin > 0
-        factor = torch.where(positive, -torch.exp(log_s - log_e), 1.0) * grad / big_r
+        factor = torch.where(positive, s / (s - 1), 1.0) * grad / (1 + q)
+        r = em1 + 1
         g_margin = g_shape = g_rate = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
-            q = (r * (n / (lam.unsqueeze(-1) + x.unsqueeze(-1) * n))) @ w
-            dx = -k_[..., 0] * q * factor
+            dx = (r / (lam.unsqueeze(-1) / n + x.unsqueeze(-1)) @ w2) * (-k * factor)
             if ctx.needs_input_grad[0]:
                 g_margin = _reduce_grad(torch.where(positive, dx, -dx), margin)
             if ctx.needs_input_grad[2]:
-                g_rate = _reduce_grad(-(x / lam) * dx, rate)
+                g_rate = _reduce_grad(dx * x / -lam, rate)
         if ctx.needs_input_grad[1]:
-            g_shape = _reduce_grad(-((r * u) @ w) * factor, shape)
+            g_shape = _reduce_grad(((r * u) @ w2) * -factor, shape)
         return g_margin, g_shape, g_rate, None, None
 
 
