@@ -119,3 +119,19 @@ def test_cli_paper_scale_survey(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["num_questions"] == 1500
     assert 0 < metrics["num_flippable"] <= 1500
+
+
+def test_cli_shares_table_and_options_file(tmp_path, capsys):
+    shares = pd.DataFrame({"question": ["q1"] * 6, "type": ["a"] * 3 + ["b"] * 3,
+                           "option": ["x", "y", "z"] * 2, "share": [0.7, 0.2, 0.1, 0.1, 0.3, 0.6]})
+    shares.to_json(tmp_path / "shares.jsonl", orient="records", lines=True)
+    assert main(["nbc", str(tmp_path / "shares.jsonl"), "--out", str(tmp_path / "r1")]) == 0
+    options = pd.read_csv(tmp_path / "r1" / "options.csv")
+    assert list(options["option"]) == ["x", "y", "z"]
+    table = survey(2)
+    table.to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame({"question": ["Q0", "Q0"], "option": ["A", "B"]}).to_csv(tmp_path / "o.csv",
+                                                                          index=False)
+    assert main(["nbc", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r2"),
+                 "--options", str(tmp_path / "o.csv")]) == 2
+    assert "question 'Q1' has no declared options" in capsys.readouterr().err
