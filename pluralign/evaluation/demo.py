@@ -1,0 +1,296 @@
+"""The embedded end-to-end demo (``pluralign demo`` / ``make demo``), sized by configs/demo.yaml.
+
+1. Two synthetic populations of the same size on the same prompts, responses and compared pairs,
+   differing only in annotator heterogeneity: a *heterogeneous* one (several user types whose
+   value weights differ, Gamma-distributed preference strength) and its *homogeneous control*
+   (one type with the average weights, constant β = the mean strength) — seeds/000's contrast.
+2. A tiny GPT-NeoX and a byte-level BPE tokenizer built from the texts (no download); SFT on
+   prompt + chosen of each population's training split.
+3. DPO, MixDPO-Gamma and MixDPO-LogNormal from each SFT model (seeds/001 §3-4, learnable strength).
+4. Preference margins on held-out pairs → subgroup micro/macro tables with bootstrap CIs
+   (Fig. 2), margin gains over DPO with paired CIs (Fig. 3), learned β-variance trajectories
+   (Fig. 4) with collapse verdicts, and the standalone strength fit on the populations' true
+   margins (diagnose b/d).
+5. ``metrics.json`` + ``report.html`` + PNGs under ``output_dir``; a short table on the console.
+
+``learned_beta_variance`` in ``metrics.json`` is the final Var[β] of the Gamma MixDPO run on each
+population. Whether it is larger on the heterogeneous population is the claim under test; the
+demo reports it either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from pluralign.data.splits import train_test_split_pairs
+from pluralign.data.synthetic import PopulationConfig, make_population
+from pluralign.errors import ConfigError
+from pluralign.evaluation.diagnose import (
+    TrajectoryVerdict,
+    compare_heterogeneity,
+    trajectory_verdict,
+)
+from pluralign.evaluation.margins import preference_margins
+from pluralign.evaluation.plots import (
+    plot_margin_gains,
+    plot_subgroup_margins,
+    plot_variance_trajectories,
+)
+from pluralign.evaluation.report import write_report
+from pluralign.evaluation.subgroups import SubgroupTable, margin_gains, subgroup_table
+from pluralign.training import (
+    PreferenceConfig,
+    PreferenceTrainer,
+    SFTConfig,
+    build_tokenizer,
+    run_sft,
+    tiny_gpt_neox,
+)
+
+POPULATIONS = ("heterogeneous", "homogeneous")
+BASELINE = "DPO"
+GAMMA_METHOD = "MixDPO-Gamma"
+
+
+def _default_population() -> dict[str, Any]:
+    return {"n_annotators": 60, "pairs_per_annotator": 20, "n_prompts": 60, "n_types": 3,
+            "type_spread": 1.5, "strength": "gamma", "shape": 1.0, "rate": 1.0,
+            "reward_scale": 3.0, "text_style": "compact"}
+
+
+def _default_methods() -> dict[str, dict[str, Any]]:
+    return {"DPO": {"objective": "dpo"},
+            "MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"},
+            "MixDPO-LogNormal": {"objective": "mixdpo", "strength": "lognormal"}}
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and settings of the demo (``configs/demo.yaml`` holds the shipped values).
+
+    Attributes:
+        output_dir: run folder for report.html, PNGs and metrics.json.
+        seed: seed of the populations, split, models and bootstraps.
+        threads: torch CPU threads (the demo targets 2 cores).
+        population: :class:`~pluralign.data.synthetic.PopulationConfig` fields of the
+            heterogeneous population; the control is its ``homogeneous_control()``.
+        test_size: fraction of pairs held out for the margins.
+        tokenizer_vocab: BPE vocabulary size learned from the texts.
+        model: ``tiny_gpt_neox`` overrides (hidden_size, num_hidden_layers, ...).
+        max_length, max_prompt_length: token limits of training and evaluation.
+        sft: :class:`~pluralign.training.SFTConfig` fields.
+        preference: :class:`~pluralign.training.PreferenceConfig` fields shared by every method.
+        methods: method name -> PreferenceConfig fields of that method (objective, strength).
+        subgroups: attribute columns of the subgroup tables (``attr.*`` / ``ctx.*``).
+        n_boot: bootstrap resamples of the subgroup tables.
+        fit_boot: bootstrap refits of the standalone strength fits.
+        progress: show progress bars.
+    """
+
+    output_dir: str = "runs/demo"
+    seed: int = 0
+    threads: int = 2
+    population: dict[str, Any] = field(default_factory=_default_population)
+    test_size: float = 0.25
+    tokenizer_vocab: int = 400
+    model: dict[str, Any] = field(default_factory=dict)
+    max_length: int = 64
+    max_prompt_length: int = 40
+    sft: dict[str, Any] = field(default_factory=lambda: {
+        "learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16})
+    preference: dict[str, Any] = field(default_factory=lambda: {
+        "learning_rate": 3e-4, "strength_learning_rate": 3e-2, "num_train_epochs": 2,
+        "per_device_train_batch_size": 16, "logging_steps": 5, "beta": 0.1})
+    methods: dict[str, dict[str, Any]] = field(default_factory=_default_methods)
+    subgroups: list[str] = field(default_factory=lambda: [
+        "attr.education", "attr.age", "attr.gender", "attr.employment_status", "ctx.domain"])
+    n_boot: int = 1000
+    fit_boot: int = 50
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if BASELINE not in self.methods or GAMMA_METHOD not in self.methods:
+            raise ConfigError(f"demo methods must include {BASELINE!r} and {GAMMA_METHOD!r} "
+                              f"(got {sorted(self.methods)})")
+        if not 0 < self.test_size < 1:
+            raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
+        try:
+            PopulationConfig(**self.population)
+        except TypeError as exc:
+            raise ConfigError(f"demo population: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> DemoConfig:
+        """Load a YAML file (``yaml.safe_load``); unknown keys raise :class:`ConfigError`."""
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read demo config ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of demo settings")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown demo setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+
+@dataclass
+class _PopulationResult:
+    margins: dict[str, pd.DataFrame]
+    tables: dict[str, SubgroupTable]
+    gains: dict[str, SubgroupTable]
+    trajectories: dict[str, TrajectoryVerdict]
+    final_strength: dict[str, dict[str, float]]
+
+
+def _train_population(cfg: DemoConfig, name: str, splits: Any, tokenizer: Any,
+                      run_dir: Path) -> _PopulationResult:
+    common = {"report_to": [], "save_strategy": "no", "seed": cfg.seed, "use_cpu": True,
+              "disable_tqdm": not cfg.progress, "max_length": cfg.max_length,
+              "max_prompt_length": cfg.max_prompt_length}
+    model = tiny_gpt_neox(len(tokenizer), seed=cfg.seed, **cfg.model)
+    sft_args = SFTConfig(output_dir=str(run_dir / name / "sft"), **common, **cfg.sft)
+    run_sft(model, tokenizer, splits["train"], sft_args)
+    sft_model = model.eval()
+    margins, trajectories, final = {}, {}, {}
+    for method, overrides in cfg.methods.items():
+        policy = copy.deepcopy(sft_model).requires_grad_(True)  # the reference is frozen in place
+        args = PreferenceConfig(output_dir=str(run_dir / name / method), **common,
+                                **{**cfg.preference, **overrides})
+        trainer = PreferenceTrainer(policy, ref_model=sft_model, args=args,
+                                    train_dataset=splits["train"], processing_class=tokenizer)
+        trainer.train()
+        metrics = trainer.objective.metrics()
+        final[method] = {k: float(v) for k, v in metrics.items()}
+        if overrides.get("objective") == "mixdpo":
+            trajectories[method] = trajectory_verdict(trainer.state.log_history)
+        margins[method] = preference_margins(policy, sft_model, splits["test"], tokenizer,
+                                             max_length=cfg.max_length,
+                                             max_prompt_length=cfg.max_prompt_length,
+                                             progress=cfg.progress)
+    tables = {m: subgroup_table(df, cfg.subgroups, n_boot=cfg.n_boot, seed=cfg.seed)
+              for m, df in margins.items()}
+    gains = {m: margin_gains(df, margins[BASELINE], cfg.subgroups, n_boot=cfg.n_boot,
+                             seed=cfg.seed)
+             for m, df in margins.items() if m != BASELINE}
+    return _PopulationResult(margins, tables, gains, trajectories, final)
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the demo end to end; returns the metrics written to ``metrics.json``."""
+    start = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    out = Path(cfg.output_dir)
+    het_cfg = PopulationConfig(**{**cfg.population, "seed": cfg.seed})
+    pops = {"heterogeneous": make_population(het_cfg),
+            "homogeneous": make_population(het_cfg.homogeneous_control())}
+    splits = {k: train_test_split_pairs(p.dataset, cfg.test_size, seed=cfg.seed)
+              for k, p in pops.items()}
+    texts = [t for s in splits.values() for col in ("prompt", "chosen", "rejected")
+             for t in s["train"][col]]
+    tokenizer = build_tokenizer(texts, vocab_size=cfg.tokenizer_vocab)
+    results = {k: _train_population(cfg, k, splits[k], tokenizer, out) for k in POPULATIONS}
+    fits = compare_heterogeneity(
+        {k: np.asarray(p.dataset["true_margin"]) for k, p in pops.items()}, "gamma",
+        n_boot=cfg.fit_boot, seed=cfg.seed)
+    return _write_outputs(cfg, out, results, fits, time.perf_counter() - start)
+
+
+def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationResult],
+                   fits: Any, runtime: float) -> dict[str, Any]:
+    het = results["heterogeneous"]
+    lbv = {k: results[k].final_strength[GAMMA_METHOD]["beta_var"] for k in POPULATIONS}
+    holds = lbv["heterogeneous"] > lbv["homogeneous"]
+    claim = (f"Learned Var[β] of Gamma MixDPO: heterogeneous {lbv['heterogeneous']:.4g} vs "
+             f"homogeneous {lbv['homogeneous']:.4g} — "
+             + ("the heterogeneous population keeps the larger variance, as seeds/000 claims."
+                if holds else "the claim FAILS on this run: the heterogeneous population does "
+                "not end with the larger learned variance."))
+    methods = {m: {"micro": t.micro.to_dict(), "macro": t.macro.to_dict(),
+                   "population": "heterogeneous",
+                   "by_population": {k: {"micro": results[k].tables[m].micro.to_dict(),
+                                         "macro": results[k].tables[m].macro.to_dict()}
+                                     for k in POPULATIONS}}
+               for m, t in het.tables.items()}
+    differences = {}
+    for k in POPULATIONS:
+        for m, g in results[k].gains.items():
+            differences[f"{k}: {m} − {BASELINE} (macro)"] = g.macro.to_dict()
+            differences[f"{k}: {m} − {BASELINE} (micro)"] = g.micro.to_dict()
+    diagnostics = {f"{k} / {m}": v.explanation for k in POPULATIONS
+                   for m, v in results[k].trajectories.items()}
+    for k in POPULATIONS:
+        f = fits.fits[k]
+        diagnostics[f"{k} / fit on true margins"] = (
+            f"Gamma fit: mean {f.mean:.3g}, Var {f.variance:.3g} "
+            f"(CI {_ci(f.variance_ci)}), CV² {f.cv2:.3g}, point-mass test p = "
+            f"{f.heterogeneity_pvalue:.3g}")
+    figures = []
+    for k in POPULATIONS:
+        fig = f"fig2_subgroup_margins_{k}.png"
+        plot_subgroup_margins(results[k].tables[BASELINE], out / fig,
+                              title=f"{BASELINE} subgroup margins ({k} population)")
+        figures.append({"file": fig, "caption": f"Fig. 2 view: {BASELINE} mean margins per "
+                        f"subgroup, {k} population; blue = micro, orange = macro, "
+                        "marker area ∝ comparisons, red edge = small group."})
+        fig = f"fig3_margin_gains_{k}.png"
+        plot_margin_gains(results[k].gains, out / fig, baseline=BASELINE)
+        figures.append({"file": fig, "caption": f"Fig. 3 view: margin gains over {BASELINE} "
+                        f"per subgroup and macro/micro with paired 95% CIs ({k})."})
+    trajectories = {f"{k} / {m}": v for k in POPULATIONS
+                    for m, v in results[k].trajectories.items()}
+    plot_variance_trajectories(trajectories, out / "fig4_beta_variance.png")
+    figures.append({"file": "fig4_beta_variance.png",
+                    "caption": "Fig. 4 view: learned Var[β] during MixDPO training, per "
+                               "population."})
+    gamma_gain = het.gains[GAMMA_METHOD].macro
+    summary = [
+        claim,
+        f"MixDPO-Gamma − DPO macro margin (heterogeneous, held-out pairs): "
+        f"{gamma_gain.mean:+.4g} [95% CI {gamma_gain.ci_low:+.4g}, {gamma_gain.ci_high:+.4g}]"
+        + (" — the CI includes 0." if gamma_gain.ci_low <= 0 <= gamma_gain.ci_high else "."),
+        f"Standalone fit on true margins ranks {' > '.join(fits.ranking)} by Var[β].",
+        f"Runtime {runtime:.0f} s.",
+    ]
+    metrics = {
+        "title": "pluralign demo: heterogeneous population vs homogeneous control",
+        "summary": summary,
+        "claim": {"holds": holds, "text": claim},
+        "learned_beta_variance": lbv,
+        "methods": methods,
+        "differences": differences,
+        "diagnostics": diagnostics,
+        "strength_fits": fits.to_dict(),
+        "final_strength": {k: results[k].final_strength for k in POPULATIONS},
+        "subgroup_tables": {k: {m: t.to_dict() for m, t in results[k].tables.items()}
+                            for k in POPULATIONS},
+        "figures": figures,
+        "failed_items": [{"population": k, "method": m, "row": r}
+                         for k in POPULATIONS for m, t in results[k].tables.items()
+                         for r in t.excluded_rows],
+        "notes": sorted({n for k in POPULATIONS for t in results[k].tables.values()
+                         for n in t.notes}),
+        "config": dataclasses.asdict(cfg),
+        "runtime_seconds": runtime,
+    }
+    write_report(out, metrics)
+    return metrics
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:.3g}, {ci[1]:.3g}]"
