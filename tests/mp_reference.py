@@ -45,6 +45,8 @@ def gamma_posterior_mean(margin: float, shape: float, rate: float, dps: int = 20
     """``E[β σ(βΔ)] / E[σ(βΔ)]`` by direct quadrature of both moments."""
     with mp.workdps(dps):
         k, lam = mp.mpf(shape), mp.mpf(rate)
+        if margin == 0:  # σ(0) = 1/2 carries no evidence: the prior mean k/λ
+            return k / lam
         m0 = _gamma_integral(margin, shape, rate, 0, dps)
         m1 = _gamma_integral(margin, shape, rate, 1, dps)
         if margin > 0:  # E[β^p σ(βx)] = E[β^p] − E[β^p σ(−βx)]
