@@ -1,0 +1,131 @@
+"""Composition matrix: whose feedback a model is trained on vs whose preferences it then fits
+(seeds/004: models trained on one demographic group's feedback differ by 3–5 points).
+
+For an annotator attribute with groups ``g = 1..G``: train one model per group on a size-matched
+subset of that group's training pairs (so groups differ only in *who* labelled, not in how much
+data), then evaluate every model on every group's held-out pairs. Cell ``(a, b)`` is the mean
+held-out margin (and the preference accuracy, the share of pairs with margin > 0, in percent) of
+the model trained on group ``a`` evaluated on group ``b``, with a bootstrap CI over pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from pluralign.data.splits import attribute_values, size_matched_subsets
+from pluralign.evaluation.bootstrap import bootstrap_statistic, percentile_interval
+from pluralign.evaluation.errors import EvaluationError
+
+#: Trains a model on one group's pairs and returns it.
+TrainFn = Callable[[datasets.Dataset], Any]
+#: Scores a model on pairs: one margin per pair (positive = agrees with the label).
+ScoreFn = Callable[[Any, datasets.Dataset], np.ndarray]
+
+
+@dataclass
+class CompositionResult:
+    """Matrices indexed by trained-on group (rows) and evaluated-on group (columns)."""
+
+    attribute: str
+    margin: pd.DataFrame
+    margin_ci_low: pd.DataFrame
+    margin_ci_high: pd.DataFrame
+    accuracy: pd.DataFrame
+    train_size: int
+    test_counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        def frame(df: pd.DataFrame) -> dict[str, dict[str, float]]:
+            return {str(r): {str(c): float(v) for c, v in row.items()} for r, row in
+                    df.iterrows()}
+
+        return {"attribute": self.attribute, "train_size": self.train_size,
+                "test_counts": self.test_counts, "margin": frame(self.margin),
+                "margin_ci_low": frame(self.margin_ci_low),
+                "margin_ci_high": frame(self.margin_ci_high), "accuracy": frame(self.accuracy)}
+
+
+def composition_matrix(
+    train: datasets.Dataset,
+    test: datasets.Dataset,
+    attribute: str,
+    train_fn: TrainFn,
+    score_fn: ScoreFn,
+    *,
+    n: int | None = None,
+    groups: list[str] | None = None,
+    n_boot: int = 500,
+    level: float = 0.95,
+    seed: int = 0,
+) -> CompositionResult:
+    """Train per group on ``n`` pairs each (default: the smallest group's count), score on all.
+
+    Args:
+        train, test: schema datasets (annotator ``attributes`` carry ``attribute``).
+        attribute: annotator attribute defining the groups (e.g. ``"education"``).
+        train_fn: ``train_fn(subset) -> model``.
+        score_fn: ``score_fn(model, pairs) -> margins`` (e.g. from :func:`preference_margins`).
+        n: pairs per group for training.
+        groups: groups to use (default: all present in ``train``).
+    """
+    subsets = size_matched_subsets(train, attribute, n=n, seed=seed, values=groups)
+    test_groups = np.asarray([v if v is not None else "" for v in
+                              attribute_values(test, attribute, "attributes")], dtype=object)
+    names = list(subsets)
+    tests = {g: test.select(np.flatnonzero(test_groups == g)) for g in names}
+    empty = [g for g, d in tests.items() if len(d) == 0]
+    if empty:
+        raise EvaluationError(f"composition_matrix: no held-out pairs for {attribute}={empty}; "
+                              "use a larger test split or drop those groups")
+    rng = np.random.default_rng(seed)
+    cells: dict[tuple[str, str], tuple[float, float, float, float]] = {}
+    for a in names:
+        model = train_fn(subsets[a])
+        for b in names:
+            m = np.asarray(score_fn(model, tests[b]), dtype=float)
+            if m.shape != (len(tests[b]),) or not np.all(np.isfinite(m)):
+                raise EvaluationError(f"score_fn returned {m.shape} values (finite: "
+                                      f"{bool(np.all(np.isfinite(m)))}) for {len(tests[b])} pairs")
+            lo, hi = percentile_interval(
+                bootstrap_statistic(m.size, lambda idx, m=m: m[idx].mean(), n_boot, rng), level)
+            cells[a, b] = (float(m.mean()), lo, hi, 100.0 * float((m > 0).mean()))
+
+    def matrix(k: int) -> pd.DataFrame:
+        return pd.DataFrame([[cells[a, b][k] for b in names] for a in names], index=names,
+                            columns=names).rename_axis(index="trained on", columns="evaluated on")
+
+    return CompositionResult(attribute=attribute, margin=matrix(0), margin_ci_low=matrix(1),
+                             margin_ci_high=matrix(2), accuracy=matrix(3),
+                             train_size=len(next(iter(subsets.values()))),
+                             test_counts={g: len(d) for g, d in tests.items()})
+
+
+def tiny_dpo_functions(sft_model: Any, tokenizer: Any, config: Any,
+                       margin_kwargs: dict[str, Any] | None = None) -> tuple[TrainFn, ScoreFn]:
+    """``(train_fn, score_fn)`` that fine-tune copies of ``sft_model`` with
+    :class:`~pluralign.training.PreferenceTrainer` under ``config`` (a ``PreferenceConfig``) and
+    score held-out margins against ``sft_model`` as reference."""
+    from pluralign.evaluation.margins import preference_margins
+    from pluralign.training import PreferenceTrainer
+
+    kwargs = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
+              "progress": False, **(margin_kwargs or {})}
+
+    def train_fn(subset: datasets.Dataset) -> Any:
+        policy = copy.deepcopy(sft_model).requires_grad_(True)
+        PreferenceTrainer(policy, ref_model=sft_model, args=copy.deepcopy(config),
+                          train_dataset=subset, processing_class=tokenizer).train()
+        return policy
+
+    def score_fn(policy: Any, pairs: datasets.Dataset) -> np.ndarray:
+        return preference_margins(policy, sft_model, pairs, tokenizer, **kwargs)[
+            "margin"].to_numpy()
+
+    return train_fn, score_fn
