@@ -163,6 +163,32 @@ def test_dataset_missing_chosen_fails_before_training(tmp_path, model, tokenizer
     assert not list(tmp_path.glob("checkpoint-*"))
 
 
+def test_objective_columns_are_required_and_reach_the_objective(tmp_path, model, tokenizer):
+    with pytest.raises(SchemaError, match="pair_variance"):
+        PreferenceTrainer(model, args=_config(tmp_path, objective="corrected_dpo"),
+                          train_dataset=datasets.Dataset.from_list(PAIRS),
+                          processing_class=tokenizer)
+    rows = [{**p, "pair_variance": 0.25 * i, "annotator_id": f"a{i}"} for i, p in enumerate(PAIRS)]
+    args = _config(tmp_path, objective="corrected_dpo")
+    trainer = PreferenceTrainer(copy.deepcopy(model), args=args,
+                                train_dataset=datasets.Dataset.from_list(rows),
+                                processing_class=tokenizer)
+    assert "annotator_id" not in trainer.train_dataset.column_names  # strings are not collated
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    assert batch["pair_variance"].tolist() == [0.0, 0.25, 0.5, 0.75]
+    seen = {}
+    original = trainer.objective.forward
+
+    def spy(margin, batch=None):
+        seen["variance"] = batch["pair_variance"]
+        return original(margin, batch)
+
+    trainer.objective.forward = spy
+    with torch.no_grad():
+        assert torch.isfinite(trainer.compute_loss(trainer.model, batch))
+    assert seen["variance"].tolist() == [0.0, 0.25, 0.5, 0.75]
+
+
 # ------------------------------------------------------------------ loss equalities
 def _our_loss(tmp_path, model, tokenizer, batch, **kw):
     ds = datasets.Dataset.from_list(PAIRS)

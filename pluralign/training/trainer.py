@@ -48,6 +48,7 @@ from pluralign.training.config import PreferenceConfig
 from pluralign.training.logps import sequence_logps, supports_completion_head
 from pluralign.training.tokenization import (
     REF_COLUMNS,
+    REQUIRED_COLUMNS,
     TOKEN_COLUMNS,
     PreferenceCollator,
     check_pair_columns,
@@ -55,6 +56,8 @@ from pluralign.training.tokenization import (
 )
 
 STRENGTH_FILE = "strength.safetensors"
+#: Per-pair columns an objective reads from the batch (see pluralign.objectives).
+OBJECTIVE_COLUMNS = {"corrected_dpo": ("pair_variance",), "agreement": ("agreement",)}
 STAGING_DIR = ".staging"
 _NUMERIC = (
     "int8",
@@ -157,6 +160,10 @@ class PreferenceTrainer(Trainer):
             if objective is not None
             else build_objective(args.objective, **args.objective_kwargs())
         )
+        needed = OBJECTIVE_COLUMNS.get(args.objective, ())
+        for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+            if dataset is not None:
+                check_pair_columns(dataset, name, required=(*REQUIRED_COLUMNS, *needed))
         tok_kwargs = {
             "tokenizer": processing_class,
             "max_length": args.max_length,
