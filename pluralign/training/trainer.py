@@ -23,6 +23,7 @@ What the ``Trainer`` does not know and this class adds:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -220,7 +221,14 @@ class PreferenceTrainer(Trainer):
             return torch.cat([inputs[REF_COLUMNS[0]], inputs[REF_COLUMNS[1]]])
         args = (inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
                 completion_head)
-        with torch.inference_mode():
+        # Under bf16/fp16 mixed precision the Trainer autocasts compute_loss; a float32 reference
+        # (the paper's setting) is scored outside autocast so it really runs in float32.
+        full_precision = (
+            torch.autocast(device_type=inputs["input_ids"].device.type, enabled=False)
+            if self.args.reference_dtype == "float32"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), full_precision:
             if self.ref_model is not None:
                 logps = sequence_logps(self.ref_model, *args)
             else:
