@@ -7,8 +7,12 @@ that is float32 or float64 and in float32 for half-precision margins (a loss in 
 rounded to 3 significant digits for no gain). Gradients come back in each input's own dtype.
 
 The Gamma and LogNormal kernels are single ``torch.autograd.Function`` s with analytic backward
-passes: one graph node per call instead of ~15, which is what keeps MixDPO within ~2× the cost
-of a DPO step (``bench/objectives.py``). They are differentiable once (no double backward).
+passes. For Gamma this is needed for correctness: the series is in ``|Δ|`` and autograd through
+``abs`` gives a zero margin gradient at ``Δ = 0`` exactly — where every pair sits at the first
+step, when policy = reference — while the true slope is ``E[β]/4``. Speed is on a par with
+autograd through the same sum (64 margins, one CPU thread: 3.9× vs 4.0× a DPO step without the
+input checks); the backward stores no per-op intermediates. Differentiable once (no double
+backward).
 
 Invalid inputs (non-finite margins, non-positive shape/rate, negative sigma) raise
 :class:`NumericsError`, a ``ValueError``, naming the offending value instead of returning NaN.
@@ -231,7 +235,9 @@ def log_gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLi
 
     with the standard Lerch transcendent ``Φ(z, s, a) = Σ_{n≥0} z^n (n + a)^{−s}`` (this is the
     convention of the paper's Eq. 4–5; its Appendix C defines Φ and ζ with the sum from n = 1,
-    which is off by one, and writes ``s = n`` for ``s = k``). Then ``E[σ(βΔ)] = 1 − S(Δ)`` for
+    which is off by one — consistent with its Eq. 13–14, where ``a = λ/Δ``, but not with
+    Eq. 6 and 16, which hold only for the standard n ≥ 0 sums — and writes ``s = n`` for
+    ``s = k``). Then ``E[σ(βΔ)] = 1 − S(Δ)`` for
     ``Δ > 0``, ``S(|Δ|)`` for ``Δ < 0`` and ``1/2`` at ``Δ = 0`` (the Abel sum of the series,
     and the limit from both sides; the function is smooth through 0 with slope ``k/(4λ)``).
 
