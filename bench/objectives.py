@@ -1,10 +1,12 @@
 """Cost of one forward+backward pass of each preference loss on 64 margins, relative to DPO.
 
 Every candidate computes ``loss = objective(margins).mean()`` and ``loss.backward()`` with fresh
-margins that require grad (as in training) on one CPU thread. Candidates run interleaved, round
-after round; the CPU time of this thread (not wall time, which other processes inflate) is
-measured, each round's time is divided by DPO's time in the same round, and the median of these
-ratios over rounds is reported (with the best round, the least disturbed by a busy machine).
+margins that require grad (as in training) on one CPU thread. Strengths are learnable as in the
+paper; the "fixed" rows show the kernel cost alone (no parameter transform or gradient).
+Candidates run interleaved, round after round; the CPU time of this thread (not wall time,
+which other processes inflate) is measured, each round's time is divided by DPO's time in the
+same round, and the median of these ratios over rounds is reported (with the best round, the
+least disturbed by a busy machine).
 
     python bench/objectives.py [--rounds 25] [--inner 100]
 
@@ -53,7 +55,9 @@ def _candidates() -> dict[str, Callable[[Tensor], Tensor]]:
     return {
         "DPO (beta=0.1)": DPOObjective(0.1),
         "MixDPO-Gamma (exact, CVZ 20 terms)": MixDPOObjective(Gamma(2.0, 16.7)),
+        "  same, fixed k and lambda": MixDPOObjective(Gamma(2.0, 16.7, learnable=False)),
         "MixDPO-LogNormal (quadrature 16)": MixDPOObjective(LogNormal(-2.3, 0.6)),
+        "  same, fixed mu and sigma": MixDPOObjective(LogNormal(-2.3, 0.6, learnable=False)),
         "MixDPO-LogNormal (Monte Carlo 16)": MixDPOObjective(
             LogNormal(-2.3, 0.6, method="monte_carlo", generator=gen)
         ),
