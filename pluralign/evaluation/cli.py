@@ -78,8 +78,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
   pluralign evaluate --model runs/mix/final --ref-model runs/sft/final --data pairs.jsonl \\
       --judge-model path/to/reward-classifier --n-prompts 200 --output-dir runs/eval
 
-Win rates: --judge-model is a local sequence-classification checkpoint; --judge-url/--judge-name
-use an OpenAI-compatible endpoint with the key from the env var named by --judge-key-env."""
+Win rates (policy vs --ref-model generations): --judge-model is a local sequence-classification
+checkpoint, --judge-bt a pluralign Bradley-Terry reward model; --judge-url/--judge-name use an
+OpenAI-compatible endpoint (opt-in) with the key from the env var named by --judge-key-env."""
     parser.add_argument("--model", required=True, help="local folder of the policy")
     parser.add_argument("--ref-model", default=None, help="reference (SFT) model folder")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
@@ -88,7 +89,10 @@ use an OpenAI-compatible endpoint with the key from the env var named by --judge
     parser.add_argument("--by", nargs="*", default=[], help="subgroup columns (attr.* / ctx.*)")
     parser.add_argument("--baseline-margins", default=None,
                         help="margins.csv of a baseline run, for per-subgroup margin gains")
-    parser.add_argument("--judge-model", default=None, help="local reward-model judge folder")
+    parser.add_argument("--judge-model", default=None,
+                        help="local sequence-classification reward model folder (judge)")
+    parser.add_argument("--judge-bt", default=None,
+                        help="folder of a pluralign Bradley-Terry reward model (MiniLM) as judge")
     parser.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (opt-in)")
     parser.add_argument("--judge-name", default=None, help="model name at --judge-url")
     parser.add_argument("--judge-key-env", default="OPENAI_API_KEY",
@@ -146,7 +150,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                        "caption": "Margin gains over the baseline"})
     else:
         metrics["methods"] = {"policy": {"micro": {"mean": float(df["margin"].mean())}}}
-    if args.judge_model or args.judge_url:
+    if args.judge_model or args.judge_bt or args.judge_url:
         _win_rates(args, dataset, model, ref, tokenizer, metrics)
     write_report(out, metrics)
     print(f"wrote {out / 'report.html'}, {out / 'metrics.json'}, {out / 'margins.csv'}")
@@ -173,6 +177,11 @@ def _win_rates(args: argparse.Namespace, dataset: Any, model: Any, ref: Any, tok
         if not args.judge_name:
             raise EvaluationError("--judge-url needs --judge-name (the judge model)")
         judge: Any = HTTPJudge(args.judge_url, args.judge_name, api_key_env=args.judge_key_env)
+    elif args.judge_bt:
+        from pluralign.reward.bradley_terry import BradleyTerryRewardModel
+
+        judge = RewardModelJudge(BradleyTerryRewardModel.from_pretrained(args.judge_bt),
+                                 name="bradley-terry")
     else:
         judge = RewardModelJudge(SequenceClassifierScorer(args.judge_model))
     prompts = list(dict.fromkeys(dataset["prompt"]))[: args.n_prompts]
