@@ -283,3 +283,26 @@ def test_strength_parameters_get_their_own_optimizer_group(tmp_path, model, toke
     assert len(groups) == 1 and groups[0]["lr"] == 3e-3
     assert {id(p) for p in groups[0]["params"]} == strength_ids
     assert all(g["lr"] == 1e-6 for g in optimizer.param_groups if g is not groups[0])
+
+
+def test_peft_reference_is_the_base_model_with_adapters_disabled(tmp_path, model, tokenizer):
+    peft = pytest.importorskip("peft")
+    policy = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["query_key_value"], task_type="CAUSAL_LM"))
+    with torch.no_grad():  # LoRA's B starts at 0: make the adapter do something
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    batch = PreferenceCollator(tokenizer.pad_token_id)([tokenize_pair(p, tokenizer) for p in PAIRS])
+    ds = datasets.Dataset.from_list(PAIRS)
+    with_peft = PreferenceTrainer(policy, args=_config(tmp_path), train_dataset=ds,
+                                  processing_class=tokenizer)
+    assert with_peft.ref_model is None
+    merged = copy.deepcopy(policy).merge_and_unload()
+    explicit = PreferenceTrainer(merged, ref_model=copy.deepcopy(model), args=_config(tmp_path),
+                                 train_dataset=ds, processing_class=tokenizer)
+    with torch.no_grad():
+        a = with_peft.compute_loss(with_peft.model, dict(batch))
+        b = explicit.compute_loss(explicit.model, dict(batch))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert float(a) != pytest.approx(0.6931471805599453, abs=1e-4)
