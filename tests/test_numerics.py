@@ -127,7 +127,7 @@ def test_gamma_gradients_match_mpmath_derivatives():
             def f(t, i=i):
                 moved = list(args)
                 moved[i] = t
-                return ref.gamma_expected_sigmoid(*moved, dps=30)[0]
+                return ref.gamma_expected_sigmoid(*moved, dps=25)[0]
 
             exact = mp.diff(f, mp.mpf(args[i]), h=mp.mpf("1e-8"))
             assert _rel(g.item(), exact) < 1e-9
@@ -286,7 +286,7 @@ def test_lognormal_monte_carlo_is_unbiased():
     gen = torch.Generator().manual_seed(1234)
     runs = torch.stack([
         lognormal_expected_sigmoid(d, mu, s, num_points=16, method="monte_carlo", generator=gen)
-        for _ in range(400)
+        for _ in range(200)
     ])
     mean, se = runs.mean(0), runs.std(0) / math.sqrt(len(runs))
     assert (se > 0).all()
@@ -340,6 +340,19 @@ def test_lognormal_symmetry_and_bounds(d, mu, s):
     both = lognormal_expected_sigmoid(torch.tensor([d, -d], dtype=F64), mu, s, num_points=32)
     assert 0 <= both[0] <= 1
     assert both.sum().item() == pytest.approx(1.0, abs=1e-7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    d=st.floats(-30, 30, **finite),
+    step=st.floats(1e-4, 10, **finite),
+    mu=st.floats(-4, 2, **finite),
+    s=st.floats(0.0, 1.5, **finite),
+)
+def test_lognormal_monotone_in_margin(d, step, mu, s):
+    pair = torch.tensor([d, d + step], dtype=F64)
+    lo, hi = log_lognormal_expected_sigmoid(pair, mu, s, num_points=16).tolist()
+    assert hi >= lo - 1e-14  # log E → 0 as Δ grows: allow rounding of a sum of weights ≈ 1
 
 
 @pytest.mark.parametrize(

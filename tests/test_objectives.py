@@ -94,7 +94,7 @@ def test_learnable_strength_moves_towards_the_data():
     start = objective.metrics()["beta_mean"]
     opt = torch.optim.Adam(objective.parameters(), lr=0.05)
     d = torch.cat([torch.full((50,), 20.0), torch.full((50,), -20.0)])
-    for _ in range(30):
+    for _ in range(15):
         opt.zero_grad()
         objective(d).mean().backward()
         opt.step()
