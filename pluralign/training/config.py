@@ -34,25 +34,23 @@ class PreferenceConfig(TrainingArguments):
         default="dpo",
         metadata={
             "help": "Loss on the policy's reward margins: 'dpo' (fixed beta), 'mixdpo' (beta "
-            "drawn from the "
-            "`strength` distribution, seeds/001 Eq. 3), 'corrected_dpo' (first-order-corrected "
-            "DPO, needs "
-            "a `pair_variance` column) or 'agreement' (needs an `agreement` column)."
+            "drawn from the `strength` distribution, seeds/001 Eq. 3), 'corrected_dpo' "
+            "(first-order-corrected DPO, needs a `pair_variance` column) or 'agreement' "
+            "(needs an `agreement` column)."
         },
     )
     strength: str = field(
         default="point",
         metadata={
-            "help": "Preference-strength family for mixdpo: 'point' (equals DPO), 'lognormal' or "
-            "'gamma'."
+            "help": "Preference-strength family for mixdpo: 'point' (equals DPO), 'lognormal' "
+            "or 'gamma'."
         },
     )
     learnable_strength: bool = field(
         default=True,
         metadata={
-            "help": "Learn the strength distribution's parameters jointly with the policy; false "
-            "gives the "
-            "paper's 'fixed parameters' baseline."
+            "help": "Learn the strength distribution's parameters jointly with the policy; "
+            "false gives the paper's 'fixed parameters' baseline."
         },
     )
     beta: float = field(
@@ -75,8 +73,8 @@ class PreferenceConfig(TrainingArguments):
         default="quadrature",
         metadata={
             "help": "How E[sigma(beta*margin)] is computed for LogNormal beta: 'quadrature' "
-            "(deterministic "
-            "Gauss-Hermite) or 'monte_carlo' (the paper's K reparameterised samples)."
+            "(deterministic Gauss-Hermite) or 'monte_carlo' (the paper's K "
+            "reparameterised samples)."
         },
     )
     lognormal_num_points: int = field(
@@ -95,9 +93,8 @@ class PreferenceConfig(TrainingArguments):
     correction_alpha: float | None = field(
         default=None,
         metadata={
-            "help": "corrected_dpo only: weight of the first-order variance correction (objective "
-            "default if "
-            "unset)."
+            "help": "corrected_dpo only: weight of the first-order variance correction "
+            "(objective default if unset)."
         },
     )
     agreement_num_types: int | None = field(
@@ -116,16 +113,15 @@ class PreferenceConfig(TrainingArguments):
     precompute_ref_logps: bool = field(
         default=False,
         metadata={
-            "help": "Compute the reference log-probs once before training and drop the reference "
-            "model, "
-            "instead of a reference forward pass at every step."
+            "help": "Compute the reference log-probs once before training and drop the "
+            "reference model, instead of a reference forward pass at every step."
         },
     )
     reference_dtype: str = field(
         default="float32",
         metadata={
-            "help": "dtype of the frozen reference model (paper: float32 even when the policy is "
-            "bfloat16)."
+            "help": "dtype of the frozen reference model (paper: float32 even when the policy "
+            "is bfloat16)."
         },
     )
     pad_to_multiple_of: int | None = field(
@@ -155,8 +151,8 @@ class PreferenceConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "Kept False: the trainer itself keeps the token columns and the numeric "
-            "per-pair columns "
-            "(reference log-probs, pair_variance, agreement) that objectives read."
+            "per-pair columns (reference log-probs, pair_variance, agreement) that "
+            "objectives read."
         },
     )
 
