@@ -199,12 +199,12 @@ def _evaluate(pop: Population, config: BenchmarkConfig, encoder: ItemEncoder,
     at20 = curve[config.curve.index(HEADLINE_N)]
     out["unseen_accuracy_at_20"] = {"pal": at20, "bt": bt_unseen}
     out["sample_efficiency"] = {"n_pairs": list(config.curve), "pal": curve, "bt": bt_unseen}
+    out["adapt_methods_at_20"] = _adapt_methods(pal, ds, pairs, split, unseen_test)
     out["population_average_fallback_accuracy"] = pal.accuracy(
         unseen_test, pairs.subset(split.unseen_test), unknown="average")
     if heterogeneous:
         out["unseen_accuracy_at_20"]["oracle"] = oracle_unseen
         out["sample_efficiency"]["oracle"] = oracle_unseen
-        out["adapt_methods_at_20"] = _adapt_methods(pal, ds, pairs, split, unseen_test)
         clock = time.perf_counter()
         out["relabel"] = _relabel(pop, ds.select(split.unseen_test), oracle)
         timings["relabel"] = time.perf_counter() - clock
@@ -226,8 +226,9 @@ def _adapt_methods(pal: PALRewardModel, ds: Any, pairs: PairEmbeddings, split: _
     assumed)."""
     recipes = {
         "authors_adamw_lr5e-3_bs4_20ep": {"adapt_lr": 5e-3, "adapt_batch_size": 4,
-                                          "adapt_epochs": 20},
-        "adamw_lr5e-2_bs4_20ep": {"adapt_lr": 5e-2, "adapt_batch_size": 4, "adapt_epochs": 20},
+                                          "adapt_epochs": 20, "adapt_prior": "none"},
+        "adamw_lr5e-2_bs4_20ep_no_prior": {"adapt_lr": 5e-2, "adapt_batch_size": 4,
+                                           "adapt_epochs": 20, "adapt_prior": "none"},
         "fullbatch_adamw_lr1e-1_100ep": {"adapt_lr": 1e-1, "adapt_batch_size": 0,
                                          "adapt_epochs": 100},
     }
