@@ -229,8 +229,10 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
     else:
         verdict = (f"the heterogeneous population keeps a {gap:+.0%} larger variance, as "
                    "seeds/000 claims.")
+    cv2 = {k: results[k].trajectories[GAMMA_METHOD].final_cv2 for k in POPULATIONS}
     claim = (f"Learned Var[β] of Gamma MixDPO: heterogeneous {lbv['heterogeneous']:.4g} vs "
-             f"homogeneous {lbv['homogeneous']:.4g} — {verdict}")
+             f"homogeneous {lbv['homogeneous']:.4g} — {verdict} (Scale-free CV² = Var/mean²: "
+             f"{_g(cv2['heterogeneous'])} vs {_g(cv2['homogeneous'])}.)")
     methods = {m: {"micro": t.micro.to_dict(), "macro": t.macro.to_dict(),
                    "population": "heterogeneous",
                    "by_population": {k: {"micro": results[k].tables[m].micro.to_dict(),
@@ -309,6 +311,10 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
     }
     write_report(out, metrics)
     return metrics
+
+
+def _g(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
 
 
 def _ci(ci: tuple[float, float] | None) -> str:
