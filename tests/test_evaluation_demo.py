@@ -142,3 +142,19 @@ def test_evaluate_command_with_margins_gains_and_reward_model_judge(tmp_path, ca
     wr = metrics["win_rates"]["policy vs SFT"]
     assert wr["n"] == 6 and 0 <= wr["win_rate"] <= 100
     assert (tmp_path / "mix" / "fig3_margin_gains.png").is_file()
+
+
+def test_generate_responses_returns_only_new_text_deterministically():
+    from pluralign.evaluation.generation import generate_responses
+
+    tok = build_tokenizer(["Should we? Fairness matters most.", "Why not. Safety first."],
+                          vocab_size=280)
+    model = tiny_gpt_neox(len(tok), seed=3, hidden_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=64)
+    prompts = ["Should we?", "Why not and why?", [{"role": "user", "content": "Hi"}]]
+    first = generate_responses(model, tok, prompts, max_new_tokens=6, progress=False)
+    again = generate_responses(model, tok, prompts, max_new_tokens=6, batch_size=1,
+                               progress=False)
+    assert first == again and len(first) == 3
+    assert all(isinstance(t, str) and len(t) > 0 for t in first)
+    assert tok.padding_side == "right"  # restored after left-padded generation
