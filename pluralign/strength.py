@@ -123,8 +123,10 @@ class PointMass(StrengthDistribution):
     def __init__(self, beta: float = 0.1, learnable: bool = False) -> None:
         super().__init__(learnable)
         beta = _validated("beta", beta, "PointMass")
-        self._register("raw_beta" if learnable else "beta_value", _inverse_softplus(beta)
-                       if learnable else beta)
+        if learnable:
+            self._register("raw_beta", _inverse_softplus(beta))
+        else:
+            self._register("beta_value", beta)
 
     @property
     def beta(self) -> Tensor:
