@@ -18,6 +18,9 @@ test: $(STAMP)
 	$(PY) -m ruff check pluralign tests bench
 	$(PY) -m pytest -n 2 -q
 
+demo: $(STAMP)
+	$(VENV)/bin/pluralign demo
+
 lint: $(STAMP)
 	$(PY) -m ruff check pluralign tests bench
 
