@@ -82,7 +82,8 @@ class PALConfig:
         variant: ``"A"`` (ideal point = mixture of prototype points, distance score) or ``"B"``
             (mixture of prompt-conditioned prototype rewards, cosine × temperature).
         n_prototypes: K, the number of prototypes (the authors use 1-2 on their datasets).
-        pref_dim: d, dimension of the preference space.
+        pref_dim: d, dimension of the preference space (16 fitted the homogeneous control ~1 point
+            worse than Bradley–Terry on 7.5k pairs; 64 matched it).
         hidden_dim: hidden width of the projector (and of PAL-B's prototype networks); 0 = linear.
         loss: ``"logistic"`` (Bradley–Terry) or ``"hinge"`` (max(0, 1 − Δ), the authors' PAL-A
             loss).
@@ -117,7 +118,7 @@ class PALConfig:
 
     variant: str = "A"
     n_prototypes: int = 2
-    pref_dim: int = 16
+    pref_dim: int = 64
     hidden_dim: int = 128
     loss: str = "logistic"
     distance: str = "euclidean"

@@ -1,0 +1,75 @@
+"""End to end: the PAL benchmark's claims on a smaller population, and `pluralign pal` commands."""
+
+import json
+
+import pytest
+import torch
+
+from pluralign.cli import main
+from pluralign.data.splits import split_by_annotator
+from pluralign.data.synthetic import make_population
+from pluralign.reward.benchmark import DEFAULT_POPULATION, BenchmarkConfig, run_benchmark
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_benchmark_must_show_claims(tmp_path, cache_dir):
+    """Smaller than `pluralign pal benchmark` (200 users x 80 pairs, 3 opposed types)."""
+    config = BenchmarkConfig(
+        population={**DEFAULT_POPULATION, "n_annotators": 200, "pairs_per_annotator": 80},
+        test_pairs_per_user=30, curve=[5, 20, 50], compare_adapt_methods=False)
+    m = run_benchmark(config, out_dir=tmp_path, cache_dir=cache_dir, show_progress=False)
+    at20, homogeneous = m["unseen_accuracy_at_20"], m["homogeneous_accuracy"]
+    assert at20["pal"] >= at20["bt"] + 0.10
+    assert at20["pal"] >= at20["oracle"] - 0.03
+    assert m["adjusted_rand_index"] >= 0.9
+    assert homogeneous["pal"] >= homogeneous["bt"] - 0.01
+    relabel = m["relabel"]
+    assert relabel["agreement_relabeled"] > relabel["agreement_original"]
+    counts = m["parameter_counts"]
+    assert counts["per_user_bt"]["total"] > 50 * counts["pal"]["total"]
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["sample_efficiency"]["n_pairs"] == [5, 20, 50]
+    assert (tmp_path / "sample_efficiency.png").stat().st_size > 1000
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_pal_train_eval_adapt_commands(tmp_path, cache_dir, capsys):
+    pop = make_population(**{**DEFAULT_POPULATION, "n_annotators": 24, "n_prompts": 20,
+                             "pairs_per_annotator": 40})
+    split = split_by_annotator(pop.dataset, test_size=0.25, seed=0)
+    seen, unseen = tmp_path / "seen.parquet", tmp_path / "unseen.parquet"
+    split["train"].to_parquet(seen)
+    split["test"].to_parquet(unseen)
+    common = ["--cache-dir", str(cache_dir), "--quiet"]
+    model, adapted = tmp_path / "pal", tmp_path / "pal-adapted"
+    assert main(["pal", "train", "--data", str(seen), "--out", str(model), "--set",
+                 "n_prototypes=3", "--set", "epochs=5", *common]) == 0
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert 0.5 <= metrics["train_accuracy"] <= 1.0
+    assert {p.name for p in model.iterdir()} >= {"model.safetensors", "config.json",
+                                                 "config.yaml", "metrics.json", "loss.png"}
+    assert main(["pal", "eval", "--model", str(model), "--data", str(unseen), *common]) == 2
+    assert "adapt" in capsys.readouterr().err  # unknown users: a clear error, not a zero
+    assert main(["pal", "eval", "--model", str(model), "--data", str(unseen),
+                 "--unknown", "average", *common]) == 0
+    assert main(["pal", "adapt", "--model", str(model), "--data", str(unseen), "--n", "10",
+                 "--out", str(adapted), *common]) == 0
+    groups = json.loads((adapted / "adapted_users.json").read_text())
+    assert sorted(groups) == sorted(set(split["test"]["annotator_id"]))
+    assert main(["pal", "eval", "--model", str(adapted), "--data", str(unseen),
+                 "--out", str(tmp_path / "eval"), *common]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["pairs"] == len(
+        split["test"])
