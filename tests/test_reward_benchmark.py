@@ -73,3 +73,18 @@ def test_pal_train_eval_adapt_commands(tmp_path, cache_dir, capsys):
                  "--out", str(tmp_path / "eval"), *common]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["pairs"] == len(
         split["test"])
+
+
+def test_shipped_configs_parse():
+    import yaml
+
+    from pluralign.reward.base import config_from_dict
+    from pluralign.reward.pal import PALConfig
+
+    bench = config_from_dict(BenchmarkConfig,
+                             yaml.safe_load(open("configs/pal_benchmark.yaml", encoding="utf-8")))
+    bench.check(bench.population_config().pairs_per_annotator)
+    assert bench.pal_config(3, False).pref_dim == 64
+    pal = config_from_dict(PALConfig, yaml.safe_load(open("configs/pal_train.yaml",
+                                                          encoding="utf-8")))
+    assert pal.variant == "A" and pal.n_prototypes == 3

@@ -23,12 +23,14 @@ from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, write_json, write_text
 
 _EPILOG = """Examples:
-  pluralign pal benchmark --out runs/pal-bench pluralign pal benchmark --out runs/pal-bench --config
-  configs/pal_benchmark.yaml pluralign pal train --data runs/pop/pairs.parquet --out runs/pal --set
-  n_prototypes=3 pluralign pal train --data prism/ --out runs/pal-b --config
-  configs/pal_persona.yaml pluralign pal train --data pairs.jsonl --kind bt --out runs/bt pluralign
-  pal eval --model runs/pal --data heldout.jsonl --unknown average pluralign pal adapt --model
-  runs/pal --data new_users.jsonl --n 20 --out runs/pal-adapted
+  pluralign pal benchmark --out runs/pal-bench
+  pluralign pal benchmark --out runs/pal-bench --config configs/pal_benchmark.yaml --threads 2
+  pluralign data synthetic runs/pop --set n_annotators=300 --set pairs_per_annotator=50
+  pluralign pal train --data runs/pop/pairs.parquet --out runs/pal --set n_prototypes=3
+  pluralign pal train --data pairs.parquet --out runs/pal --config configs/pal_train.yaml
+  pluralign pal train --data pairs.jsonl --kind bt --out runs/bt
+  pluralign pal eval --model runs/pal --data heldout.jsonl --unknown average
+  pluralign pal adapt --model runs/pal --data new_users.jsonl --n 20 --out runs/pal-adapted
 """
 DEFAULT_CACHE = Path(".cache") / "pluralign" / "embeddings"
 
