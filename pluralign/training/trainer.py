@@ -127,15 +127,15 @@ class PreferenceTrainer(Trainer):
 
     Args:
         model: the policy (a ``PreTrainedModel`` or a peft model), normally an SFT checkpoint.
-        ref_model: frozen reference; if None it is the peft base (adapters disabled) for peft
-        models, the
-            precomputed log-probs when ``args.precompute_ref_logps``, or else a copy of ``model``.
+        ref_model: frozen reference. If None: the base model with adapters disabled for a peft
+            policy; the precomputed log-probs with ``args.precompute_ref_logps``; else a frozen
+            copy of ``model`` (in ``args.reference_dtype``).
         args: a :class:`PreferenceConfig`.
-        train_dataset / eval_dataset: ``datasets.Dataset`` with ``prompt``, ``chosen``, ``rejected``
-            (strings or chat messages); numeric per-pair columns reach the objective in the batch.
+        train_dataset / eval_dataset: ``datasets.Dataset`` with ``prompt``, ``chosen``,
+            ``rejected`` (strings or chat messages); numeric per-pair columns reach the objective.
         processing_class: the tokenizer.
-        objective: an already built :class:`~pluralign.objectives.Objective` (default: from
-        ``args``).
+        objective: an already built :class:`~pluralign.objectives.Objective` (default: built
+            from ``args``).
     """
 
     def __init__(
