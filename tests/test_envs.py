@@ -152,6 +152,10 @@ def test_simulate_cli(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"dpo", "agreement", "reference", "timings_s"}
     assert (out / "policies.png").stat().st_size > 0
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1
+    assert f"TV to π* {metrics['dpo']['tv_to_optimal']:.4f}" in page
+    assert f"Spearman vs NBC {metrics['agreement']['spearman_nbc']:.3f}" in page
     assert yaml.safe_load((out / "config.yaml").read_text())["experiment"]["num_pairs"] == 100_000
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"experiment": {"nmu_pairs": 3}}))
     assert main(["simulate", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2

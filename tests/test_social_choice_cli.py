@@ -89,6 +89,14 @@ def test_cli_writes_run_folder(tmp_path, capsys):
     assert (questions["dpo_ranking"] == questions["nbc_ranking"]).all()     # Prop. 4.2
     flippable = questions[np.isfinite(questions["min_tv_to_flip"])]
     assert (flippable["flipped_nbc_ranking"] != flippable["nbc_ranking"]).all()
+    tv = np.sort(flippable["min_tv_to_flip"].to_numpy())
+    assert metrics["min_tv_quantiles"]["q50"] == pytest.approx(np.median(tv))
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 == len(metrics["figures"])
+    assert f"on {metrics['num_disagree']} questions" in page
+    assert f"{metrics['min_tv_quantiles']['q90']:.3g}" in page
+    assert str(questions.sort_values(["disagree", "min_tv_to_flip"], ascending=[False, True])
+               ["question"].iloc[0]) in page        # the most sensitive question is tabulated
 
 
 def test_cli_reports_bad_rows(tmp_path, capsys):

@@ -15,7 +15,8 @@ from pluralign.envs.experiment import METHODS, ExperimentConfig, run_experiment
 from pluralign.envs.plots import plot_policies
 from pluralign.envs.proximity import ProximityConfig, ProximityEnv
 from pluralign.errors import ConfigError
-from pluralign.io import atomic_path, write_json, write_text
+from pluralign.evaluation.report import write_report
+from pluralign.io import atomic_path, write_text
 
 EPILOG = """\
 Examples:
@@ -25,7 +26,8 @@ Examples:
 
 The run folder gets config.yaml, metrics.json (TV to the optimal policy, peak offset and
 Spearman correlations per method, plus timings), policies.csv (each policy against the offset
-delta = response - prompt, averaged over states) and policies.png (Fig. 4 of seeds/003).
+delta = response - prompt, averaged over states), policies.png (Fig. 4 of seeds/003) and
+report.html (all of it on one page; `pluralign report RUN` rebuilds it).
 """
 
 
@@ -80,7 +82,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = {"environment": dataclasses.asdict(env_cfg),
               "experiment": dataclasses.asdict(exp_cfg)}
     write_text(out / "config.yaml", yaml.safe_dump(_plain(config), sort_keys=False))
-    write_json(out / "metrics.json", {**result.metrics, "timings_s": result.timings})
     rolled = {name: env.roll(pol).mean(axis=0) for name, pol in result.policies.items()}
     rolled |= {"optimal": env.roll(env.optimal_policy()).mean(axis=0),
                "dpo_limit": env.roll(env.dpo_limit_policy()).mean(axis=0),
@@ -88,12 +89,51 @@ def run_simulate(args: argparse.Namespace) -> int:
     with atomic_path(out / "policies.csv") as tmp:
         pd.DataFrame({"delta": env.offsets(), **rolled}).to_csv(tmp, index=False)
     plot_policies(env, result.policies, out / "policies.png")
+    write_report(out, simulate_metrics(result.metrics, result.timings, exp_cfg))
     for name, row in result.metrics.items():
         if name != "reference":
             print(f"{name:>18}: TV to pi* {row['tv_to_optimal']:.4f}  peak at delta="
                   f"{row['peak_offset']:+d}  Spearman vs NBC {row['spearman_nbc']:.3f}")
     print(f"total {sum(result.timings.values()):.1f}s; wrote {out}")
     return 0
+
+
+def simulate_metrics(per_method: dict[str, Any], timings: dict[str, float],
+                     config: ExperimentConfig) -> dict[str, Any]:
+    """``metrics.json`` of a run: per-method metrics at the top level (as returned by
+    :func:`run_experiment`), ``timings_s``, and the title, summary, table and figure of the
+    report."""
+    columns = ["policy", "TV to π*", "TV to π* (per state)", "peak δ", "Spearman vs NBC",
+               "Spearman vs π*"]
+    keys = ("tv_to_optimal", "tv_to_optimal_per_state", "peak_offset", "spearman_nbc",
+            "spearman_optimal")
+    named = {**{k: v for k, v in per_method.items() if k != "reference"},
+             **{f"{k} (exact)": v for k, v in per_method.get("reference", {}).items()}}
+    summary = [f"{config.policy} policies, seed {config.seed}: {config.num_pairs:,} single-label "
+               f"pairs, {config.num_paired:,} paired annotators, {config.num_full:,} "
+               "all-types items."]
+    summary += [f"{name}: TV to π* {row['tv_to_optimal']:.4f}, peak at δ = "
+                f"{row['peak_offset']:+d}, Spearman vs NBC {row['spearman_nbc']:.3f}, vs π* "
+                f"{row['spearman_optimal']:.3f}" for name, row in named.items()]
+    summary.append(f"Total time {sum(timings.values()):.1f} s (data generation included).")
+    return {
+        **per_method,
+        "timings_s": timings,
+        "title": "pluralign simulate: DAHP proximity environment (seeds/003 §7.2)",
+        "summary": summary,
+        "tables": [
+            {"title": "Policies vs the optimum π* and NBC",
+             "columns": columns, "rows": [[name, *(row[k] for k in keys)]
+                                          for name, row in named.items()]},
+            {"title": "Wall-clock seconds", "columns": ["step", "seconds"],
+             "rows": [[k, v] for k, v in timings.items()]},
+        ],
+        "figures": [{"file": "policies.png", "caption": "Learned policies against the offset "
+                     "δ = response − prompt, averaged over states, with the optimum π*, DPO's "
+                     "infinite-data limit and NBC (seeds/003 Fig. 4)"}],
+        "notes": ["'(exact)' rows are closed-form references: dpo_limit is DPO's infinite-data "
+                  "optimum (ranks like NBC), optimal is π* ∝ π_ref·exp(E_u r_u / β)."],
+    }
 
 
 def _plain(value: Any) -> Any:

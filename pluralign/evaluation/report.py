@@ -7,6 +7,7 @@ RUN_DIR`` rebuilds it at any time. Recognised top-level keys, each optional:
 ``title``, ``summary`` (list of lines), ``methods`` (name -> {micro, macro} estimates),
 ``differences`` (name -> estimate of a paired difference), ``learned_beta_variance``,
 ``claim`` ({holds, text}), ``diagnostics`` (name -> verdict text), ``win_rates`` (name -> stats),
+``tables`` (list of {title, columns, rows}: small result tables, cells shown as given),
 ``figures`` (list of {file, caption}), ``failed_items`` (list), ``notes`` (list),
 ``runtime_seconds``. Everything else appears in the collapsible raw-JSON section.
 """
@@ -113,6 +114,9 @@ def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
                          _fmt(w.get("p_value")), _fmt(w.get("n"))])
         parts.append("<h2>Win rates vs baseline (%)</h2>"
                      + _table(["policy", "WR [CI]", "LC-WR [CI]", "sign-flip p", "n"], rows))
+    for t in metrics.get("tables", []):
+        parts.append(f"<h2>{html.escape(str(t.get('title', '')))}</h2>" + _table(
+            [str(c) for c in t["columns"]], [[_fmt(c) for c in row] for row in t["rows"]]))
     for fig in metrics.get("figures", []):
         parts.append(_figure(run_dir, fig["file"], fig.get("caption", "")))
     failed = metrics.get("failed_items") or []

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from pluralign.io import atomic_path, write_json, write_text
+from pluralign.evaluation.report import write_report
+from pluralign.io import atomic_path, write_text
 from pluralign.social_choice.borda import (
     LINKS,
     average_reward,
@@ -34,6 +36,11 @@ from pluralign.social_choice.shares import (
     shares_from_share_table,
 )
 
+#: min-TV quantiles reported in metrics.json and the report.
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+#: questions listed in the report's table.
+TABLE_ROWS = 15
+
 EPILOG = """\
 Examples:
   pluralign nbc survey.csv --out runs/pew_nbc
@@ -47,7 +54,8 @@ every question's options in order (answers outside it are errors; options nobody
 share floor). The run folder gets config.yaml, metrics.json, questions.csv (rankings by average
 reward, NBC and DPO's infinite-data optimum, disagreement, min TV to flip), options.csv
 (per-option average reward, NBC before/after the flip, DPO's induced reward),
-bump.png (Fig. 1) and min_tv_cdf.png (Fig. 2).
+bump.png (Fig. 1), min_tv_cdf.png (Fig. 2) and report.html (all of it on one page;
+`pluralign report RUN` rebuilds it).
 """
 
 
@@ -171,23 +179,73 @@ def run_nbc(args: argparse.Namespace) -> int:
     for name, frame in (("questions.csv", per_question), ("options.csv", per_option)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
-    finite = per_question["min_tv_to_flip"][np.isfinite(per_question["min_tv_to_flip"])]
-    metrics = {
-        "num_questions": len(per_question),
-        "num_disagree": int(per_question["disagree"].sum()),
-        "frac_disagree": float(per_question["disagree"].mean()),
-        "num_top_disagree": int(per_question["top_disagree"].sum()),
-        "num_flippable": len(finite),
-        "median_min_tv_to_flip": float(finite.median()) if len(finite) else None,
-    }
-    write_json(out / "metrics.json", metrics)
     plot_min_tv_cdf(per_question["min_tv_to_flip"].to_numpy(), out / "min_tv_cdf.png")
     shown = _pick_question(per_question, args.question)
     plot_bump(per_option[per_option["question"] == shown], shown, out / "bump.png")
+    metrics = nbc_metrics(per_question, shown, str(args.table))
+    write_report(out, metrics)
     print(f"{metrics['num_questions']} questions: average reward and NBC disagree on "
           f"{metrics['num_disagree']} (top choice on {metrics['num_top_disagree']}); median min "
           f"TV to change the NBC ranking {metrics['median_min_tv_to_flip']}; wrote {out}")
     return 0
+
+
+def nbc_metrics(per_question: pd.DataFrame, shown: str, source: str) -> dict[str, Any]:
+    """``metrics.json`` of a run: counts, min-TV quantiles, and what :mod:`report` renders."""
+    min_tv = per_question["min_tv_to_flip"].to_numpy(dtype=float)
+    finite = min_tv[np.isfinite(min_tv)]
+    quantiles = ({f"q{int(100 * q):02d}": float(np.quantile(finite, q)) for q in QUANTILES}
+                 if finite.size else {})
+    n = len(per_question)
+    metrics: dict[str, Any] = {
+        "num_questions": n,
+        "num_disagree": int(per_question["disagree"].sum()),
+        "frac_disagree": float(per_question["disagree"].mean()),
+        "num_top_disagree": int(per_question["top_disagree"].sum()),
+        "num_flippable": int(finite.size),
+        "median_min_tv_to_flip": quantiles.get("q50"),
+        "min_tv_quantiles": quantiles,
+    }
+    tv_text = (", ".join(f"{k[1:]}%: {v:.3g}" for k, v in quantiles.items()) if quantiles
+               else "no question's NBC ranking can be changed")
+    summary = [
+        f"{n} questions from {source}.",
+        f"Average reward and NBC (uniform alternatives) rank the options differently on "
+        f"{metrics['num_disagree']} questions ({100 * metrics['frac_disagree']:.1f}%); the top "
+        f"choice differs on {metrics['num_top_disagree']} "
+        f"({100 * metrics['num_top_disagree'] / n:.1f}%).",
+        f"{metrics['num_flippable']} questions ({100 * metrics['num_flippable'] / n:.1f}%) have "
+        "an alternatives' sampling distribution that changes the NBC ranking.",
+        f"Min TV from uniform to change the NBC ranking, quantiles over those questions: "
+        f"{tv_text}.",
+    ]
+    top = per_question.sort_values(["disagree", "min_tv_to_flip"], ascending=[False, True])
+    columns = ["question", "avg_reward_ranking", "nbc_ranking", "disagree", "min_tv_to_flip",
+               "flipped_nbc_ranking"]
+    rows = [[_cell(v) for v in row] for row in top[columns].head(TABLE_ROWS).to_numpy()]
+    metrics |= {
+        "title": "pluralign nbc: average reward vs normalized Borda count",
+        "summary": summary,
+        "tables": [{"title": f"Most sensitive questions (first {len(rows)} of {n}: "
+                             "disagreeing first, then by min TV)",
+                    "columns": columns, "rows": rows}],
+        "figures": [
+            {"file": "bump.png", "caption": f"Question {shown}: option ranks by average "
+             "reward, by NBC under uniform alternatives and under the smallest-TV flipping "
+             "distribution (seeds/003 Fig. 1)"},
+            {"file": "min_tv_cdf.png", "caption": "CDF over questions of the min TV change of "
+             "the alternatives' distribution that changes the NBC ranking (seeds/003 Fig. 2)"},
+        ],
+        "notes": ["questions.csv and options.csv hold every question and option; "
+                  "NBC ranks like DPO's infinite-data optimum (dpo_ranking, Prop. 4.2)."],
+    }
+    return metrics
+
+
+def _cell(value: Any) -> Any:
+    """A JSON-safe table cell: numpy scalars to Python, NaN/inf (nothing flips) to None."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def _pick_question(per_question: pd.DataFrame, wanted: str | None) -> str:
