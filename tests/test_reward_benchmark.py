@@ -26,10 +26,11 @@ def _one_thread():
 
 @pytest.mark.slow
 def test_benchmark_must_show_claims(tmp_path, cache_dir):
-    """Smaller than `pluralign pal benchmark` (200 users x 80 pairs, 3 opposed types)."""
+    """Smaller than `pluralign pal benchmark` (200 users x 80 pairs, 3 opposed types, 12 epochs)."""
     config = BenchmarkConfig(
         population={**DEFAULT_POPULATION, "n_annotators": 200, "pairs_per_annotator": 80},
-        test_pairs_per_user=30, curve=[5, 20, 50], compare_adapt_methods=False)
+        test_pairs_per_user=30, curve=[5, 20, 50], compare_adapt_methods=False,
+        pal={"epochs": 12}, bt={"epochs": 12})
     m = run_benchmark(config, out_dir=tmp_path, cache_dir=cache_dir, show_progress=False)
     at20, homogeneous = m["unseen_accuracy_at_20"], m["homogeneous_accuracy"]
     assert at20["pal"] >= at20["bt"] + 0.10
