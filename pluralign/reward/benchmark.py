@@ -279,6 +279,7 @@ def _plot(metrics: Mapping[str, Any], path: Path) -> None:
         if "oracle" in eff:
             ax.axhline(eff["oracle"], color="green", ls=":", label="per-type oracle")
         ax.set_xscale("log")
+        ax.set_ylim(0.45, 1.0)  # same scale in both panels: noise should look like noise
         ax.set_xlabel("comparisons per unseen user")
         ax.set_ylabel("unseen-user pairwise accuracy")
         ax.set_title(title)
