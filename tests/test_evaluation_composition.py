@@ -37,6 +37,12 @@ def test_matrix_structure_with_a_known_answer():
     assert np.allclose(res.margin.to_numpy()[~np.eye(len(counts), dtype=bool)], -1.0)
     assert np.allclose(np.diag(res.accuracy), 100.0)
     assert res.to_dict()["attribute"] == "gender"
+    assert res.own_group_advantage() == pytest.approx(2.0)     # diagonal +1, off-diagonal -1
+    cells = res.to_frame()
+    assert len(cells) == len(counts) ** 2
+    own = cells["trained_on"] == cells["evaluated_on"]
+    assert (cells.loc[own, "margin"] == 1.0).all() and (cells.loc[~own, "margin"] == -1.0).all()
+    assert "+2" in res.summary()[1]
     with pytest.raises(EvaluationError, match="score_fn"):
         composition_matrix(sp["train"], sp["test"], "gender", train_fn,
                            lambda m, p: np.full(len(p), np.nan), n_boot=10)

@@ -77,6 +77,19 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
       --format prism --baseline-margins runs/eval_dpo/margins.csv --output-dir runs/eval_mix
   pluralign evaluate --model runs/mix/final --ref-model runs/sft/final --data pairs.jsonl \\
       --judge-model path/to/reward-classifier --n-prompts 200 --output-dir runs/eval
+  pluralign evaluate --composition gender --model runs/sft/final --population data/synth \\
+      --train-option learning_rate=1.0e-3 --train-option num_train_epochs=2 --output-dir runs/comp
+  pluralign evaluate --composition education --model runs/sft/final --data prism/ --format prism \\
+      --train-config configs/prism_llama1b_dpo.yaml --n-per-group 500 --split annotator \\
+      --output-dir runs/comp_education
+
+Composition matrix (--composition ATTR, seeds/004): copies of --model (the SFT model, also the
+reference) are DPO-trained, one per value of the annotator attribute ATTR, on size-matched
+subsets of the training split; every model is then scored on every group's held-out pairs.
+Training options come from the 'training:' section of --train-config (a `pluralign train`
+recipe; its model/data sections are ignored) and --train-option KEY=VALUE (YAML values); the
+models are not kept. Writes composition.csv (cells with CIs), composition_margin.csv,
+composition_accuracy.csv, the heatmaps, metrics.json and report.html.
 
 Win rates (policy vs --ref-model generations): --judge-model is a local sequence-classification
 checkpoint, --judge-bt a pluralign Bradley-Terry reward model; --judge-url/--judge-name use an
@@ -84,7 +97,9 @@ OpenAI-compatible endpoint (opt-in) with the key from the env var named by --jud
     parser.add_argument("--model", required=True, help="local folder of the policy")
     parser.add_argument("--ref-model", default=None, help="reference (SFT) model folder")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
-    parser.add_argument("--data", required=True, help="preference data (file, folder or HF name)")
+    parser.add_argument("--data", default=None, help="preference data (file, folder or HF name)")
+    parser.add_argument("--population", default=None,
+                        help="saved synthetic population folder (instead of --data)")
     parser.add_argument("--format", default=None, help="loader format (see pluralign data)")
     parser.add_argument("--by", nargs="*", default=[], help="subgroup columns (attr.* / ctx.*)")
     parser.add_argument("--baseline-margins", default=None,
@@ -104,12 +119,40 @@ OpenAI-compatible endpoint (opt-in) with the key from the env var named by --jud
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", required=True)
+    comp = parser.add_argument_group("composition matrix (seeds/004)")
+    comp.add_argument("--composition", default=None, metavar="ATTR",
+                      help="annotator attribute whose groups each get their own model")
+    comp.add_argument("--groups", nargs="*", default=None,
+                      help="groups to compare (default: every value present)")
+    comp.add_argument("--n-per-group", type=int, default=None,
+                      help="training pairs per group (default: the smallest group's count)")
+    comp.add_argument("--test-size", type=float, default=0.2, help="held-out fraction")
+    comp.add_argument("--split", choices=("pairs", "annotator"), default="pairs",
+                      help="hold out random pairs or whole annotators")
+    comp.add_argument("--train-config", default=None,
+                      help="`pluralign train` recipe whose training: section is used")
+    comp.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="PreferenceConfig override, repeatable (e.g. learning_rate=1.0e-3)")
+
+
+def _load_dataset(args: argparse.Namespace) -> Any:
+    if (args.data is None) == (args.population is None):
+        raise EvaluationError("pass exactly one of --data (preference data) and --population "
+                              "(a saved synthetic population folder)")
+    if args.population is not None:
+        from pluralign.data.synthetic import load_population
+
+        return load_population(args.population).dataset
+    from pluralign.data import load_preferences
+
+    return load_preferences(args.data, format=args.format)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.composition:
+        return _run_composition(args)
     import pandas as pd
 
-    from pluralign.data import load_preferences
     from pluralign.evaluation.plots import plot_margin_gains, plot_subgroup_margins
     from pluralign.evaluation.report import write_report
     from pluralign.evaluation.subgroups import margin_gains, subgroup_table
@@ -117,7 +160,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from pluralign.training import load_causal_lm, load_tokenizer
 
     out = Path(args.output_dir)
-    dataset = load_preferences(args.data, format=args.format)
+    dataset = _load_dataset(args)
     model = load_causal_lm(args.model)
     ref = load_causal_lm(args.ref_model) if args.ref_model else None
     tokenizer = load_tokenizer(args.tokenizer or args.model)
@@ -194,6 +237,101 @@ def _win_rates(args: argparse.Namespace, dataset: Any, model: Any, ref: Any, tok
     metrics["win_rates"] = {"policy vs SFT": win_rate_stats(judged.outcomes[ok], lengths[ok],
                                                             seed=args.seed).to_dict()}
     metrics["failed_items"] += [{**f, "stage": "judge"} for f in judged.failed]
+
+
+def _composition_config(args: argparse.Namespace, output_dir: Path) -> Any:
+    """PreferenceConfig from --train-config's training: section and --train-option overrides."""
+    from pluralign.training import PreferenceConfig
+    from pluralign.training.cli import apply_overrides, build_args, load_recipe
+
+    bad = [o for o in args.train_option if "=" not in o]
+    if bad:
+        raise EvaluationError(f"--train-option {bad[0]!r} is not of the form KEY=VALUE")
+    overrides = [f"--training.{o}" for o in args.train_option]
+    recipe = (load_recipe(args.train_config, overrides) if args.train_config
+              else apply_overrides({}, overrides))
+    training = dict(recipe.get("training") or {})
+    training.setdefault("max_length", args.max_length)
+    training.setdefault("max_prompt_length", args.max_prompt_length)
+    training.setdefault("seed", args.seed)
+    # One model per group, scored in memory (output_dir is scratch): no checkpoints, no loggers.
+    training |= {"output_dir": str(output_dir), "save_strategy": "no", "report_to": "none"}
+    return build_args(PreferenceConfig, training)
+
+
+def _run_composition(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from pluralign.data.splits import split_by_annotator, train_test_split_pairs
+    from pluralign.evaluation.composition import composition_matrix, tiny_dpo_functions
+    from pluralign.evaluation.plots import plot_composition
+    from pluralign.evaluation.report import write_report
+    from pluralign.io import atomic_path
+    from pluralign.training import load_causal_lm, load_tokenizer
+
+    ignored = [flag for flag, value in (("--ref-model", args.ref_model), ("--by", args.by),
+                                        ("--baseline-margins", args.baseline_margins),
+                                        ("--judge-model", args.judge_model),
+                                        ("--judge-bt", args.judge_bt),
+                                        ("--judge-url", args.judge_url)) if value]
+    if ignored:
+        raise EvaluationError(f"--composition does not use {', '.join(ignored)}: it fine-tunes "
+                              "copies of --model and uses --model itself as the reference")
+    out = Path(args.output_dir)
+    attribute = args.composition.removeprefix("attr.")
+    with tempfile.TemporaryDirectory(prefix="pluralign-composition-") as scratch:
+        config = _composition_config(args, Path(scratch))
+        dataset = _load_dataset(args)
+        split = (split_by_annotator if args.split == "annotator" else train_test_split_pairs)(
+            dataset, args.test_size, seed=args.seed)
+        torch.manual_seed(args.seed)
+        sft = load_causal_lm(args.model).eval()
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        train_fn, score_fn = tiny_dpo_functions(sft, tokenizer, config,
+                                                margin_kwargs={"batch_size": args.batch_size})
+        result = composition_matrix(split["train"], split["test"], attribute, train_fn,
+                                    score_fn, n=args.n_per_group, groups=args.groups,
+                                    n_boot=args.n_boot, seed=args.seed)
+    cells = result.to_frame()
+    tables = {"composition.csv": cells, "composition_margin.csv": result.margin,
+              "composition_accuracy.csv": result.accuracy}
+    for name, frame in tables.items():
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=name != "composition.csv")
+    plot_composition(result.margin, out / "composition_margin.png")
+    plot_composition(result.accuracy, out / "composition_accuracy.png",
+                     value="preference accuracy (%)")
+    metrics: dict[str, Any] = {
+        "title": f"pluralign evaluate: composition matrix by {attribute}",
+        "summary": result.summary(),
+        "composition": result.to_dict(),
+        "own_group_advantage": result.own_group_advantage(),
+        "tables": [{"title": "Held-out margin of the model trained on a group (rows) evaluated "
+                             "on each group (columns), 95% bootstrap CI",
+                    "columns": ["trained on ↓ / evaluated on →", *map(str, result.margin.columns)],
+                    "rows": [[a, *(f"{result.margin.at[a, b]:+.4g} "
+                                   f"[{result.margin_ci_low.at[a, b]:+.3g}, "
+                                   f"{result.margin_ci_high.at[a, b]:+.3g}]"
+                                   for b in result.margin.columns)]
+                             for a in result.margin.index]}],
+        "figures": [
+            {"file": "composition_margin.png", "caption": "Mean held-out margin: trained on "
+             "(rows) vs evaluated on (columns)"},
+            {"file": "composition_accuracy.png", "caption": "Preference accuracy (% of held-out "
+             "pairs with positive margin): trained on (rows) vs evaluated on (columns)"}],
+        "notes": [f"Training: objective={config.objective}, learning_rate={config.learning_rate}, "
+                  f"epochs={config.num_train_epochs}, batch={config.per_device_train_batch_size};"
+                  f" split by {args.split} (test_size={args.test_size}), seed {args.seed}.",
+                  "Margins are policy-minus-reference log-probability differences; the "
+                  "reference is --model."],
+    }
+    write_report(out, metrics)
+    for line in metrics["summary"]:
+        print(line)
+    print(f"wrote {out / 'report.html'}, {out / 'metrics.json'}, {out / 'composition.csv'}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------ diagnose

@@ -51,6 +51,37 @@ class CompositionResult:
                 "margin_ci_low": frame(self.margin_ci_low),
                 "margin_ci_high": frame(self.margin_ci_high), "accuracy": frame(self.accuracy)}
 
+    def to_frame(self) -> pd.DataFrame:
+        """Long form: one row per (trained on, evaluated on) cell with CI, accuracy and n."""
+        names = list(self.margin.index)
+        return pd.DataFrame([
+            {"trained_on": a, "evaluated_on": b, "margin": self.margin.at[a, b],
+             "ci_low": self.margin_ci_low.at[a, b], "ci_high": self.margin_ci_high.at[a, b],
+             "accuracy_pct": self.accuracy.at[a, b], "n_test": self.test_counts[b]}
+            for a in names for b in names])
+
+    def own_group_advantage(self) -> float:
+        """Mean of the diagonal minus mean of the off-diagonal margins: how much better models
+        fit the group they were trained on than the other groups (0 for one group)."""
+        m = self.margin.to_numpy(dtype=float)
+        if len(m) < 2:
+            return 0.0
+        off = ~np.eye(len(m), dtype=bool)
+        return float(np.diag(m).mean() - m[off].mean())
+
+    def summary(self) -> list[str]:
+        """Plain-language lines for reports: sizes, the advantage, and per-group best fit."""
+        lines = [f"{len(self.margin)} groups of {self.attribute!r}, each model trained on "
+                 f"{self.train_size} pairs; held-out pairs per group: {self.test_counts}.",
+                 f"Own-group advantage (mean diagonal − mean off-diagonal margin): "
+                 f"{self.own_group_advantage():+.4g}."]
+        for b in self.margin.columns:
+            col, acc = self.margin[b], self.accuracy[b]
+            lines.append(f"Evaluated on {b}: best fit by the model trained on {col.idxmax()} "
+                         f"(margin {col.max():+.4g}); accuracy spread across training groups "
+                         f"{acc.max() - acc.min():.3g} points.")
+        return lines
+
 
 def composition_matrix(
     train: datasets.Dataset,
