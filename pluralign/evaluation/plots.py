@@ -134,7 +134,9 @@ def plot_composition(matrix: pd.DataFrame, path: str | os.PathLike[str],
     im = ax.imshow(data, cmap="viridis", aspect="auto")
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
-            ax.text(j, i, f"{data[i, j]:.3g}", ha="center", va="center", color="w", fontsize=8)
+            light = im.norm(data[i, j]) > 0.5        # viridis is bright at the top: dark text
+            ax.text(j, i, f"{data[i, j]:.3g}", ha="center", va="center",
+                    color="k" if light else "w", fontsize=8)
     ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], rotation=30,
                   ha="right")
     ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index])
