@@ -94,7 +94,8 @@ composition_accuracy.csv, the heatmaps, metrics.json and report.html.
 Win rates (policy vs --ref-model generations): --judge-model is a local sequence-classification
 checkpoint, --judge-bt a pluralign Bradley-Terry reward model; --judge-url/--judge-name use an
 OpenAI-compatible endpoint (opt-in) with the key from the env var named by --judge-key-env."""
-    parser.add_argument("--model", required=True, help="local folder of the policy")
+    parser.add_argument("--model", required=True, help="local folder of the policy (with "
+                        "--composition: the SFT model every group's copy starts from)")
     parser.add_argument("--ref-model", default=None, help="reference (SFT) model folder")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
     parser.add_argument("--data", default=None, help="preference data (file, folder or HF name)")

@@ -149,7 +149,7 @@ def build_report(run_dir: str | os.PathLike[str]) -> Path:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise EvaluationError(f"{path} not found; pass a run folder written by `pluralign demo`, "
-                              "`evaluate` or `diagnose`")
+                              "`evaluate`, `diagnose`, `nbc` or `simulate`")
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
