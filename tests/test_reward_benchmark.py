@@ -8,7 +8,9 @@ import torch
 from pluralign.cli import main
 from pluralign.data.splits import split_by_annotator
 from pluralign.data.synthetic import make_population
+from pluralign.evaluation.report import write_report
 from pluralign.reward.benchmark import DEFAULT_POPULATION, BenchmarkConfig, run_benchmark
+from pluralign.reward.cli import _benchmark_report
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,10 @@ def test_benchmark_must_show_claims(tmp_path, cache_dir):
     assert written["sample_efficiency"]["n_pairs"] == [5, 20, 50]
     assert (tmp_path / "sample_efficiency.png").stat().st_size > 1000
     assert (tmp_path / "config.yaml").is_file()
+    # What `pluralign pal benchmark` adds: a report page with the figure and the headline numbers.
+    page = write_report(tmp_path, _benchmark_report(m)).read_text()
+    assert page.count("data:image/png") == 1
+    assert f"PAL {at20['pal']:.3f}" in page and "PAL (adapted)" in page
 
 
 def test_pal_train_eval_adapt_commands(tmp_path, cache_dir, capsys):
