@@ -142,11 +142,12 @@ def cvz_weights(num_terms: int = GAMMA_SERIES_TERMS) -> tuple[float, ...]:
 
 
 @functools.lru_cache(maxsize=32)
-def _cvz_buffers(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """``(n, 2c_n, 2n·c_n)`` for n = 1..N as tensors, built once per device and dtype."""
-    weights = torch.tensor(cvz_weights(), dtype=dtype, device=device) * 2
+def _cvz_buffers(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """``(n, c_n, n·c_n, 1/2, 0)`` for n = 1..N as tensors, built once per device and dtype."""
+    weights = torch.tensor(cvz_weights(), dtype=dtype, device=device)
     n = torch.arange(1, GAMMA_SERIES_TERMS + 1, dtype=dtype, device=device)
-    return n, weights, weights * n
+    half, zero = (torch.tensor(v, dtype=dtype, device=device) for v in (0.5, 0.0))
+    return n, weights, weights * n, half, zero
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -155,74 +156,156 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _reduce_grad(grad: Tensor, like: Tensor) -> Tensor:
     """Undo broadcasting and return the gradient in the input's dtype."""
-    if grad.shape != like.shape:
+    if like.dim() == 0:  # the usual case (a module's parameter); faster than sum_to_size
+        grad = grad.sum()
+    elif grad.shape != like.shape:
         grad = grad.sum_to_size(like.shape)
     return _cast(grad, like.dtype)
+
+
+def _softplus(x: float) -> tuple[float, float]:
+    """``(softplus(x), σ(x))`` as ``F.softplus`` computes them (linear above 20)."""
+    if x > 20:
+        return x, 1.0
+    z = math.exp(x)
+    return math.log1p(z), z / (1 + z)
+
+
+def _parameter(
+    name: str, raw: Tensor, softplus: bool, dtype: torch.dtype, *, allow_zero: bool
+) -> tuple[float | Tensor, float | Tensor]:
+    """A kernel parameter and its derivative w.r.t. ``raw``: ``(softplus(raw), σ(raw))`` with
+    ``softplus``, else ``(raw, 1)``; a plain float for one-element tensors (the usual case: a
+    module's parameter, so no kernel launches), else a tensor in ``dtype``. Raises
+    :class:`NumericsError` unless the value is > 0 (>= 0 with ``allow_zero``)."""
+    if raw.numel() == 1:
+        value, slope = _softplus(raw.item()) if softplus else (raw.item(), 1.0)
+        ok = value >= 0 if allow_zero else value > 0
+        if not ok:  # also catches NaN
+            raise NumericsError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
+        return value, slope
+    raw = _cast(raw, dtype)
+    value, slope = (F.softplus(raw), torch.sigmoid(raw)) if softplus else (raw, 1.0)
+    _check_parameter(name, value, allow_zero=allow_zero)
+    return value, slope
+
+
+def _flat_broadcast(margin: Tensor, *params: float | Tensor) -> tuple[Tensor, list]:
+    """Flatten ``margin`` (1-D for the kernels' matrix-vector products); tensor parameters are
+    broadcast against it and flattened too (then all of them are tensors)."""
+    if all(isinstance(p, float) for p in params):
+        return _flat(margin), list(params)
+    tensors = [p if isinstance(p, Tensor) else margin.new_tensor(p) for p in params]
+    margin, *tensors = torch.broadcast_tensors(margin, *tensors)
+    return margin.reshape(-1), [t.reshape(-1) for t in tensors]
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t if t.dim() == 1 else t.reshape(-1)
+
+
+def _shaped(t: Tensor, shape: torch.Size) -> Tensor:
+    return t if t.shape == shape else t.reshape(shape)
+
+
+def _broadcast_shape(margin: Tensor, *params: Tensor) -> torch.Size:
+    if all(p.dim() == 0 for p in params):  # the usual case; broadcast_shapes is slow
+        return margin.shape
+    return torch.broadcast_shapes(margin.shape, *(p.shape for p in params))
+
+
+def _column(p: float | Tensor) -> float | Tensor:
+    return p.unsqueeze(-1) if isinstance(p, Tensor) else p
+
+
+def _scaled_mv(zero: Tensor, mat: Tensor, vec: Tensor, scale: float | Tensor) -> Tensor:
+    """``scale·(mat @ vec)`` in one kernel when ``scale`` is a number."""
+    if isinstance(scale, float):
+        return torch.addmv(zero, mat, vec, beta=0, alpha=scale)
+    return torch.mv(mat, vec) * scale
 
 
 class _GammaExpectedSigmoid(torch.autograd.Function):
     """``log E`` (or ``E``) for β ~ Gamma(k, λ), analytic backward; see the public wrappers."""
 
     @staticmethod
-    def forward(ctx, margin, shape, rate, as_log, out_dtype):  # type: ignore[override]
+    def forward(ctx, margin, shape, rate, softplus, as_log, out_dtype):  # type: ignore[override]
         dtype = _compute_dtype(margin.device)
-        n, w2, _ = _cvz_buffers(margin.device, dtype)
-        m, k, lam = _cast(margin, dtype), _cast(shape, dtype), _cast(rate, dtype)
+        k, dk = _parameter("shape", shape, softplus, dtype, allow_zero=False)
+        lam, dlam = _parameter("rate", rate, softplus, dtype, allow_zero=False)
+        m, (k, lam, dk, dlam) = _flat_broadcast(_cast(margin, dtype), k, lam, dk, dlam)
+        n, w, _, half, zero = _cvz_buffers(margin.device, dtype)
         # With c = |Δ|/λ, u_n = log(1 + n·c), a_n = exp(−k·u_n) and ratios r_n = a_n/a_1 ∈ (0, 1]:
-        # S = a_1·Σ c_n r_n = a_1·(1 + q)/2 where q = Σ 2c_n (r_n − 1) (Σ 2c_n = 1 to 1e-15);
-        # expm1 keeps q exact as c → 0, and q = 0, S = 1/2 exactly at Δ = 0.
-        c = m.abs() / lam
-        cn = c.unsqueeze(-1) * n
+        # S = a_1·R with R = Σ c_n r_n = 1/2 + Σ c_n (r_n − 1) (Σ c_n = 1/2 to 1e-15); expm1
+        # keeps R exact as c → 0, and R = S = 1/2 exactly at Δ = 0.
+        if isinstance(lam, float):
+            cn = torch.addr(zero, m.abs(), n, beta=0, alpha=1 / lam)
+        else:
+            cn = torch.outer(m.abs() / lam, n)
         u = torch.log1p(cn)
-        ku = u * k.unsqueeze(-1)
-        em1 = torch.expm1(ku[..., :1] - ku)
-        q = em1 @ w2
-        log_s = torch.log1p(q) - ku[..., 0] + _LOG_HALF  # log S, S = E[σ(−β|Δ|)]
-        positive = m > 0
-        s = torch.exp(log_s)
-        log_e = torch.where(positive, torch.log1p(-s), log_s)
+        ku1 = u[:, :1] * _column(k)
+        if isinstance(k, float):
+            d = torch.sub(ku1, u, alpha=k)  # k·(u_1 − u_n) = log r_n
+        else:
+            d = ku1 - u * _column(k)
+        big_r = torch.addmv(half, torch.expm1(d), w)
+        log_s = torch.log(big_r) - ku1[:, 0]  # log S, S = E[σ(−β|Δ|)]
+        log_e = torch.where(m > 0, torch.log1p(-torch.exp(log_s)), log_s)
+        # Backward needs a_1/E per unit of d log E (a_1 per unit of d E = E·d log E).
+        log_weight = -ku1[:, 0] - log_e if as_log else -ku1[:, 0]
         out = log_e if as_log else torch.exp(log_e)
-        ctx.save_for_backward(margin, shape, rate, c, cn, k, lam, u, em1, q, s, positive, out)
-        ctx.as_log = as_log
-        return _cast(out, out_dtype)
+        ctx.save_for_backward(margin, shape, rate)  # (version-checked)
+        ctx.kernel = (m, u, d, log_weight, k, lam, dk, dlam)
+        ctx.shape = _broadcast_shape(margin, shape, rate)
+        return _shaped(_cast(out, out_dtype), ctx.shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        margin, shape, rate, c, cn, k, lam, u, em1, q, s, positive, out = ctx.saved_tensors
-        _, w2, w2n = _cvz_buffers(c.device, c.dtype)
-        grad = _cast(grad, c.dtype)
-        if not ctx.as_log:
-            grad = grad * out  # d E = E · d log E
-        # With R = (1 + q)/2 = Σ c_n r_n:  d log S/dk = −Σ c_n r_n u_n / R  and
-        # d log S/dc = −k Σ c_n r_n n/(1 + n c) / R, with dc/d|Δ| = 1/λ and dc/dλ = −c/λ.
-        # log E = log S for Δ ≤ 0 and log(1 − S) for Δ > 0 (chain factor S/(S − 1)).
-        f = torch.where(positive, s / (s - 1), 1.0) * (grad / (1 + q))
-        r = em1 + 1
+        margin, shape, rate = ctx.saved_tensors
+        m, u, d, log_weight, k, lam, dk, dlam = ctx.kernel
+        _, w, wn, _, zero = _cvz_buffers(m.device, m.dtype)
+        # log S = −k·u_1 + log R. Per unit of d log E: d log E/d log S = h := S/E for Δ ≤ 0 and
+        # −h for Δ > 0 (log E = log(1 − S)); d log S/dk = −U/R with U = Σ c_n r_n u_n and
+        # d log S/dc = −k·V/R with V = Σ c_n r_n n/(1 + n c). As h/R = a_1/E and dc/dΔ = ±1/λ:
+        # d log E/dΔ = (a_1/E)·(k/λ)·V for either sign, d log E/dλ = −(Δ/λ)·d log E/dΔ and
+        # d log E/dk = sign(Δ)·(a_1/E)·U (U = 0 at Δ = 0). r_n/(1 + n c) = exp(log r_n − u_n).
+        weight = _cast(_flat(grad), m.dtype) * torch.exp(log_weight)
+        scalar = m.shape == ctx.shape and isinstance(lam, float)
         g_margin = g_shape = g_rate = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
-            fv = f * ((r / (1 + cn)) @ w2n)  # = −(d log E/dc)/k
-            k_over_lam = k / lam
+            g_m = weight * _scaled_mv(zero, torch.exp(d - u), wn, k / lam)
             if ctx.needs_input_grad[0]:
-                g_margin = _reduce_grad(torch.where(positive, -fv, fv) * k_over_lam, margin)
+                g_margin = _reduce_grad(_shaped(g_m, ctx.shape), margin)
             if ctx.needs_input_grad[2]:
-                g_rate = _reduce_grad(fv * c * k_over_lam, rate)
+                if scalar:  # one-element rate: the sum is a dot product
+                    g_rate = _cast(torch.dot(g_m, m) * (-dlam / lam), rate.dtype)
+                else:
+                    g_rate = _reduce_grad((g_m * m * (-dlam / lam)).reshape(ctx.shape), rate)
         if ctx.needs_input_grad[1]:
-            g_shape = _reduce_grad(((r * u) @ w2) * -f, shape)
-        return g_margin, g_shape, g_rate, None, None
+            # Σ c_n r_n u_n with r_n·u_n = u_n + (r_n − 1)·u_n.
+            big_u = _scaled_mv(zero, torch.addcmul(u, torch.expm1(d), u), w, dk)
+            g_k = weight * torch.sign(m)
+            if scalar:
+                g_shape = _cast(torch.dot(g_k, big_u), shape.dtype)
+            else:
+                g_shape = _reduce_grad((g_k * big_u).reshape(ctx.shape), shape)
+        return g_margin, g_shape, g_rate, None, None, None
 
 
-def _gamma(margin: Tensor, shape: TensorLike, rate: TensorLike, as_log: bool) -> Tensor:
+def _gamma(
+    margin: Tensor, shape: TensorLike, rate: TensorLike, as_log: bool, softplus: bool
+) -> Tensor:
     margin = torch.as_tensor(margin)
     shape, rate = _as_tensor(shape, margin), _as_tensor(rate, margin)
-    _check_parameter("shape", shape, allow_zero=False)
-    _check_parameter("rate", rate, allow_zero=False)
-    out = _GammaExpectedSigmoid.apply(margin, shape, rate, as_log, _result_dtype(margin))
+    out = _GammaExpectedSigmoid.apply(margin, shape, rate, softplus, as_log, _result_dtype(margin))
     _check_result(out, margin)
     return out
 
 
-def log_gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLike) -> Tensor:
+def log_gamma_expected_sigmoid(
+    margin: Tensor, shape: TensorLike, rate: TensorLike, *, softplus: bool = False
+) -> Tensor:
     """``log E_{β~Gamma(k, λ)}[σ(β·Δ)]`` (log of seeds/001 Eq. 4–5), stable for any finite Δ.
 
     β has shape ``k`` and *rate* ``λ`` (density ``λ^k β^{k−1} e^{−λβ}/Γ(k)``, mean ``k/λ``).
@@ -251,17 +334,24 @@ def log_gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLi
 
     Accuracy (tests/test_numerics.py, vs mpmath): ≤ 1e-12 relative in float64 for
     k ∈ [0.1, 50], λ ∈ [0.01, 100], |Δ| ∈ [0, 100].
+
+    With ``softplus=True``, ``shape`` and ``rate`` are unconstrained raw values ``r`` (what a
+    learnable :class:`~pluralign.strength.Gamma` stores) and ``k = softplus(r)``, ``λ =
+    softplus(r)`` are taken inside the same autograd node (their derivative ``σ(r)`` too), which
+    saves the separate transform nodes on every step. A transform that underflows to 0 raises.
     """
-    return _gamma(margin, shape, rate, as_log=True)
+    return _gamma(margin, shape, rate, as_log=True, softplus=softplus)
 
 
-def gamma_expected_sigmoid(margin: Tensor, shape: TensorLike, rate: TensorLike) -> Tensor:
+def gamma_expected_sigmoid(
+    margin: Tensor, shape: TensorLike, rate: TensorLike, *, softplus: bool = False
+) -> Tensor:
     """``E_{β~Gamma(k, λ)}[σ(β·Δ)]`` (seeds/001 Eq. 4–5; rate λ, mean k/λ).
 
     ``exp`` of :func:`log_gamma_expected_sigmoid` (taken in float64 before any cast) — see there
     for the series, the Lerch convention and the accuracy. Exactly ``1/2`` at ``Δ = 0``.
     """
-    return _gamma(margin, shape, rate, as_log=False)
+    return _gamma(margin, shape, rate, as_log=False, softplus=softplus)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -257,10 +257,11 @@ class Gamma(StrengthDistribution):
         return F.softplus(self.raw_rate)
 
     def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
-        return log_gamma_expected_sigmoid(margin, self.shape, self.rate)
+        # The kernel applies softplus itself: one autograd node per call, not three.
+        return log_gamma_expected_sigmoid(margin, self.raw_shape, self.raw_rate, softplus=True)
 
     def expected_sigmoid(self, margin: Tensor) -> Tensor:
-        return gamma_expected_sigmoid(margin, self.shape, self.rate)
+        return gamma_expected_sigmoid(margin, self.raw_shape, self.raw_rate, softplus=True)
 
     def mean(self) -> Tensor:
         return self.shape / self.rate
