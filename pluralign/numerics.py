@@ -75,12 +75,6 @@ def _first_bad(value: Tensor, ok: Tensor) -> float:
 
 def _check_parameter(name: str, value: Tensor, *, allow_zero: bool) -> None:
     """Raise :class:`NumericsError` unless ``value > 0`` (``>= 0`` with ``allow_zero``)."""
-    if value.numel() == 1:  # the usual case (a module's parameter): no kernel launch
-        v = value.item()
-        ok = v >= 0 if allow_zero else v > 0
-        if not ok:  # also catches NaN
-            raise NumericsError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {v}")
-        return
     ok = value >= 0 if allow_zero else value > 0
     if not ok.all():
         bound = ">=" if allow_zero else ">"
@@ -388,20 +382,19 @@ def _monte_carlo_log_weight(num_points: int, device: torch.device, dtype: torch.
     return torch.tensor(-math.log(num_points), dtype=dtype, device=device)
 
 
-def _quadrature_nodes(m: Tensor, mu: Tensor, sigma: Tensor, num_points: int):
-    """Nodes ``ε_j`` (last axis) and log-weights ``log(h·φ(ε_j)/Z)`` of the shifted rule."""
+def _quadrature_nodes(m: Tensor, mu: float | Tensor, sigma: float | Tensor, num_points: int):
+    """Nodes ``ε_j`` (last axis) and log-weights ``log(h·φ(ε_j)/Z)`` of the shifted rule for
+    flat margins ``m`` (``mu``, ``sigma``: floats, or tensors shaped like ``m``)."""
     offsets, log_c = _trapezoid_rule(num_points, m.device, m.dtype)
     # Centre on the peak of φ(ε)·σ(−e^{μ+σε}|Δ|) when Δ < 0 (the value is then small and carried
     # by small β): the peak solves σε = −σ²·y·σ(y) with y = e^{μ+σε}|Δ|, i.e. roughly
     # ε ≈ −log(1 + σ²e^μ|Δ|)/σ. For Δ ≥ 0 the value is ≥ 1/2: centre at 0.
-    if mu.numel() == 1 and sigma.numel() == 1:  # the usual case: scalars, fewer kernels
-        mu_f, sigma_f = mu.item(), sigma.item()
-        y = m.clamp(max=0) * (-(sigma_f**2) * math.exp(mu_f))
-        centre = torch.log1p(y) * (-1 / max(sigma_f, 1e-300))
+    if isinstance(sigma, float):  # the usual case: scalars, fewer kernels
+        shift = torch.log1p(m.clamp(max=0) * (-(sigma**2) * math.exp(mu)))
+        eps = torch.sub(offsets, shift.unsqueeze(-1), alpha=1 / max(sigma, 1e-300))
     else:
-        y = m.clamp(max=0) * (-(sigma**2) * torch.exp(mu))
-        centre = torch.log1p(y) / -sigma.clamp(min=1e-300)
-    eps = centre + offsets
+        shift = torch.log1p(m.clamp(max=0) * (-(sigma**2) * torch.exp(mu)))
+        eps = offsets - (shift / sigma.clamp(min=1e-300)).unsqueeze(-1)
     return eps, torch.addcmul(log_c, eps, eps, value=-0.5)
 
 
@@ -410,59 +403,75 @@ class _LogNormalExpectedSigmoid(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, margin, mu, sigma, num_points, method, generator, as_log, out_dtype
+        ctx, margin, mu, sigma, softplus, num_points, method, generator, as_log, out_dtype
     ):
         dtype = _compute_dtype(margin.device)
-        m, mu_, sigma_ = (t.to(dtype).unsqueeze(-1) for t in (margin, mu, sigma))
+        s, ds = _parameter("sigma", sigma, softplus, dtype, allow_zero=True)
+        mu_ = mu.item() if mu.numel() == 1 else _cast(mu, dtype)
+        m, (mu_, s, ds) = _flat_broadcast(_cast(margin, dtype), mu_, s, ds)
         if method == "monte_carlo":
-            shape = torch.broadcast_shapes(m.shape, mu_.shape, sigma_.shape)[:-1]
             eps = torch.randn(
-                (*shape, num_points), generator=generator, dtype=dtype, device=m.device
+                (m.shape[0], num_points), generator=generator, dtype=dtype, device=m.device
             )
             log_w = _monte_carlo_log_weight(num_points, m.device, dtype)
         else:
-            eps, log_w = _quadrature_nodes(m, mu_, sigma_, num_points)
-        beta = torch.exp(mu_ + sigma_ * eps)
-        z = beta * m
-        terms = log_w + F.logsigmoid(z)
+            eps, log_w = _quadrature_nodes(m, mu_, s, num_points)
+        if isinstance(s, float):
+            log_beta = torch.add(_cast(mu, dtype), eps, alpha=s)
+        else:
+            log_beta = eps * s.unsqueeze(-1) + mu_.unsqueeze(-1)
+        z = torch.exp(log_beta) * m.unsqueeze(-1)
+        log_sig = F.logsigmoid(z)
+        terms = log_w + log_sig
         log_e = torch.logsumexp(terms, dim=-1)
+        if any(ctx.needs_input_grad):
+            # g_j = p_j β_j σ(−z_j) with p_j = w_j σ(z_j)/E; log σ(−z) = log σ(z) − z. Per unit
+            # of d E (not d log E) the factor 1/E drops out.
+            exponent = terms + (log_beta + (log_sig - z))
+            ctx.kernel = (m, eps, exponent - log_e.unsqueeze(-1) if as_log else exponent, ds)
+            ctx.save_for_backward(margin, mu, sigma)  # (version-checked)
+            ctx.shape = _broadcast_shape(margin, mu, sigma)
         out = log_e if as_log else torch.exp(log_e)
-        ctx.save_for_backward(margin, mu, sigma, m, eps, beta, z, terms, log_e, out)
-        ctx.as_log = as_log
-        return out.to(out_dtype)
+        return _shaped(_cast(out, out_dtype), _broadcast_shape(margin, mu, sigma))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        # With p_j = w_j σ(z_j)/E (z_j = β_jΔ) and g_j = p_j β_j σ(−z_j):
         # d log E/dΔ = Σ g_j,  d log E/dμ = Δ Σ g_j,  d log E/dσ = Δ Σ ε_j g_j
         # (nodes and weights are constants: the centre is a detached choice of rule).
-        margin, mu, sigma, m, eps, beta, z, terms, log_e, out = ctx.saved_tensors
-        grad = grad.to(m.dtype)
-        if not ctx.as_log:
-            grad = grad * out
-        g = torch.exp(terms - log_e.unsqueeze(-1)) * beta * torch.sigmoid(-z)
-        total = g.sum(-1) * grad
+        margin, mu, sigma = ctx.saved_tensors
+        m, eps, log_g, ds = ctx.kernel
+        g = torch.exp(log_g)
+        grad = _cast(_flat(grad), m.dtype)
+        total = g.sum(-1)
         g_margin = g_mu = g_sigma = None
         if ctx.needs_input_grad[0]:
-            g_margin = _reduce_grad(total, margin)
+            g_margin = _reduce_grad(_shaped(grad * total, ctx.shape), margin)
+        scalar = m.shape == ctx.shape and mu.dim() == 0 and sigma.dim() == 0
+        m_grad = m * grad
         if ctx.needs_input_grad[1]:
-            g_mu = _reduce_grad(m[..., 0] * total, mu)
+            if scalar:
+                g_mu = _cast(torch.dot(m_grad, total), mu.dtype)
+            else:
+                g_mu = _reduce_grad(_shaped(m_grad * total, ctx.shape), mu)
         if ctx.needs_input_grad[2]:
-            g_sigma = _reduce_grad(m[..., 0] * (g * eps).sum(-1) * grad, sigma)
-        return g_margin, g_mu, g_sigma, None, None, None, None, None
+            slope = (g * eps).sum(-1)
+            if scalar:
+                g_sigma = _cast(torch.dot(m_grad, slope) * ds, sigma.dtype)
+            else:
+                g_sigma = _reduce_grad(_shaped(m_grad * slope * ds, ctx.shape), sigma)
+        return g_margin, g_mu, g_sigma, None, None, None, None, None, None
 
 
-def _lognormal(margin, mu, sigma, num_points, method, generator, as_log) -> Tensor:
+def _lognormal(margin, mu, sigma, num_points, method, generator, as_log, softplus) -> Tensor:
     margin = torch.as_tensor(margin)
     mu, sigma = _as_tensor(mu, margin), _as_tensor(sigma, margin)
     if method not in LOGNORMAL_METHODS:
         raise NumericsError(f"method must be one of {LOGNORMAL_METHODS}, got {method!r}")
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
         raise NumericsError(f"num_points must be an integer >= 1, got {num_points!r}")
-    _check_parameter("sigma", sigma, allow_zero=True)
     out = _LogNormalExpectedSigmoid.apply(
-        margin, mu, sigma, num_points, method, generator, as_log, _result_dtype(margin)
+        margin, mu, sigma, softplus, num_points, method, generator, as_log, _result_dtype(margin)
     )
     _check_result(out, margin)
     return out
@@ -475,6 +484,8 @@ def log_lognormal_expected_sigmoid(
     num_points: int = 16,
     method: str = "quadrature",
     generator: torch.Generator | None = None,
+    *,
+    softplus: bool = False,
 ) -> Tensor:
     """``log E_{β=exp(μ+σε), ε~N(0,1)}[σ(β·Δ)]`` — log of the inner expectation of seeds/001
     Eq. 3 for LogNormal strengths (§3), finite for any finite Δ.
@@ -495,8 +506,12 @@ def log_lognormal_expected_sigmoid(
     ``method="monte_carlo"``: the paper's reparameterised estimator (Appendix B, Eq. 7–8)
     ``(1/K) Σ_k σ(exp(μ + σε_k)Δ)`` with ``K = num_points`` standard-normal draws from
     ``generator``, independent for every pair. Unbiased for ``E[σ(βΔ)]`` (its log is not).
+
+    With ``softplus=True``, ``sigma`` is an unconstrained raw value ``r`` (what a learnable
+    :class:`~pluralign.strength.LogNormal` stores) and ``σ = softplus(r)`` is taken inside the
+    same autograd node (its derivative ``sigmoid(r)`` too).
     """
-    return _lognormal(margin, mu, sigma, num_points, method, generator, as_log=True)
+    return _lognormal(margin, mu, sigma, num_points, method, generator, True, softplus)
 
 
 def lognormal_expected_sigmoid(
@@ -506,9 +521,11 @@ def lognormal_expected_sigmoid(
     num_points: int = 16,
     method: str = "quadrature",
     generator: torch.Generator | None = None,
+    *,
+    softplus: bool = False,
 ) -> Tensor:
     """``E_{β=exp(μ+σε), ε~N(0,1)}[σ(β·Δ)]`` (seeds/001 §3; Eq. 7 for ``method="monte_carlo"``).
 
     See :func:`log_lognormal_expected_sigmoid` for the two methods and their accuracy.
     """
-    return _lognormal(margin, mu, sigma, num_points, method, generator, as_log=False)
+    return _lognormal(margin, mu, sigma, num_points, method, generator, False, softplus)

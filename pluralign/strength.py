@@ -196,13 +196,16 @@ class LogNormal(StrengthDistribution):
         return F.softplus(self.raw_sigma)
 
     def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
+        # The kernel applies softplus itself: one autograd node per call, not two.
         return log_lognormal_expected_sigmoid(
-            margin, self.mu, self.sigma, self.num_points, self.method, self.generator
+            margin, self.mu, self.raw_sigma, self.num_points, self.method, self.generator,
+            softplus=True,
         )
 
     def expected_sigmoid(self, margin: Tensor) -> Tensor:
         return lognormal_expected_sigmoid(
-            margin, self.mu, self.sigma, self.num_points, self.method, self.generator
+            margin, self.mu, self.raw_sigma, self.num_points, self.method, self.generator,
+            softplus=True,
         )
 
     def mean(self) -> Tensor:
