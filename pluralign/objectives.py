@@ -248,8 +248,11 @@ def corrected_dpo_loss(
     cap = min(1.0, 2.0 * (1.0 - floor) / alpha) if alpha > 0 else 1.0
     tiny = torch.finfo(h.dtype).tiny
     spread = (log_s + log_one_minus_s).exp().clamp(min=tiny)         # s(1−s), never 0
-    correction = 0.5 * alpha * (1.0 - 2.0 * s) * torch.minimum(variance / spread,
-                                                               torch.full_like(h, cap))
+    # min(V/spread, ρ) as V/max(spread, V/ρ): where the cap binds, the gradient never forms
+    # V/spread² (∞·0 = NaN once s(1−s) underflows to `tiny`, e.g. |h| ≈ 355 in float32).
+    correction = 0.5 * alpha * (1.0 - 2.0 * s) * (
+        variance / torch.maximum(spread, variance / cap)
+    )
     # h ≥ 0: s ≥ ½ and correction ≤ 0, so log q = log s + log1p(correction / s) (q ≥ ε).
     s_pos = s.clamp(min=0.5)                      # = s on this branch; keeps the other finite
     log_q_pos = log_s + torch.log1p(torch.maximum(correction / s_pos, floor / s_pos - 1))
