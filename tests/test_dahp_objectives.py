@@ -27,7 +27,15 @@ from pluralign.objectives import (
     repeat_label_variance,
 )
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64_default():
+    """float64 tensors by default in this module only: a module-level set_default_dtype would leak
+    into every test collected in the same pytest process (e.g. the trainer's float32 models)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def mp_corrected(h, v, alpha):
