@@ -9,10 +9,12 @@ rounded to 3 significant digits for no gain). Gradients come back in each input'
 The Gamma and LogNormal kernels are single ``torch.autograd.Function`` s with analytic backward
 passes. For Gamma this is needed for correctness: the series is in ``|Δ|`` and autograd through
 ``abs`` gives a zero margin gradient at ``Δ = 0`` exactly — where every pair sits at the first
-step, when policy = reference — while the true slope is ``E[β]/4``. Speed is on a par with
-autograd through the same sum (64 margins, one CPU thread: 3.9× vs 4.0× a DPO step without the
-input checks); the backward stores no per-op intermediates. Differentiable once (no double
-backward).
+step, when policy = reference — while the true slope is ``E[β]/4``. At 64 margins the cost is
+the number of kernel launches, not arithmetic, so each kernel is one node that also applies the
+strength modules' softplus (``softplus=True``), takes one-element parameters as Python floats
+(positivity checks without kernels) and fuses scaling into ``addr``/``addmv``; see
+``bench/objectives.py`` (about 3× a DPO step for learnable Gamma and LogNormal strengths).
+Differentiable once (no double backward).
 
 Invalid inputs (non-finite margins, non-positive shape/rate, negative sigma) raise
 :class:`NumericsError`, a ``ValueError``, naming the offending value instead of returning NaN.
