@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 
 @contextlib.contextmanager
@@ -48,3 +51,24 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON; NaN/inf are refused, never written as bad JSON."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+class _YAML12FloatLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` and ``5E+2`` as floats.
+
+    PyYAML implements YAML 1.1, where a float needs a dot (``1.0e-3``); ``1e-3`` silently stays
+    the *string* ``"1e-3"`` and then fails far from the config as "'>=' not supported between str
+    and int". YAML 1.2 (and every user writing a learning rate) reads it as a number.
+    """
+
+
+_YAML12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML safely (no object construction), reading ``1e-3``-style numbers as floats."""
+    return yaml.load(text, Loader=_YAML12FloatLoader)  # noqa: S506 - a SafeLoader subclass

@@ -61,6 +61,8 @@ def test_overrides_go_to_training_unless_dotted():
     assert recipe["data"]["population"]["n_annotators"] == 3
     assert recipe["model_config"]["hidden_size"] == 16
     assert TINY["training"]["objective"] == "mixdpo"  # the input is not modified
+    # Scientific notation without a dot is a number (YAML 1.1 would keep the string "3e-3").
+    assert apply_overrides(TINY, ["--learning_rate=3e-3"])["training"]["learning_rate"] == 0.003
     with pytest.raises(ConfigError, match="--key=value"):
         apply_overrides(TINY, ["objective=dpo"])
 

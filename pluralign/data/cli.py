@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -28,6 +27,7 @@ from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
+from pluralign.io import parse_yaml
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
 
@@ -48,7 +48,7 @@ def _parse_pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_yaml(value)
     return out
 
 
@@ -170,7 +170,7 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
 def _synthetic(args: argparse.Namespace, console: Console) -> int:
     fields: dict[str, Any] = {}
     if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        loaded = parse_yaml(Path(args.config).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.config}: expected a mapping of PopulationConfig fields")
         fields.update(loaded)

@@ -16,7 +16,7 @@ from pluralign.envs.plots import plot_policies
 from pluralign.envs.proximity import ProximityConfig, ProximityEnv
 from pluralign.errors import ConfigError
 from pluralign.evaluation.report import write_report
-from pluralign.io import atomic_path, write_text
+from pluralign.io import atomic_path, parse_yaml, write_text
 
 EPILOG = """\
 Examples:
@@ -56,11 +56,11 @@ def _section(raw: dict[str, Any], name: str, cls: type, source: str) -> Any:
 
 
 def load_simulation_config(path: Path | None) -> tuple[ProximityConfig, ExperimentConfig]:
-    """Read the two config sections from YAML (``yaml.safe_load``); defaults when ``None``."""
+    """Read the two config sections from YAML (``parse_yaml``, safe); defaults when ``None``."""
     if path is None:
         return ProximityConfig(), ExperimentConfig()
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if not isinstance(raw, dict) or set(raw) - {"environment", "experiment"}:

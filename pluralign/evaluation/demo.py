@@ -51,6 +51,7 @@ from pluralign.evaluation.plots import (
 )
 from pluralign.evaluation.report import write_report
 from pluralign.evaluation.subgroups import SubgroupTable, margin_gains, subgroup_table
+from pluralign.io import parse_yaml
 from pluralign.training import (
     PreferenceConfig,
     PreferenceTrainer,
@@ -136,9 +137,9 @@ class DemoConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> DemoConfig:
-        """Load a YAML file (``yaml.safe_load``); unknown keys raise :class:`ConfigError`."""
+        """Load a YAML file (``parse_yaml``); unknown keys raise :class:`ConfigError`."""
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            raw = parse_yaml(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read demo config ({exc})") from exc
         if not isinstance(raw, dict):

@@ -21,7 +21,7 @@ import yaml
 
 from pluralign.errors import ConfigError
 from pluralign.evaluation.report import write_report
-from pluralign.io import atomic_path, write_json, write_text
+from pluralign.io import atomic_path, parse_yaml, write_json, write_text
 
 _EPILOG = """Examples:
   pluralign pal benchmark --out runs/pal-bench
@@ -42,7 +42,7 @@ def _overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_yaml(value)
     return out
 
 
@@ -52,7 +52,7 @@ def _read_yaml(path: str | None) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {file} does not exist")
-    loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    loaded = parse_yaml(file.read_text(encoding="utf-8")) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{file}: expected a mapping of fields at the top level")
     return loaded

@@ -32,7 +32,7 @@ import datasets
 import yaml
 
 from pluralign.errors import ConfigError
-from pluralign.io import atomic_path, write_json, write_text
+from pluralign.io import atomic_path, parse_yaml, write_json, write_text
 
 TOP_LEVEL_KEYS = (
     "model",
@@ -94,14 +94,14 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {}) if isinstance(node.get(part), dict | None) else None
             if node is None:
                 raise ConfigError(f"override {item!r}: {part!r} is not a mapping in the recipe")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_yaml(raw)
     return out
 
 
 def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML recipe with ``yaml.safe_load``, apply overrides, check the top-level keys."""
+    """Read a YAML recipe with ``parse_yaml`` (safe), apply overrides, check the top-level keys."""
     try:
-        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        recipe = parse_yaml(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -1,0 +1,47 @@
+"""pluralign.io: atomic writes and the config YAML reader."""
+
+import json
+import math
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pluralign.io import atomic_path, parse_yaml, write_json
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300))
+def test_scientific_notation_reads_as_float(x):
+    """Python's repr gives e.g. '1e-05'; plain yaml.safe_load would return the string."""
+    text = repr(x)  # Python spells 1e-05 without a dot
+    assert parse_yaml(f"lr: {text}")["lr"] == pytest.approx(x, rel=1e-15, abs=0)
+
+
+def test_yaml11_behaviour_kept_for_everything_else():
+    doc = "a: 1e-3\nb: 5E+2\nc: 3\nd: 1e3x\ne: yes\nf: [2e-1, 0.5]\ng: '1e-3'"
+    assert yaml.safe_load(doc)["a"] == "1e-3"          # the trap being fixed
+    assert parse_yaml(doc) == {"a": 1e-3, "b": 500.0, "c": 3, "d": "1e3x", "e": True,
+                               "f": [0.2, 0.5], "g": "1e-3"}
+    assert yaml.safe_load("x: 1e-3")["x"] == "1e-3"    # SafeLoader itself is not modified
+
+
+def test_parse_yaml_refuses_python_objects():
+    with pytest.raises(yaml.YAMLError):
+        parse_yaml("!!python/object/apply:os.system ['true']")
+
+
+def test_atomic_path_keeps_the_old_file_on_error(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("{half")
+        raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_write_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", {"x": math.nan})
+    assert not (tmp_path / "m.json").exists()
