@@ -253,14 +253,15 @@ class _GammaExpectedSigmoid(torch.autograd.Function):
             d = torch.sub(ku1, u, alpha=k)  # k·(u_1 − u_n) = log r_n
         else:
             d = ku1 - u * _column(k)
-        big_r = torch.addmv(half, torch.expm1(d), w)
+        em1 = torch.expm1(d)
+        big_r = torch.addmv(half, em1, w)
         log_s = torch.log(big_r) - ku1[:, 0]  # log S, S = E[σ(−β|Δ|)]
         log_e = torch.where(m > 0, torch.log1p(-torch.exp(log_s)), log_s)
         # Backward needs a_1/E per unit of d log E (a_1 per unit of d E = E·d log E).
         log_weight = -ku1[:, 0] - log_e if as_log else -ku1[:, 0]
         out = log_e if as_log else torch.exp(log_e)
         ctx.save_for_backward(margin, shape, rate)  # (version-checked)
-        ctx.kernel = (m, u, d, log_weight, k, lam, dk, dlam)
+        ctx.kernel = (m, u, d, em1, log_weight, k, lam, dk, dlam)
         ctx.shape = _broadcast_shape(margin, shape, rate)
         return _shaped(_cast(out, out_dtype), ctx.shape)
 
@@ -268,14 +269,14 @@ class _GammaExpectedSigmoid(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         margin, shape, rate = ctx.saved_tensors
-        m, u, d, log_weight, k, lam, dk, dlam = ctx.kernel
+        m, u, d, em1, log_weight, k, lam, dk, dlam = ctx.kernel
         _, w, wn, _, zero = _cvz_buffers(m.device, m.dtype)
         # log S = −k·u_1 + log R. Per unit of d log E: d log E/d log S = h := S/E for Δ ≤ 0 and
         # −h for Δ > 0 (log E = log(1 − S)); d log S/dk = −U/R with U = Σ c_n r_n u_n and
         # d log S/dc = −k·V/R with V = Σ c_n r_n n/(1 + n c). As h/R = a_1/E and dc/dΔ = ±1/λ:
         # d log E/dΔ = (a_1/E)·(k/λ)·V for either sign, d log E/dλ = −(Δ/λ)·d log E/dΔ and
         # d log E/dk = sign(Δ)·(a_1/E)·U (U = 0 at Δ = 0). r_n/(1 + n c) = exp(log r_n − u_n).
-        weight = _cast(_flat(grad), m.dtype) * torch.exp(log_weight)
+        weight = _flat(grad) * torch.exp(log_weight)  # (promotes a float32 grad)
         scalar = m.shape == ctx.shape and isinstance(lam, float)
         g_margin = g_shape = g_rate = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
@@ -289,7 +290,7 @@ class _GammaExpectedSigmoid(torch.autograd.Function):
                     g_rate = _reduce_grad((g_m * m * (-dlam / lam)).reshape(ctx.shape), rate)
         if ctx.needs_input_grad[1]:
             # Σ c_n r_n u_n with r_n·u_n = u_n + (r_n − 1)·u_n.
-            big_u = _scaled_mv(zero, torch.addcmul(u, torch.expm1(d), u), w, dk)
+            big_u = _scaled_mv(zero, torch.addcmul(u, em1, u), w, dk)
             g_k = weight * torch.sign(m)
             if scalar:
                 g_shape = _cast(torch.dot(g_k, big_u), shape.dtype)
@@ -453,7 +454,7 @@ class _LogNormalExpectedSigmoid(torch.autograd.Function):
         margin, mu, sigma = ctx.saved_tensors
         m, eps, log_g, ds = ctx.kernel
         g = torch.exp(log_g)
-        grad = _cast(_flat(grad), m.dtype)
+        grad = _flat(grad)  # (float32 grads promote in the products below)
         total = g.sum(-1)
         g_margin = g_mu = g_sigma = None
         if ctx.needs_input_grad[0]:
