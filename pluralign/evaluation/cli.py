@@ -60,7 +60,9 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(table)
     for line in metrics["summary"]:
         console.print(f"• {line}")
-    console.print(f"Report: {Path(cfg.output_dir) / 'report.html'}")
+    # soft_wrap: a path must stay copy-pasteable at any terminal width (rich wraps at 80 in CI).
+    console.print(f"Report: {Path(cfg.output_dir) / 'report.html'}", soft_wrap=True,
+                  markup=False, highlight=False)
     return 0
 
 
