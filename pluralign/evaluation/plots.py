@@ -117,7 +117,7 @@ def plot_variance_trajectories(trajectories: Mapping[str, TrajectoryVerdict],
     """Fig. 4: variance of the learned strength distribution over training steps, per dataset."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, tr in trajectories.items():
-        ax.plot(tr.steps, tr.variance, label=f"{name} ({tr.verdict})")
+        ax.plot(tr.steps, tr.variance, label=f"{name} (diagnostic verdict: {tr.verdict})")
     ax.set_xlabel("training step")
     ax.set_ylabel("Var[β]")
     ax.set_yscale("log")
