@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from pluralign.errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -72,3 +74,17 @@ _YAML12FloatLoader.add_implicit_resolver(
 def parse_yaml(text: str) -> Any:
     """Parse YAML safely (no object construction), reading ``1e-3``-style numbers as floats."""
     return yaml.load(text, Loader=_YAML12FloatLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["n=3", "strength=gamma"]`` → ``{"n": 3, "strength": "gamma"}`` (values parsed as YAML).
+
+    ``flag`` names the command-line option in the error, e.g. ``--set expects KEY=VALUE``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key] = parse_yaml(value)
+    return out

@@ -30,12 +30,7 @@ from pluralign.evaluation.strength_fit import fit_strength
 N_PAIRS = 50_000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _true_margins(seed=0, n=N_PAIRS, **strength):

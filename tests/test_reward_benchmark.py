@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from pluralign.cli import main
 from pluralign.data.splits import split_by_annotator
@@ -18,12 +17,7 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("embedding-cache")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

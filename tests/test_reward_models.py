@@ -27,12 +27,7 @@ from pluralign.reward.base import CheckpointError, bradley_terry_loss, pairwise_
 D, K = 12, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def typed_population(n_users=30, pairs_per_user=60, seed=0, n_types=K):

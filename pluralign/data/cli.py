@@ -27,7 +27,7 @@ from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
-from pluralign.io import parse_yaml
+from pluralign.io import parse_key_values, parse_yaml
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
 
@@ -40,16 +40,6 @@ _EPILOG = """Examples:
   pluralign data synthetic runs/pop --set n_annotators=500 --set strength=gamma
   pluralign data synthetic runs/pop-control --config pop.yaml --homogeneous
 """
-
-
-def _parse_pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key] = parse_yaml(value)
-    return out
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +104,7 @@ def _subgroup_table(df: pd.DataFrame, column: str, name: str, args: argparse.Nam
 
 
 def _inspect(args: argparse.Namespace, console: Console) -> int:
-    options = _parse_pairs(args.option, "--option")
+    options = parse_key_values(args.option, "--option")
     fmt = args.format or detect_format(args.source)
     ds = load_preferences(args.source, format=fmt, split=args.split, limit=args.limit, **options)
     df = to_pandas(ds)
@@ -174,7 +164,7 @@ def _synthetic(args: argparse.Namespace, console: Console) -> int:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.config}: expected a mapping of PopulationConfig fields")
         fields.update(loaded)
-    fields.update(_parse_pairs(args.set, "--set"))
+    fields.update(parse_key_values(args.set, "--set"))
     known = {f.name for f in dataclasses.fields(PopulationConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:

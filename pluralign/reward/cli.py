@@ -21,7 +21,7 @@ import yaml
 
 from pluralign.errors import ConfigError
 from pluralign.evaluation.report import write_report
-from pluralign.io import atomic_path, parse_yaml, write_json, write_text
+from pluralign.io import atomic_path, parse_key_values, parse_yaml, write_json, write_text
 
 _EPILOG = """Examples:
   pluralign pal benchmark --out runs/pal-bench
@@ -34,16 +34,6 @@ _EPILOG = """Examples:
   pluralign pal adapt --model runs/pal --data new_users.jsonl --n 20 --out runs/pal-adapted
 """
 DEFAULT_CACHE = Path(".cache") / "pluralign" / "embeddings"
-
-
-def _overrides(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = parse_yaml(value)
-    return out
 
 
 def _read_yaml(path: str | None) -> dict[str, Any]:
@@ -166,7 +156,8 @@ def _train(args: argparse.Namespace) -> int:
     from pluralign.reward.encoders import MiniLMEncoder, embed_pairs
     from pluralign.reward.pal import PALConfig, PALRewardModel
 
-    values = {**_read_yaml(args.config), **_overrides(args.set), "show_progress": not args.quiet}
+    values = {**_read_yaml(args.config), **parse_key_values(args.set, "--set"),
+              "show_progress": not args.quiet}
     encoder = MiniLMEncoder(cache_dir=args.cache_dir, show_progress=not args.quiet)
     split = train_test_split_pairs(_load(args), test_size=args.eval_fraction, seed=0)
     train_pairs = embed_pairs(split["train"], encoder)
