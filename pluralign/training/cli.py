@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,18 +259,8 @@ def run_train(args: argparse.Namespace) -> int:
         eval_dataset=test,
         processing_class=tokenizer,
     )
-    if trainer.is_world_process_zero():
-        write_text(
-            os.path.join(training_args.output_dir, "config.yaml"),
-            yaml.safe_dump(recipe, sort_keys=False),
-        )
-    checkpoint = _last_checkpoint(training_args.output_dir) if args.resume else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics: dict[str, Any] = {"train": result.metrics, "strength": trainer.objective.metrics()}
-    if test is not None:
-        metrics["eval"] = trainer.evaluate()
-    _finish(trainer, recipe, metrics)
-    return 0
+    return _train_and_finish(trainer, recipe, args.resume, test is not None,
+                             lambda: {"strength": trainer.objective.metrics()})
 
 
 def run_sft(args: argparse.Namespace) -> int:
@@ -281,15 +272,20 @@ def run_sft(args: argparse.Namespace) -> int:
     check_pair_columns(train, "train", required=("prompt", "chosen"))
     model, tokenizer = build_model_and_tokenizer(recipe, train, training_args.seed)
     trainer = build_sft_trainer(model, tokenizer, train, training_args, eval_dataset=test)
+    return _train_and_finish(trainer, recipe, args.resume, test is not None)
+
+
+def _train_and_finish(trainer: Any, recipe: dict[str, Any], resume: bool, evaluate: bool,
+                      extra_metrics: Callable[[], dict[str, Any]] = dict) -> int:
+    """The run-folder sequence shared by ``sft`` and ``train``: config.yaml first (process 0),
+    resume from the last complete checkpoint if asked, train, evaluate, write metrics."""
+    output_dir = trainer.args.output_dir
     if trainer.is_world_process_zero():
-        write_text(
-            os.path.join(training_args.output_dir, "config.yaml"),
-            yaml.safe_dump(recipe, sort_keys=False),
-        )
-    checkpoint = _last_checkpoint(training_args.output_dir) if args.resume else None
+        write_text(os.path.join(output_dir, "config.yaml"), yaml.safe_dump(recipe, sort_keys=False))
+    checkpoint = _last_checkpoint(output_dir) if resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics: dict[str, Any] = {"train": result.metrics}
-    if test is not None:
+    metrics: dict[str, Any] = {"train": result.metrics, **extra_metrics()}
+    if evaluate:
         metrics["eval"] = trainer.evaluate()
     _finish(trainer, recipe, metrics)
     return 0
