@@ -51,8 +51,11 @@ def plot_subgroup_margins(table: SubgroupTable, path: str | os.PathLike[str],
     """
     groups = table.groups[~table.groups["empty"]]
     attrs = list(dict.fromkeys(groups["attribute"]))
-    fig, axes = plt.subplots(1, len(attrs), figsize=(4.2 * len(attrs), 3.6), squeeze=False,
-                             sharey=True)
+    # Panel width follows the number of subgroups so that tick labels never collide.
+    widths = [max(2.5, 0.6 * int((groups["attribute"] == a).sum())) for a in attrs]
+    fig, axes = plt.subplots(1, len(attrs), figsize=(sum(widths) + 1.0, 4.0), squeeze=False,
+                             sharey=True, layout="constrained",
+                             gridspec_kw={"width_ratios": widths})
     for ax, attr in zip(axes[0], attrs, strict=True):
         g = groups[groups["attribute"] == attr].sort_values("count")
         x = np.arange(len(g))
@@ -65,7 +68,7 @@ def plot_subgroup_margins(table: SubgroupTable, path: str | os.PathLike[str],
         ax.axhline(macro.mean, color=MACRO_COLOR, label=f"macro {macro.mean:.3g}")
         ax.set_xticks(x, [f"{grp}\n(n={c})" for grp, c in zip(g["group"], g["count"],
                                                                  strict=True)],
-                      rotation=30, ha="right", fontsize=8)
+                      rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_title(attr.split(".", 1)[-1])
         ax.legend(fontsize=8, loc="best")
     axes[0][0].set_ylabel(f"mean {table.value}")
