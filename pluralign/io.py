@@ -88,3 +88,22 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key] = parse_yaml(value)
     return out
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
+    """Read a YAML config file that must hold a mapping (an empty file is ``{}``).
+
+    A missing or unreadable file, invalid YAML or a non-mapping top level raises
+    :class:`ConfigError` naming the file; ``expected`` says what the mapping should hold
+    (e.g. ``"PopulationConfig fields"``).
+    """
+    try:
+        loaded = parse_yaml(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of {expected} at the top level")
+    return loaded

@@ -45,3 +45,21 @@ def test_write_json_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         write_json(tmp_path / "m.json", {"x": math.nan})
     assert not (tmp_path / "m.json").exists()
+
+
+def test_read_yaml_mapping_names_the_file_for_every_failure(tmp_path):
+    from pluralign.errors import ConfigError
+    from pluralign.io import read_yaml_mapping
+
+    good, empty, bad, listy = (tmp_path / n for n in ("a.yaml", "b.yaml", "c.yaml", "d.yaml"))
+    good.write_text("lr: 1e-3\n")
+    empty.write_text("")
+    bad.write_text("a: [1, 2\n")
+    listy.write_text("- 1\n- 2\n")
+    assert read_yaml_mapping(good, "x") == {"lr": 0.001}
+    assert read_yaml_mapping(empty, "x") == {}
+    for path, message in [(tmp_path / "missing.yaml", "cannot read config"),
+                          (bad, "invalid YAML"), (listy, "expected a mapping of demo settings")]:
+        with pytest.raises(ConfigError, match=message) as exc:
+            read_yaml_mapping(path, "demo settings")
+        assert str(path) in str(exc.value)

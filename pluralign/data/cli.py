@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
-from pluralign.io import parse_key_values, parse_yaml
+from pluralign.io import parse_key_values, read_yaml_mapping
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
 
@@ -160,10 +159,7 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
 def _synthetic(args: argparse.Namespace, console: Console) -> int:
     fields: dict[str, Any] = {}
     if args.config:
-        loaded = parse_yaml(Path(args.config).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{args.config}: expected a mapping of PopulationConfig fields")
-        fields.update(loaded)
+        fields.update(read_yaml_mapping(args.config, "PopulationConfig fields"))
     fields.update(parse_key_values(args.set, "--set"))
     known = {f.name for f in dataclasses.fields(PopulationConfig)}
     unknown = sorted(set(fields) - known)

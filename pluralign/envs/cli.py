@@ -16,7 +16,7 @@ from pluralign.envs.plots import plot_policies
 from pluralign.envs.proximity import ProximityConfig, ProximityEnv
 from pluralign.errors import ConfigError
 from pluralign.evaluation.report import write_report
-from pluralign.io import atomic_path, parse_yaml, write_text
+from pluralign.io import atomic_path, read_yaml_mapping, write_text
 
 EPILOG = """\
 Examples:
@@ -59,11 +59,8 @@ def load_simulation_config(path: Path | None) -> tuple[ProximityConfig, Experime
     """Read the two config sections from YAML (``parse_yaml``, safe); defaults when ``None``."""
     if path is None:
         return ProximityConfig(), ExperimentConfig()
-    try:
-        raw = parse_yaml(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(raw, dict) or set(raw) - {"environment", "experiment"}:
+    raw = read_yaml_mapping(path, "the sections 'environment' and 'experiment'")
+    if set(raw) - {"environment", "experiment"}:
         raise ConfigError(f"{path}: expected only the sections 'environment' and 'experiment'")
     return (_section(raw, "environment", ProximityConfig, str(path)),
             _section(raw, "experiment", ExperimentConfig, str(path)))

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from pluralign.data.splits import train_test_split_pairs
 from pluralign.data.synthetic import PopulationConfig, make_population
@@ -51,7 +50,7 @@ from pluralign.evaluation.plots import (
 )
 from pluralign.evaluation.report import write_report
 from pluralign.evaluation.subgroups import SubgroupTable, margin_gains, subgroup_table
-from pluralign.io import parse_yaml
+from pluralign.io import read_yaml_mapping
 from pluralign.training import (
     PreferenceConfig,
     PreferenceTrainer,
@@ -138,12 +137,7 @@ class DemoConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> DemoConfig:
         """Load a YAML file (``parse_yaml``); unknown keys raise :class:`ConfigError`."""
-        try:
-            raw = parse_yaml(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read demo config ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of demo settings")
+        raw = read_yaml_mapping(path, "demo settings")
         raw.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)

@@ -21,7 +21,13 @@ import yaml
 
 from pluralign.errors import ConfigError
 from pluralign.evaluation.report import write_report
-from pluralign.io import atomic_path, parse_key_values, parse_yaml, write_json, write_text
+from pluralign.io import (
+    atomic_path,
+    parse_key_values,
+    read_yaml_mapping,
+    write_json,
+    write_text,
+)
 
 _EPILOG = """Examples:
   pluralign pal benchmark --out runs/pal-bench
@@ -39,13 +45,7 @@ DEFAULT_CACHE = Path(".cache") / "pluralign" / "embeddings"
 def _read_yaml(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {file} does not exist")
-    loaded = parse_yaml(file.read_text(encoding="utf-8")) or {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{file}: expected a mapping of fields at the top level")
-    return loaded
+    return read_yaml_mapping(path, "fields")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

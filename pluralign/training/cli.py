@@ -33,7 +33,7 @@ import datasets
 import yaml
 
 from pluralign.errors import ConfigError
-from pluralign.io import atomic_path, parse_yaml, write_json, write_text
+from pluralign.io import atomic_path, parse_yaml, read_yaml_mapping, write_json, write_text
 
 TOP_LEVEL_KEYS = (
     "model",
@@ -101,14 +101,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> dict[str, Any]:
     """Read a YAML recipe with ``parse_yaml`` (safe), apply overrides, check the top-level keys."""
-    try:
-        recipe = parse_yaml(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(recipe, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of {', '.join(TOP_LEVEL_KEYS)}")
+    recipe = read_yaml_mapping(path, ", ".join(TOP_LEVEL_KEYS))
     recipe = apply_overrides(recipe, overrides or [])
     unknown = sorted(set(recipe) - set(TOP_LEVEL_KEYS))
     if unknown:
