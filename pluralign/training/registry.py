@@ -169,7 +169,11 @@ def cached_folder(name: str, source: ModelSource, root: Path | None = None) -> P
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             source.build(tmp)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # a lock that did not hold (e.g. some network filesystems)
+                if not target.is_dir():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
