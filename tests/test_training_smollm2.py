@@ -198,15 +198,16 @@ def test_chat_pair_tokenisation_equals_apply_chat_template(smol_tokenizer, chat_
 @pytest.mark.slow
 def test_chat_completion_logps_equal_a_direct_transformers_computation(
         smollm2_cache, smol_tokenizer, chat_pairs, one_thread):
-    gguf = registry._smollm2_gguf()
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    reference = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    gguf = registry._smollm2_gguf()
+    where = {"pretrained_model_name_or_path": str(gguf.parent), "gguf_file": gguf.name}
+    reference = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32).eval()
+    reference_tokenizer = AutoTokenizer.from_pretrained(**where)
     expected = []
     for name in ("chosen", "rejected"):
         for example in chat_pairs:
-            prompt, completion = _reference_ids(smol_tokenizer, example, name)
+            prompt, completion = _reference_ids(reference_tokenizer, example, name)
             ids = torch.tensor([prompt + completion])
             with torch.no_grad():
                 logp = torch.log_softmax(reference(ids).logits[0, :-1].float(), dim=-1)
