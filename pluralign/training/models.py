@@ -1,6 +1,6 @@
 """Models and tokenizers that need no download: a tiny GPT-NeoX (Pythia architecture) built from a
 config, a byte-level BPE tokenizer trained on the dataset's own text, and loading of local Hugging
-Face paths.
+Face folders or registered model names (:mod:`pluralign.training.registry`).
 
 Every entry point is deterministic given its seed, so tests and CPU demos reproduce exactly.
 """
@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from pluralign.errors import ConfigError
+from pluralign.training.registry import resolve_model
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -96,28 +97,24 @@ def build_tokenizer(
     return fast
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local folder (never the network); sets ``pad_token = eos_token`` if
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local folder or a registered name (see
+    :mod:`pluralign.training.registry`; never the network); sets ``pad_token = eos_token`` if
     unset."""
-    if not Path(path).is_dir():
-        raise ConfigError(
-            f"tokenizer path {str(path)!r} is not a local folder; pass a folder that "
-            "holds tokenizer.json / tokenizer_config.json, or use 'tiny' to build one"
-        )
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    folder = resolve_model(name_or_path)
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_causal_lm(path: str | Path, dtype: str | torch.dtype = "float32") -> PreTrainedModel:
-    """Load a causal LM from a local folder (safetensors weights, no download) in ``dtype``."""
-    if not Path(path).is_dir():
-        raise ConfigError(
-            f"model path {str(path)!r} is not a local folder; download the model first "
-            "(e.g. `hf download EleutherAI/pythia-2.8b --local-dir ...`) or use 'tiny'"
-        )
+def load_causal_lm(
+    name_or_path: str | Path, dtype: str | torch.dtype = "float32"
+) -> PreTrainedModel:
+    """Load a causal LM (safetensors weights, no download) in ``dtype`` from a local folder or a
+    registered name (see :mod:`pluralign.training.registry`)."""
+    folder = resolve_model(name_or_path)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch_dtype, local_files_only=True, use_safetensors=True
+        str(folder), dtype=torch_dtype, local_files_only=True, use_safetensors=True
     )

@@ -7,6 +7,9 @@ A pair ``(prompt, chosen, rejected)`` becomes ``prompt_ids``, ``chosen_ids`` and
   handled.
 * chat messages (lists of ``{"role", "content"}``): the tokenizer's chat template renders
   ``prompt`` with the generation prompt and ``prompt + completion`` without it; same prefix rule.
+  The completion ends at its last EOS token when it has one: chat templates append text after the
+  end-of-turn token (SmolLM2/ChatML: ``<|im_end|>`` then ``"\n"``) that generation never produces,
+  so it would add a near-constant term to log π(y|x) that the policy never has to emit.
 
 Truncation follows the MixDPO paper's setting (max_length 128, max_prompt_length 64): the prompt
 keeps its last ``max_prompt_length`` tokens (the end of the conversation matters most), and each
@@ -63,6 +66,13 @@ def _ids(tokenizer: PreTrainedTokenizerBase, messages_or_text: Any, **kwargs: An
     return list(out)
 
 
+def _through_last(ids: list[int], token_id: int | None) -> list[int]:
+    """``ids`` up to and including the last ``token_id``; all of ``ids`` if it has none."""
+    if token_id is None or token_id not in ids:
+        return ids
+    return ids[: len(ids) - ids[::-1].index(token_id)]
+
+
 def tokenize_pair(
     example: Mapping[str, Any],
     tokenizer: PreTrainedTokenizerBase,
@@ -97,7 +107,10 @@ def tokenize_pair(
     room = max(max_length - len(prompt_ids), 0)
     out = {"prompt_ids": prompt_ids}
     for name, ids in full.items():
-        out[f"{name}_ids"] = ids[cut:][:room]
+        completion = ids[cut:]
+        if conversational:
+            completion = _through_last(completion, tokenizer.eos_token_id)
+        out[f"{name}_ids"] = completion[:room]
     return out
 
 
