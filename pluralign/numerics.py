@@ -124,10 +124,10 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
 def _parameter(name: str, raw: Tensor, softplus: bool, dtype: torch.dtype, *, allow_zero: bool):
     """A kernel parameter in ``dtype``: ``softplus(raw)`` with ``softplus``, else ``raw``.
     Raises :class:`NumericsError` unless every value is > 0 (>= 0 with ``allow_zero``); one
-    reduction and one host sync (NaN fails both comparisons)."""
+    reduction (none for one element) and one host sync (NaN fails both comparisons)."""
     raw = _cast(raw, dtype)
     value = F.softplus(raw) if softplus else raw
-    lowest = value.min().item()
+    lowest = (value if value.numel() == 1 else value.min()).item()
     if not (lowest >= 0 if allow_zero else lowest > 0):
         raise NumericsError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {lowest}")
     return value
@@ -157,14 +157,21 @@ def _broadcast_size(margin: Tensor, *params: Tensor) -> torch.Size:
     return torch.broadcast_shapes(margin.shape, *(p.shape for p in params))
 
 
-def _input_grad(per_pair: Tensor, size: torch.Size, like: Tensor, softplus: bool) -> Tensor:
-    """The gradient w.r.t. input ``like`` from its flat per-pair gradient: broadcasting undone,
-    times ``σ(raw)`` (the softplus slope, elementwise in ``like``'s shape) with ``softplus``,
-    in ``like``'s dtype."""
+def _input_grad(
+    size: torch.Size, like: Tensor, softplus: bool, per_pair: Tensor, factor: Tensor | None = None
+) -> Tensor:
+    """The gradient w.r.t. input ``like`` from its flat per-pair gradient ``per_pair·factor``
+    (``factor``: 0-dim or flat): broadcasting undone, times ``σ(raw)`` (the softplus slope,
+    elementwise in ``like``'s shape) with ``softplus``, in ``like``'s dtype."""
     if like.dim() == 0:  # the usual case (a module's parameter); faster than sum_to_size
-        grad = per_pair.sum()
+        if factor is None:
+            grad = per_pair.sum()
+        elif factor.dim() == 0:
+            grad = per_pair.sum() * factor
+        else:
+            grad = torch.dot(per_pair, factor)
     else:
-        grad = _shaped(per_pair, size)
+        grad = _shaped(per_pair if factor is None else per_pair * factor, size)
         grad = grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
     if softplus:
         grad = grad * torch.sigmoid(_cast(like, grad.dtype))
@@ -247,13 +254,13 @@ class _GammaExpectedSigmoid(torch.autograd.Function):
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
             g_m = weight * torch.mv(torch.exp(d - u), wn) * (k / lam)
             if ctx.needs_input_grad[0]:
-                g_margin = _input_grad(g_m, ctx.size, margin, softplus=False)
+                g_margin = _input_grad(ctx.size, margin, False, g_m)
             if ctx.needs_input_grad[2]:
-                g_rate = _input_grad(g_m * m / -lam, ctx.size, rate, softplus)
+                g_rate = _input_grad(ctx.size, rate, softplus, g_m, m / -lam)
         if ctx.needs_input_grad[1]:
             # U = Σ c_n r_n u_n with r_n·u_n = u_n + (r_n − 1)·u_n.
             big_u = torch.mv(torch.addcmul(u, em1, u), w)
-            g_shape = _input_grad(weight * torch.sign(m) * big_u, ctx.size, shape_k, softplus)
+            g_shape = _input_grad(ctx.size, shape_k, softplus, weight * torch.sign(m), big_u)
         return g_margin, g_shape, g_rate, None, None, None
 
 
@@ -306,9 +313,10 @@ def log_gamma_expected_sigmoid(
     so Cohen–Villegas–Zagier acceleration [CVZ] with N = 20 terms (:func:`cvz_weights`) has
     relative error ≤ 4·(3+√8)^−20 ≈ 2e-15 in every regime — including ``λ/|Δ| → ∞`` where a
     truncated sum (n = 1000, [MixDPO, App. C.1]) is badly wrong. To never underflow, the sum is
-    taken over the ratios ``a_n/a_1`` and ``log a_1 = −k·log1p(x/λ)`` is added in log space, so values down to
-    ``e^{−700}`` (|Δ| = 1e4) and below stay finite. Derivatives in margin, shape and rate are
-    analytic (custom backward; ``d a_n/dk = −log(1 + n x/λ)·a_n``), differentiable once.
+    taken over the ratios ``a_n/a_1`` and ``log a_1 = −k·log1p(x/λ)`` is added in log space, so
+    values down to ``e^{−700}`` (|Δ| = 1e4) and below stay finite. Derivatives in margin, shape
+    and rate are analytic (custom backward; ``d a_n/dk = −log(1 + n x/λ)·a_n``), differentiable
+    once.
 
     Accuracy (tests/test_numerics.py, vs mpmath): ≤ 1e-12 relative in float64 for
     k ∈ [0.1, 50], λ ∈ [0.01, 100], |Δ| ∈ [0, 100].
@@ -373,8 +381,9 @@ def _quadrature_nodes(m: Tensor, mu: Tensor, sigma: Tensor, num_points: int):
     # Centre on the peak of φ(ε)·σ(−e^{μ+σε}|Δ|) when Δ < 0 (the value is then small and carried
     # by small β): the peak solves σε = −σ²·y·σ(y) with y = e^{μ+σε}|Δ|, i.e. roughly
     # ε ≈ −log(1 + σ²e^μ|Δ|)/σ. For Δ ≥ 0 the value is ≥ 1/2: centre at 0.
-    shift = torch.log1p(m.clamp(max=0) * (sigma * sigma * torch.exp(mu)).neg())
-    eps = offsets - (shift / sigma.clamp(min=1e-300)).unsqueeze(-1)
+    sigma = sigma.clamp(min=1e-300)  # (σ = 0: shift 0, offsets as they are)
+    shift = torch.log1p(m.clamp(max=0) * (sigma * sigma * torch.exp(mu)).neg_())
+    eps = torch.addcdiv(offsets, shift.unsqueeze(-1), sigma.unsqueeze(-1), value=-1)
     return eps, torch.addcmul(log_c, eps, eps, value=-0.5)
 
 
@@ -426,12 +435,12 @@ class _LogNormalExpectedSigmoid(torch.autograd.Function):
         total = g.sum(-1)
         g_margin = g_mu = g_sigma = None
         if ctx.needs_input_grad[0]:
-            g_margin = _input_grad(grad * total, ctx.size, margin, softplus=False)
+            g_margin = _input_grad(ctx.size, margin, False, grad, total)
         m_grad = m * grad
         if ctx.needs_input_grad[1]:
-            g_mu = _input_grad(m_grad * total, ctx.size, mu, softplus=False)
+            g_mu = _input_grad(ctx.size, mu, False, m_grad, total)
         if ctx.needs_input_grad[2]:
-            g_sigma = _input_grad(m_grad * (g * eps).sum(-1), ctx.size, sigma, softplus)
+            g_sigma = _input_grad(ctx.size, sigma, softplus, m_grad, (g * eps).sum(-1))
         return g_margin, g_mu, g_sigma, None, None, None, None, None, None
 
 
