@@ -250,7 +250,7 @@ class _GammaExpectedSigmoid(torch.autograd.Function):
         # d log E/dΔ = (a_1/E)·(k/λ)·V for either sign, d log E/dλ = −(Δ/λ)·d log E/dΔ and
         # d log E/dk = sign(Δ)·(a_1/E)·U (U = 0 at Δ = 0). r_n/(1 + n c) = exp(log r_n − u_n).
         weight = _flat(grad) * torch.exp(log_weight)  # (promotes a float32 grad)
-        g_margin = g_shape = g_rate = None
+        g_margin = g_shape_k = g_rate = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
             g_m = weight * torch.mv(torch.exp(d - u), wn) * (k / lam)
             if ctx.needs_input_grad[0]:
@@ -260,8 +260,8 @@ class _GammaExpectedSigmoid(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # U = Σ c_n r_n u_n with r_n·u_n = u_n + (r_n − 1)·u_n.
             big_u = torch.mv(torch.addcmul(u, em1, u), w)
-            g_shape = _input_grad(ctx.size, shape_k, softplus, weight * torch.sign(m), big_u)
-        return g_margin, g_shape, g_rate, None, None, None
+            g_shape_k = _input_grad(ctx.size, shape_k, softplus, weight * torch.sign(m), big_u)
+        return g_margin, g_shape_k, g_rate, None, None, None
 
 
 def _gamma_expected_sigmoid_reference(margin: Tensor, shape_k: Tensor, rate: Tensor) -> Tensor:
