@@ -9,11 +9,15 @@ import mp_reference as ref
 import mpmath as mp
 import pytest
 import torch
-from hypothesis import given, settings
+import torch.nn.functional as F
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pluralign.numerics import (
+    LOGNORMAL_METHODS,
     NumericsError,
+    _gamma_expected_sigmoid_reference,
+    _lognormal_expected_sigmoid_reference,
     cvz_weights,
     gamma_expected_sigmoid,
     log_gamma_expected_sigmoid,
@@ -43,6 +47,18 @@ def _rel(value: float, exact) -> float:
 @pytest.fixture(scope="module")
 def gamma_reference():
     return {args: ref.gamma_expected_sigmoid(*args) for args in GAMMA_GRID}
+
+
+def _assert_same_values_and_gradients(fast, reference, inputs, rtol=1e-9, atol=1e-13):
+    """``fast(*inputs)`` and ``reference(*inputs)`` agree in value and in every input gradient
+    (of the sum, so broadcasting is undone the same way)."""
+    results = []
+    for f in (fast, reference):
+        out = f(*inputs)
+        results.append((out, *torch.autograd.grad(out.sum(), inputs)))
+    for got, want in zip(*results, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
 
 
 def _grid_tensors(dtype):
@@ -207,6 +223,58 @@ def test_gamma_point_mass_limit():
     assert torch.allclose(got, torch.sigmoid(beta * d), rtol=1e-6)
 
 
+def _f64(*values, grad=True):
+    return [torch.tensor(v, dtype=F64, requires_grad=grad) for v in values]
+
+
+# The documented ranges (DESIGN, and log_gamma_expected_sigmoid's docstring).
+GAMMA_MARGINS = st.lists(st.floats(-100, 100, **finite), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=GAMMA_MARGINS, k=st.floats(0.1, 50), lam=st.floats(0.01, 100), as_log=st.booleans())
+@example(d=[0.0], k=2.0, lam=16.7, as_log=False)  # Δ = 0: slope E[β]/4, not abs's 0
+@example(d=[-100.0, 100.0], k=50.0, lam=0.01, as_log=True)  # E ≈ 1e-200
+def test_gamma_kernel_matches_plain_autograd_reference(d, k, lam, as_log):
+    fast = log_gamma_expected_sigmoid if as_log else gamma_expected_sigmoid
+
+    def reference(*args):
+        value = _gamma_expected_sigmoid_reference(*args)
+        return torch.log(value) if as_log else value
+
+    _assert_same_values_and_gradients(fast, reference, _f64(d, k, lam))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    d=st.lists(st.floats(-100, 100, **finite), min_size=3, max_size=3),
+    k=st.lists(st.floats(0.1, 50), min_size=3, max_size=3),
+    lam=st.floats(0.01, 100),
+)
+def test_gamma_kernel_matches_reference_with_per_pair_parameters(d, k, lam):
+    # k per pair and a (1, 3) margin broadcast against a (2, 1) rate: gradients must be summed
+    # over the broadcast axes exactly as autograd sums them.
+    margin, shape_k = _f64([d], k)
+    (rate,) = _f64([[lam], [lam / 2]])
+    _assert_same_values_and_gradients(
+        log_gamma_expected_sigmoid,
+        lambda *a: torch.log(_gamma_expected_sigmoid_reference(*a)),
+        [margin, shape_k, rate],
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=GAMMA_MARGINS, raw_k=st.floats(-2.2, 50), raw_lam=st.floats(-4.6, 100))
+def test_gamma_kernel_softplus_matches_reference_through_softplus(d, raw_k, raw_lam):
+    def fast(m, rk, rl):
+        return log_gamma_expected_sigmoid(m, rk, rl, softplus=True)
+
+    def reference(m, rk, rl):
+        return torch.log(_gamma_expected_sigmoid_reference(m, F.softplus(rk), F.softplus(rl)))
+
+    _assert_same_values_and_gradients(fast, reference, _f64(d, raw_k, raw_lam))
+
+
 def test_cvz_weights_sum_log2_and_pi_over_4():
     w = torch.tensor(cvz_weights(), dtype=F64)
     n = torch.arange(1, len(w) + 1, dtype=F64)
@@ -353,6 +421,50 @@ def test_lognormal_monotone_in_margin(d, step, mu, s):
     pair = torch.tensor([d, d + step], dtype=F64)
     lo, hi = log_lognormal_expected_sigmoid(pair, mu, s, num_points=16).tolist()
     assert hi >= lo - 1e-14  # log E → 0 as Δ grows: allow rounding of a sum of weights ≈ 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    d=st.lists(st.floats(-30, 30, **finite), min_size=1, max_size=4),
+    mu=st.floats(-4, 2),
+    s=st.floats(0.0, 1.5),
+    num_points=st.sampled_from([1, 8, 16, 32]),
+    method=st.sampled_from(LOGNORMAL_METHODS),
+    as_log=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+@example(d=[0.0, -30.0], mu=2.0, s=0.0, num_points=16, method="quadrature", as_log=True, seed=0)
+def test_lognormal_kernel_matches_plain_autograd_reference(d, mu, s, num_points, method, as_log,
+                                                           seed):
+    def fast(*args):
+        gen = torch.Generator().manual_seed(seed)
+        f = log_lognormal_expected_sigmoid if as_log else lognormal_expected_sigmoid
+        return f(*args, num_points, method, gen)
+
+    def reference(*args):
+        gen = torch.Generator().manual_seed(seed)  # the same draws
+        value = _lognormal_expected_sigmoid_reference(*args, num_points, method, gen)
+        return torch.log(value) if as_log else value
+
+    _assert_same_values_and_gradients(fast, reference, _f64(d, mu, s), rtol=1e-10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    d=st.lists(st.floats(-30, 30, **finite), min_size=3, max_size=3),
+    mu=st.lists(st.floats(-4, 2), min_size=3, max_size=3),
+    raw_s=st.floats(-5, 1.3),
+)
+def test_lognormal_kernel_matches_reference_with_per_pair_mu_and_softplus(d, mu, raw_s):
+    def fast(m, mu, rs):
+        return log_lognormal_expected_sigmoid(m, mu, rs, 16, softplus=True)
+
+    def reference(m, mu, rs):
+        value = _lognormal_expected_sigmoid_reference(m, mu, F.softplus(rs), 16, "quadrature")
+        return torch.log(value)
+
+    margin, mu_t, raw = _f64([d], mu, [[raw_s], [raw_s / 2]])  # broadcast to (2, 3)
+    _assert_same_values_and_gradients(fast, reference, [margin, mu_t, raw], rtol=1e-10)
 
 
 @pytest.mark.parametrize(
