@@ -77,6 +77,9 @@ FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 POPULATION_PAIRS = "pairs.parquet"  # file name of the dataset in a saved synthetic population
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+#: suffixes that mark a source string as a local file, never a Hub id.
+LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet", ".sav", ".dta", ".arrow",
+                  ".gz")
 
 
 def _first_jsonl_record(path: Path) -> dict[str, Any] | None:
@@ -98,7 +101,7 @@ def detect_format(source: Any) -> str:
     """The format :func:`load_preferences` would use for ``source`` (see the module docstring)."""
     if isinstance(source, datasets.Dataset):
         return "hf"
-    path = Path(os.fspath(source))
+    path = Path(os.fspath(source)).expanduser()
     if path.is_dir():
         if (path / "conversations.jsonl").is_file() and (path / "survey.jsonl").is_file():
             return "prism"
@@ -129,6 +132,30 @@ def detect_format(source: Any) -> str:
     raise schema_error(str(source), None, None, "no such file or folder (and not a Hub id)")
 
 
+def looks_local(source: str | os.PathLike[str]) -> bool:
+    """True when ``source`` names a local path rather than a Hub id: it starts with ``./``,
+    ``../``, ``/`` or ``~``, ends with a data-file suffix (:data:`LOCAL_SUFFIXES`), exists, or its
+    first path component exists."""
+    text = os.fspath(source)
+    if text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or os.path.isabs(text):
+        return True
+    if text.lower().endswith(LOCAL_SUFFIXES) or Path(text).exists():
+        return True
+    parts = Path(text).parts
+    return len(parts) > 1 and Path(parts[0]).exists()
+
+
+def _check_exists(source: Any) -> None:
+    """A local-looking source that does not exist is an error naming it, never a Hub call."""
+    if isinstance(source, datasets.Dataset) or not looks_local(source):
+        return
+    path = Path(os.fspath(source)).expanduser()
+    if not path.exists():
+        raise schema_error(str(source), None, None,
+                           f"no such file or folder (resolved to {path.resolve()}); it looks like "
+                           "a local path, so it is not looked up on the Hugging Face Hub")
+
+
 def _read_header(path: Path) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -138,7 +165,7 @@ def _read_header(path: Path) -> str:
 
 
 def _is_local(source: Any) -> bool:
-    return isinstance(source, datasets.Dataset) or Path(os.fspath(source)).exists()
+    return isinstance(source, datasets.Dataset) or Path(os.fspath(source)).expanduser().exists()
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -273,7 +300,7 @@ def _load_local(source: Any, fmt: str, split: str | None, options: dict[str, Any
                 limit: int | None) -> dict[str, list[Any]] | datasets.Dataset | list[Any]:
     if fmt == "hf":
         return source
-    path = Path(os.fspath(source))
+    path = Path(os.fspath(source)).expanduser()
     if fmt == "parquet":  # Arrow-native; a saved population folder reads its pairs.parquet
         return _read_parquet(path / POPULATION_PAIRS if path.is_dir() else path)
     if fmt == "hh_rlhf":
@@ -306,6 +333,7 @@ def load_preferences(source: str | os.PathLike[str] | datasets.Dataset, format: 
         SchemaError: unreadable or malformed source (names the source, row and field).
         ConfigError: unknown format or option.
     """
+    _check_exists(source)
     if format is None:
         format = detect_format(source)
     if format not in FORMATS:
