@@ -328,3 +328,28 @@ def test_hub_id_still_goes_to_the_hub(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub)
     assert len(load_preferences("someone/some-prefs")) == 1 and calls == ["someone/some-prefs"]
+
+
+@pytest.mark.parametrize("source", [PRISM, CA, GENERIC / "pairs.jsonl", GENERIC / "pairs.csv",
+                                    GENERIC / "pairs.parquet", "synthetic"])
+def test_attributes_read_as_mappings_on_rows(source, tmp_path):
+    """ds[0]["attributes"]["age"] works on every loader; keys a row lacks are None."""
+    if source == "synthetic":
+        from pluralign.data import make_population
+
+        make_population(n_annotators=4, n_prompts=3, pairs_per_annotator=2).save(tmp_path)
+        ds = load_preferences(tmp_path)
+    elif source == GENERIC / "pairs.csv":
+        ds = load_preferences(source, column_map={"prompt": "question", "chosen": "good",
+                                                  "rejected": "bad", "annotator_id": "user"},
+                              attribute_columns=["age"])
+    else:
+        ds = load_preferences(source)
+    expanded = to_pandas(ds)
+    for i in range(len(ds)):
+        row = ds[i]
+        assert set(row["attributes"]) == set(ds.features["attributes"])
+        assert row["attributes"].get("age") == row_attributes(row).get("age")
+        cell = expanded["attr.age"].iloc[i]
+        assert (None if pd.isna(cell) else cell) == row["attributes"]["age"]
+    assert any(ds[i]["attributes"]["age"] for i in range(len(ds)))

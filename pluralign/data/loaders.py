@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -252,13 +251,13 @@ def _standardise(records: list[dict[str, Any]], source: str, column_map: dict[st
 
 
 def _select_attributes(ds: datasets.Dataset, keep: Iterable[str]) -> datasets.Dataset:
-    wanted = set(keep)
-    encoded = column_array(ds, "attributes").dictionary_encode().combine_chunks()
-    recoded = [encode_mapping({k: v for k, v in decode_mapping(u).items() if k in wanted})
-               for u in encoded.dictionary.to_pylist()]
-    values = np.asarray(recoded, dtype=object)[encoded.indices.to_numpy(zero_copy_only=False)]
-    return ds.remove_columns("attributes").add_column("attributes", values.tolist(),
-                                                      feature=datasets.Value("string"))
+    """Only the wanted keys of ``attributes`` (``ds`` is validated: the column is a struct)."""
+    struct = column_array(ds, "attributes").combine_chunks()
+    names = [f.name for f in struct.type if f.name in set(keep)]
+    kept = (pa.StructArray.from_arrays([struct.field(n) for n in names], names=names) if names
+            else pa.array([{}] * len(struct), type=pa.struct([])))
+    table = ds.data.table.set_column(ds.column_names.index("attributes"), "attributes", kept)
+    return dataset_from_table(table.replace_schema_metadata(None))
 
 
 def _check_options(fmt: str, options: dict[str, Any]) -> None:

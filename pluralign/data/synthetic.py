@@ -51,7 +51,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pluralign.data.schema import column_array, dataset_from_table, encode_mapping, validate
+from pluralign.data.schema import (
+    dataset_from_table,
+    encode_mapping,
+    mapping_array,
+    parquet_table,
+    validate,
+)
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, write_json
 
@@ -263,8 +269,7 @@ class Population:
         out.mkdir(parents=True, exist_ok=True)
         t = self.truth
         with atomic_path(out / "pairs.parquet") as tmp:
-            pq.write_table(pa.table({c: column_array(self.dataset, c)
-                                     for c in self.dataset.column_names}), tmp)
+            pq.write_table(parquet_table(self.dataset), tmp)
         responses = pd.DataFrame({"response_id": np.arange(len(self.responses)),
                                   "prompt_id": t.response_prompt, "text": self.responses})
         for k, name in enumerate(t.considerations):
@@ -494,8 +499,7 @@ def make_population(config: PopulationConfig | None = None, **overrides: Any) ->
     rewards = weights @ features.T
     texts = {"prompts": pa.array(prompts), "responses": pa.array(responses),
              "annotators": pa.array(annotator_ids),
-             "attributes": pa.array([encode_mapping(a) for a in attributes]),
-             "contexts": pa.array([encode_mapping(c) for c in contexts])}
+             "attributes": mapping_array(attributes), "contexts": mapping_array(contexts)}
     tables = [
         _chunk_table(_pair_chunk(config, start, min(start + CHUNK_SIZE, config.n_pairs), rewards,
                                  types, beta), texts)
