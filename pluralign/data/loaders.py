@@ -8,7 +8,8 @@ format                   source
 ``hh_rlhf``              ``.jsonl(.gz)`` file, subset folder or root folder (:mod:`.hh_rlhf`)
 ``jsonl`` / ``csv`` /    generic files with (mappable) ``prompt``/``chosen``/``rejected`` columns
 ``parquet``
-``hf``                   an in-memory :class:`datasets.Dataset`, or a Hub id
+``hf``                   an in-memory :class:`datasets.Dataset`, a ``save_to_disk`` folder, or a
+                         Hub id
 =======================  ======================================================================
 
 With ``format=None`` the format is detected from the source: a folder with ``conversations.jsonl``
@@ -16,9 +17,11 @@ and ``survey.jsonl`` is PRISM, a folder of ``train/test.jsonl(.gz)`` files (or o
 holding them) is HH-RLHF, a CSV whose header has ``first_turn_preferred_response`` is Community
 Alignment, a JSON Lines file whose first record has exactly ``chosen``/``rejected`` transcripts
 starting with ``"\\n\\nHuman:"`` is HH-RLHF, other ``.jsonl``/``.csv``/``.parquet`` files are
-generic, a ``Dataset`` is ``hf``. A string that is not a local path is a Hub id: the three known
-ids map to their formats, others are ``hf``; only then is ``datasets.load_dataset`` called (needs
-network; tests never do this).
+generic, a ``Dataset`` or a ``save_to_disk`` folder (e.g. from
+:func:`~pluralign.data.export.export_preferences`) is ``hf``. A string that looks like a local path
+(:func:`looks_local`) but does not exist is an error naming it; any other string is a Hub id: the
+three known ids map to their formats, others are ``hf``; only then is ``datasets.load_dataset``
+called (needs network; tests never do this).
 
 Common options: ``split`` (HH files and Hub datasets), ``limit`` (at most this many pairs),
 ``attributes`` (keep only these annotator attributes), ``chat`` (prompt/responses as chat
@@ -108,10 +111,13 @@ def detect_format(source: Any) -> str:
             return "hh_rlhf"
         if (path / POPULATION_PAIRS).is_file():
             return "parquet"
+        if _is_saved_dataset(path):
+            return "hf"
         raise schema_error(str(path), None, None,
                            "folder is neither a PRISM release (conversations.jsonl + survey.jsonl)"
-                           ", HH-RLHF (train/test.jsonl.gz) nor a saved synthetic population "
-                           "(pairs.parquet); pass format=... explicitly")
+                           ", HH-RLHF (train/test.jsonl.gz), a saved synthetic population "
+                           "(pairs.parquet) nor a Dataset.save_to_disk folder; pass format=... "
+                           "explicitly")
     if path.is_file():
         name = path.name.lower()
         if name.endswith(".parquet"):
@@ -153,6 +159,28 @@ def _check_exists(source: Any) -> None:
         raise schema_error(str(source), None, None,
                            f"no such file or folder (resolved to {path.resolve()}); it looks like "
                            "a local path, so it is not looked up on the Hugging Face Hub")
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` folder."""
+    return ((folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()) \
+        or (folder / "dataset_dict.json").is_file()
+
+
+def _load_from_disk(path: Path, split: str | None) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as exc:
+        raise schema_error(str(path), None, None, f"unreadable save_to_disk folder ({exc})") \
+            from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        name = split or "train"
+        if name not in loaded:
+            raise ConfigError(f"{path}: no split {name!r}; splits: {list(loaded)}")
+        return loaded[name]
+    if split not in (None, "train"):
+        raise ConfigError(f"split={split!r}: {path} holds a single Dataset")
+    return loaded
 
 
 def _read_header(path: Path) -> str:
@@ -297,9 +325,11 @@ def _read_parquet(path: Path) -> datasets.Dataset:
 
 def _load_local(source: Any, fmt: str, split: str | None, options: dict[str, Any],
                 limit: int | None) -> dict[str, list[Any]] | datasets.Dataset | list[Any]:
-    if fmt == "hf":
+    if isinstance(source, datasets.Dataset):
         return source
     path = Path(os.fspath(source)).expanduser()
+    if fmt == "hf":
+        return _load_from_disk(path, split)
     if fmt == "parquet":  # Arrow-native; a saved population folder reads its pairs.parquet
         return _read_parquet(path / POPULATION_PAIRS if path.is_dir() else path)
     if fmt == "hh_rlhf":
