@@ -17,7 +17,7 @@ A preference dataset is a :class:`datasets.Dataset` with these columns (DESIGN.m
 Storage of ``attributes`` / ``context``: Arrow structs with one string field per key that occurs in
 the dataset (the union of keys, sorted); a key a row lacks is None there. So ``ds[0]["attributes"]
 ["age"]`` works and ``datasets``/``pandas``/``pyarrow`` users see plain mappings. Sources may give
-these columns as dicts, structs or JSON object strings (the pre-0.2 storage, still read): every
+these columns as dicts, structs or JSON object strings (the earlier storage, still read): every
 form is converted by :func:`validate`. :func:`row_attributes` / :func:`row_context` return a
 row's mapping without the None entries; :func:`to_pandas` expands the columns into
 ``attr.<name>`` / ``ctx.<name>`` columns; :func:`parquet_table` writes datasets with no keys at
