@@ -298,3 +298,58 @@ def test_bad_format_option_and_split_are_config_errors(tmp_path):
         load_preferences(GENERIC / "pairs.jsonl", split="test")
     with pytest.raises(ConfigError, match="limit"):
         load_preferences(GENERIC / "pairs.jsonl", limit=0)
+
+
+@pytest.mark.parametrize("missing", [
+    "./nowhere/pairs.jsonl", "../nowhere.csv", "/no/such/pairs.parquet", "~/no-such-dir-xyz/x",
+    "pairs_missing.jsonl", "someone/prefs.parquet", "tests/no_such_folder"])
+@pytest.mark.parametrize("fmt", [None, "jsonl", "hf"])
+def test_missing_local_path_is_schema_error_never_a_hub_call(missing, fmt, monkeypatch):
+    """A path-like source that does not exist names the path; datasets.load_dataset is never
+    called (it would treat e.g. 'tests/no_such_folder' as a Hub id and go online)."""
+    monkeypatch.chdir(Path(__file__).parent.parent)  # so that 'tests/' exists
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_hub(*args, **kwargs):
+        pytest.fail(f"load_dataset called with {args}")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    with pytest.raises(SchemaError, match="no such file or folder") as info:
+        load_preferences(missing, format=fmt)
+    assert missing in str(info.value)
+
+
+def test_hub_id_still_goes_to_the_hub(monkeypatch):
+    calls = []
+
+    def fake_hub(source, *args, **kwargs):
+        calls.append(source)
+        return datasets.Dataset.from_dict({"prompt": ["p"], "chosen": ["a"], "rejected": ["b"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    assert len(load_preferences("someone/some-prefs")) == 1 and calls == ["someone/some-prefs"]
+
+
+@pytest.mark.parametrize("source", [PRISM, CA, GENERIC / "pairs.jsonl", GENERIC / "pairs.csv",
+                                    GENERIC / "pairs.parquet", "synthetic"])
+def test_attributes_read_as_mappings_on_rows(source, tmp_path):
+    """ds[0]["attributes"]["age"] works on every loader; keys a row lacks are None."""
+    if source == "synthetic":
+        from pluralign.data import make_population
+
+        make_population(n_annotators=4, n_prompts=3, pairs_per_annotator=2).save(tmp_path)
+        ds = load_preferences(tmp_path)
+    elif source == GENERIC / "pairs.csv":
+        ds = load_preferences(source, column_map={"prompt": "question", "chosen": "good",
+                                                  "rejected": "bad", "annotator_id": "user"},
+                              attribute_columns=["age"])
+    else:
+        ds = load_preferences(source)
+    expanded = to_pandas(ds)
+    for i in range(len(ds)):
+        row = ds[i]
+        assert set(row["attributes"]) == set(ds.features["attributes"])
+        assert row["attributes"].get("age") == row_attributes(row).get("age")
+        cell = expanded["attr.age"].iloc[i]
+        assert (None if pd.isna(cell) else cell) == row["attributes"]["age"]
+    assert any(ds[i]["attributes"]["age"] for i in range(len(ds)))

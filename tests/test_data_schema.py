@@ -52,6 +52,13 @@ def test_message_lists_are_accepted():
     (dict(prompt=["p", None], chosen=["a", "b"], rejected=["r", "s"]), 1, "prompt"),
     (dict(prompt=["p", "q"], chosen=["a", "b"], rejected=["r", "s"],
           attributes=['{"a": "1"}', "[1, 2]"]), 1, "attributes"),
+    (dict(prompt=["p", "q"], chosen=["a", "b"], rejected=["r", "s"],
+          attributes=['{"a": "1"}', None]), 1, "attributes"),
+    (dict(prompt=["p", "q"], chosen=["a", "b"], rejected=["r", "s"],
+          context=['{"a": "1"}', '{"a": 2}']), 1, "context"),
+    (dict(prompt=["p", "q"], chosen=["a", "b"], rejected=["r", "s"],
+          attributes=[{"a": {"b": "1"}}, {"a": {"b": "2"}}]), 0, "attributes"),
+    (dict(prompt=["p"], chosen=["a"], rejected=["r"], attributes=[3]), 0, "attributes"),
     (dict(prompt=["p"], chosen=[[{"role": "assistant", "content": " "}]],
           rejected=[[{"role": "assistant", "content": "x"}]]), 0, "chosen"),
 ])
@@ -73,3 +80,39 @@ def test_validate_rejects_non_dataset():
 @given(st.dictionaries(st.text(min_size=1), st.text(), max_size=5))
 def test_mapping_encoding_round_trips(mapping):
     assert row_attributes({"attributes": encode_mapping(mapping)}) == mapping
+
+
+def test_mappings_are_structs_with_the_union_of_keys():
+    rows = [{"age": "18-24"}, {"gender": "F", "age": None}, {}]
+    from_dicts = validate(_ds(prompt=["p"] * 3, chosen=["a"] * 3, rejected=["b"] * 3,
+                              attributes=rows))
+    from_json = validate(_ds(prompt=["p"] * 3, chosen=["a"] * 3, rejected=["b"] * 3,
+                             attributes=[encode_mapping(r) for r in rows]))
+    for ds in (from_dicts, from_json):
+        assert ds[0]["attributes"]["age"] == "18-24"
+        assert ds[1]["attributes"] == {"age": None, "gender": "F"}
+        assert ds[2]["attributes"] == {"age": None, "gender": None}
+        assert ds.features["attributes"] == {"age": datasets.Value("string"),
+                                             "gender": datasets.Value("string")}
+        assert ds[0]["context"] == {}
+        assert [row_attributes(r) for r in ds] == [{"age": "18-24"}, {"gender": "F"}, {}]
+    assert validate(from_json) is from_json  # canonical storage is not rebuilt
+
+
+def test_non_string_values_become_strings_and_null_dicts_empty():
+    ds = validate(_ds(prompt=["p", "q"], chosen=["a", "b"], rejected=["r", "s"],
+                      attributes=[{"n": 3}, None]))
+    assert ds["attributes"] == [{"n": "3"}, {"n": None}]
+
+
+def test_parquet_table_round_trips_empty_and_full_mappings(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pluralign.data.schema import dataset_from_table, parquet_table
+
+    ds = validate(_ds(prompt=["p", "q"], chosen=["a", "b"], rejected=["r", "s"],
+                      attributes=[{"age": "1"}, {}]))
+    assert ds.features["context"] == {}
+    pq.write_table(parquet_table(ds), tmp_path / "x.parquet")
+    back = validate(dataset_from_table(pq.read_table(tmp_path / "x.parquet")))
+    assert back["attributes"] == ds["attributes"] and back["context"] == [{}, {}]

@@ -1,5 +1,8 @@
 """Synthetic populations: determinism, Bradley–Terry calibration, controls, save/load."""
 
+import hashlib
+from importlib import resources
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -152,3 +155,23 @@ def test_bad_config_raises_config_error(bad):
 
 def test_schema_error_is_not_config_error():
     assert not issubclass(SchemaError, ConfigError)
+
+
+# sha256 of to_pandas(dataset).to_csv(index=False) for make_population(n_annotators=20, **kw),
+# computed on main at 9470e78, before the text templates moved to pluralign/resources.
+_MAIN_FINGERPRINTS = [
+    ({}, "116edff341018149738ff36f305be13e41d529984d6dd59aa6b5a5d94344b4cc"),
+    ({"text_style": "compact", "seed": 3},
+     "3089be4642356b9971a31eb5a98efe974ec23e283e2cb37ce49a1fb51f5cfce9"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), _MAIN_FINGERPRINTS)
+def test_templates_resource_keeps_datasets_identical_to_before(overrides, expected):
+    frame = to_pandas(make_population(n_annotators=20, **overrides).dataset)
+    assert hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest() == expected
+
+
+def test_templates_ship_as_package_resource():
+    text = resources.files("pluralign").joinpath("resources", "synthetic_templates.json")
+    assert text.is_file() and "considerations" in text.read_text(encoding="utf-8")

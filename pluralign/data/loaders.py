@@ -8,7 +8,8 @@ format                   source
 ``hh_rlhf``              ``.jsonl(.gz)`` file, subset folder or root folder (:mod:`.hh_rlhf`)
 ``jsonl`` / ``csv`` /    generic files with (mappable) ``prompt``/``chosen``/``rejected`` columns
 ``parquet``
-``hf``                   an in-memory :class:`datasets.Dataset`, or a Hub id
+``hf``                   an in-memory :class:`datasets.Dataset`, a ``save_to_disk`` folder, or a
+                         Hub id
 =======================  ======================================================================
 
 With ``format=None`` the format is detected from the source: a folder with ``conversations.jsonl``
@@ -16,9 +17,11 @@ and ``survey.jsonl`` is PRISM, a folder of ``train/test.jsonl(.gz)`` files (or o
 holding them) is HH-RLHF, a CSV whose header has ``first_turn_preferred_response`` is Community
 Alignment, a JSON Lines file whose first record has exactly ``chosen``/``rejected`` transcripts
 starting with ``"\\n\\nHuman:"`` is HH-RLHF, other ``.jsonl``/``.csv``/``.parquet`` files are
-generic, a ``Dataset`` is ``hf``. A string that is not a local path is a Hub id: the three known
-ids map to their formats, others are ``hf``; only then is ``datasets.load_dataset`` called (needs
-network; tests never do this).
+generic, a ``Dataset`` or a ``save_to_disk`` folder (e.g. from
+:func:`~pluralign.data.export.export_preferences`) is ``hf``. A string that looks like a local path
+(:func:`looks_local`) but does not exist is an error naming it; any other string is a Hub id: the
+three known ids map to their formats, others are ``hf``; only then is ``datasets.load_dataset``
+called (needs network; tests never do this).
 
 Common options: ``split`` (HH files and Hub datasets), ``limit`` (at most this many pairs),
 ``attributes`` (keep only these annotator attributes), ``chat`` (prompt/responses as chat
@@ -40,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -77,6 +79,9 @@ FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 POPULATION_PAIRS = "pairs.parquet"  # file name of the dataset in a saved synthetic population
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+#: suffixes that mark a source string as a local file, never a Hub id.
+LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet", ".sav", ".dta", ".arrow",
+                  ".gz")
 
 
 def _first_jsonl_record(path: Path) -> dict[str, Any] | None:
@@ -98,7 +103,7 @@ def detect_format(source: Any) -> str:
     """The format :func:`load_preferences` would use for ``source`` (see the module docstring)."""
     if isinstance(source, datasets.Dataset):
         return "hf"
-    path = Path(os.fspath(source))
+    path = Path(os.fspath(source)).expanduser()
     if path.is_dir():
         if (path / "conversations.jsonl").is_file() and (path / "survey.jsonl").is_file():
             return "prism"
@@ -106,10 +111,13 @@ def detect_format(source: Any) -> str:
             return "hh_rlhf"
         if (path / POPULATION_PAIRS).is_file():
             return "parquet"
+        if _is_saved_dataset(path):
+            return "hf"
         raise schema_error(str(path), None, None,
                            "folder is neither a PRISM release (conversations.jsonl + survey.jsonl)"
-                           ", HH-RLHF (train/test.jsonl.gz) nor a saved synthetic population "
-                           "(pairs.parquet); pass format=... explicitly")
+                           ", HH-RLHF (train/test.jsonl.gz), a saved synthetic population "
+                           "(pairs.parquet) nor a Dataset.save_to_disk folder; pass format=... "
+                           "explicitly")
     if path.is_file():
         name = path.name.lower()
         if name.endswith(".parquet"):
@@ -129,6 +137,52 @@ def detect_format(source: Any) -> str:
     raise schema_error(str(source), None, None, "no such file or folder (and not a Hub id)")
 
 
+def looks_local(source: str | os.PathLike[str]) -> bool:
+    """True when ``source`` names a local path rather than a Hub id: it starts with ``./``,
+    ``../``, ``/`` or ``~``, ends with a data-file suffix (:data:`LOCAL_SUFFIXES`), exists, or its
+    first path component exists."""
+    text = os.fspath(source)
+    if text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or os.path.isabs(text):
+        return True
+    if text.lower().endswith(LOCAL_SUFFIXES) or Path(text).exists():
+        return True
+    parts = Path(text).parts
+    return len(parts) > 1 and Path(parts[0]).exists()
+
+
+def _check_exists(source: Any) -> None:
+    """A local-looking source that does not exist is an error naming it, never a Hub call."""
+    if isinstance(source, datasets.Dataset) or not looks_local(source):
+        return
+    path = Path(os.fspath(source)).expanduser()
+    if not path.exists():
+        raise schema_error(str(source), None, None,
+                           f"no such file or folder (resolved to {path.resolve()}); it looks like "
+                           "a local path, so it is not looked up on the Hugging Face Hub")
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` folder."""
+    return ((folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()) \
+        or (folder / "dataset_dict.json").is_file()
+
+
+def _load_from_disk(path: Path, split: str | None) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as exc:
+        raise schema_error(str(path), None, None, f"unreadable save_to_disk folder ({exc})") \
+            from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        name = split or "train"
+        if name not in loaded:
+            raise ConfigError(f"{path}: no split {name!r}; splits: {list(loaded)}")
+        return loaded[name]
+    if split not in (None, "train"):
+        raise ConfigError(f"split={split!r}: {path} holds a single Dataset")
+    return loaded
+
+
 def _read_header(path: Path) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -138,7 +192,7 @@ def _read_header(path: Path) -> str:
 
 
 def _is_local(source: Any) -> bool:
-    return isinstance(source, datasets.Dataset) or Path(os.fspath(source)).exists()
+    return isinstance(source, datasets.Dataset) or Path(os.fspath(source)).expanduser().exists()
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -225,13 +279,13 @@ def _standardise(records: list[dict[str, Any]], source: str, column_map: dict[st
 
 
 def _select_attributes(ds: datasets.Dataset, keep: Iterable[str]) -> datasets.Dataset:
-    wanted = set(keep)
-    encoded = column_array(ds, "attributes").dictionary_encode().combine_chunks()
-    recoded = [encode_mapping({k: v for k, v in decode_mapping(u).items() if k in wanted})
-               for u in encoded.dictionary.to_pylist()]
-    values = np.asarray(recoded, dtype=object)[encoded.indices.to_numpy(zero_copy_only=False)]
-    return ds.remove_columns("attributes").add_column("attributes", values.tolist(),
-                                                      feature=datasets.Value("string"))
+    """Only the wanted keys of ``attributes`` (``ds`` is validated: the column is a struct)."""
+    struct = column_array(ds, "attributes").combine_chunks()
+    names = [f.name for f in struct.type if f.name in set(keep)]
+    kept = (pa.StructArray.from_arrays([struct.field(n) for n in names], names=names) if names
+            else pa.array([{}] * len(struct), type=pa.struct([])))
+    table = ds.data.table.set_column(ds.column_names.index("attributes"), "attributes", kept)
+    return dataset_from_table(table.replace_schema_metadata(None))
 
 
 def _check_options(fmt: str, options: dict[str, Any]) -> None:
@@ -271,9 +325,11 @@ def _read_parquet(path: Path) -> datasets.Dataset:
 
 def _load_local(source: Any, fmt: str, split: str | None, options: dict[str, Any],
                 limit: int | None) -> dict[str, list[Any]] | datasets.Dataset | list[Any]:
-    if fmt == "hf":
+    if isinstance(source, datasets.Dataset):
         return source
-    path = Path(os.fspath(source))
+    path = Path(os.fspath(source)).expanduser()
+    if fmt == "hf":
+        return _load_from_disk(path, split)
     if fmt == "parquet":  # Arrow-native; a saved population folder reads its pairs.parquet
         return _read_parquet(path / POPULATION_PAIRS if path.is_dir() else path)
     if fmt == "hh_rlhf":
@@ -306,6 +362,7 @@ def load_preferences(source: str | os.PathLike[str] | datasets.Dataset, format: 
         SchemaError: unreadable or malformed source (names the source, row and field).
         ConfigError: unknown format or option.
     """
+    _check_exists(source)
     if format is None:
         format = detect_format(source)
     if format not in FORMATS:

@@ -22,7 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.special import expit
 
-from pluralign.data.schema import column_array, dataset_from_table, schema_error, validate
+from pluralign.data.schema import (
+    column_array,
+    dataset_from_table,
+    mapping_array,
+    schema_error,
+    validate,
+)
 from pluralign.data.splits import attribute_values
 from pluralign.data.synthetic import Population
 from pluralign.errors import ConfigError
@@ -153,7 +159,7 @@ def _from_population(pop: Population, beta: float | None, until_consensus: bool,
         "rejected": pc.take(responses, pa.array(rejected)),
         "annotator_id": pa.nulls(len(chosen), pa.string()),
         "attributes": pa.array(["{}"] * len(chosen)),
-        "context": pa.array(items.context.tolist(), type=pa.string()),
+        "context": mapping_array(items.context.tolist()),
         "item_id": pa.array(items.item_id.tolist(), type=pa.string()),
         "type_labels": pa.array(oriented.tolist(), type=pa.list_(pa.float64())),
         "agreement": pa.array(agreement),

@@ -14,12 +14,15 @@ A preference dataset is a :class:`datasets.Dataset` with these columns (DESIGN.m
                responses to the same prompt (possibly labelled by different annotators)
 ============== ==================================================================================
 
-Storage of ``attributes`` / ``context``: each is a JSON object encoded as a string (sorted
-keys), because sources have different keys per row and Arrow structs need one fixed set of fields.
-Never parse these strings yourself: use :func:`row_attributes`, :func:`row_context` or
-:func:`to_pandas` (which expands them into ``attr.<name>`` / ``ctx.<name>`` columns). Loaders may
-keep extra columns (scores, ids, ground truth); they travel with the dataset and are ignored by the
-checks below.
+Storage of ``attributes`` / ``context``: Arrow structs with one string field per key that occurs in
+the dataset (the union of keys, sorted); a key a row lacks is None there. So ``ds[0]["attributes"]
+["age"]`` works and ``datasets``/``pandas``/``pyarrow`` users see plain mappings. Sources may give
+these columns as dicts, structs or JSON object strings (the earlier storage, still read): every
+form is converted by :func:`validate`. :func:`row_attributes` / :func:`row_context` return a
+row's mapping without the None entries; :func:`to_pandas` expands the columns into
+``attr.<name>`` / ``ctx.<name>`` columns; :func:`parquet_table` writes datasets with no keys at
+all (Parquet cannot store a struct without fields). Loaders may keep extra columns (scores, ids,
+ground truth); they travel with the dataset and are ignored by the checks below.
 
 Every loader and public entry point passes its result through :func:`validate`, which raises
 :class:`SchemaError` naming the source, the row and the field of the first problem it finds.
@@ -27,11 +30,13 @@ Every loader and public entry point passes its result through :func:`validate`, 
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -72,7 +77,8 @@ def encode_mapping(mapping: Mapping[str, Any] | None) -> str:
 
 
 def decode_mapping(value: Any) -> dict[str, str]:
-    """Inverse of :func:`encode_mapping`; also accepts a dict or None (empty)."""
+    """Inverse of :func:`encode_mapping`; also accepts a mapping (a struct row: None entries are
+    dropped) or None (empty)."""
     if value is None:
         return {}
     if isinstance(value, Mapping):
@@ -96,21 +102,118 @@ def row_context(example: Mapping[str, Any]) -> dict[str, str]:
 def to_pandas(dataset: datasets.Dataset) -> pd.DataFrame:
     """The dataset as a DataFrame with ``attributes``/``context`` expanded to ``attr.*``/``ctx.*``.
 
-    The JSON columns themselves are removed; a key missing in a row becomes NaN in its column.
-    Decoding is done once per distinct JSON string, so it stays fast on synthetic data with 1M rows.
+    The mapping columns themselves are removed; a key missing in a row is NaN in its column.
+    Vectorised over the struct fields, so it stays fast on synthetic data with 1M rows.
     """
     frame = dataset.to_pandas()
     for column, prefix in (("attributes", "attr."), ("context", "ctx.")):
         if column not in frame.columns:
             continue
-        codes, uniques = pd.factorize(frame[column], use_na_sentinel=True)
-        decoded = [decode_mapping(u) for u in uniques]
-        keys = sorted({k for d in decoded for k in d})
-        for key in keys:
-            values = pd.Series([d.get(key) for d in decoded] + [None], dtype=object)
-            frame[prefix + key] = values.to_numpy()[codes].tolist() if len(codes) else []
+        struct = mapping_struct(column_array(dataset, column), "<dataset>", column)
+        for i, key in enumerate(f.name for f in struct.type):
+            frame[prefix + key] = object_values(struct.field(i))
         frame = frame.drop(columns=[column])
     return frame
+
+
+def object_values(arr: pa.Array) -> np.ndarray:
+    """A string array as a numpy object array (None for null), converting each distinct value
+    once (fast on 1M-row columns with few distinct values)."""
+    encoded = arr.dictionary_encode()
+    lookup = np.asarray(encoded.dictionary.to_pylist() + [None], dtype=object)
+    return lookup[pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()]
+
+
+def mapping_array(mappings: Sequence[Mapping[str, Any] | None]) -> pa.StructArray:
+    """Arrow struct array of str -> str mappings: one string field per key in any row (sorted),
+    None where a row lacks the key; values are converted with ``str``, None values dropped."""
+    clean = [decode_mapping(m) for m in mappings]
+    keys = sorted({k for m in clean for k in m})
+    if not keys:
+        return pa.array([{}] * len(clean), type=pa.struct([]))
+    return pa.StructArray.from_arrays(
+        [pa.array([m.get(k) for m in clean], type=pa.string()) for k in keys], names=keys)
+
+
+def _struct_from_json(arr: pa.Array, source: str, column: str) -> pa.StructArray:
+    """A string column of JSON objects (decoded once per distinct string) as a struct array."""
+    row = _first_true(pc.is_null(arr))
+    if row is not None:
+        raise schema_error(source, row, column, "null; use '{}' for no information")
+    encoded = arr.dictionary_encode()
+    uniques = encoded.dictionary.to_pylist()
+    decoded = []
+    for value in uniques:
+        problem = _mapping_problem(value)
+        if problem is not None:
+            raise schema_error(source, _first_true(pc.equal(arr, value)), column, problem)
+        decoded.append(decode_mapping(value))
+    return pc.take(mapping_array(decoded), encoded.indices)
+
+
+def _canonical_struct(arr: pa.StructArray, source: str, column: str) -> pa.StructArray:
+    """String fields in sorted order; primitive fields cast to string; a null row is ``{}``."""
+    names = [f.name for f in arr.type]
+    if len(set(names)) != len(names):
+        raise schema_error(source, None, column, f"duplicate keys in {names}")
+    children = arr.flatten()  # a null row makes every child null there
+    fields = []
+    for name in sorted(names):
+        child = children[names.index(name)]
+        if not _is_string_type(child.type):
+            if pa.types.is_nested(child.type):
+                row = _first_true(pc.is_valid(child))
+                raise schema_error(source, row, column,
+                                   f"value of key '{name}' is not a string (Arrow type "
+                                   f"{child.type}); flatten nested values first")
+            child = pc.cast(child, pa.string())
+        elif not pa.types.is_string(child.type):
+            child = pc.cast(child, pa.string())
+        fields.append(child)
+    if not fields:
+        return pa.array([{}] * len(arr), type=pa.struct([]))
+    return pa.StructArray.from_arrays(fields, names=sorted(names))
+
+
+def mapping_struct(values: pa.ChunkedArray | pa.Array, source: str, column: str
+                   ) -> pa.StructArray:
+    """Any accepted form of a mapping column (struct, JSON strings, all-null) as the canonical
+    struct array (see the module docstring).
+
+    Raises:
+        SchemaError: a cell that is not a str -> str mapping (names the row and field).
+    """
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_struct(arr.type):
+        return _canonical_struct(arr, source, column)
+    if _is_string_type(arr.type):
+        return _struct_from_json(arr, source, column)
+    if pa.types.is_null(arr.type):
+        return pa.array([{}] * len(arr), type=pa.struct([]))
+    sample = arr.drop_null().slice(0, 1).to_pylist()
+    row = _first_true(pc.is_valid(arr))
+    kind = type(sample[0]).__name__ if sample else str(arr.type)
+    raise schema_error(source, row, column, f"expected a mapping of str -> str, got {kind}")
+
+
+def _is_canonical(t: pa.DataType) -> bool:
+    names = [f.name for f in t] if pa.types.is_struct(t) else None
+    return names is not None and names == sorted(names) and all(
+        pa.types.is_string(f.type) for f in t)
+
+
+def parquet_table(dataset: datasets.Dataset) -> pa.Table:
+    """The dataset's Arrow table (row order) ready for Parquet: a mapping column without any key
+    (a struct with no fields, which Parquet cannot store) is written as ``"{}"`` strings, which
+    :func:`validate` reads back as empty mappings."""
+    columns = {}
+    for name in dataset.column_names:
+        column = column_array(dataset, name)
+        if name in MAPPING_COLUMNS and pa.types.is_struct(column.type) \
+                and column.type.num_fields == 0:
+            column = pa.array(["{}"] * len(column), type=pa.string())
+        columns[name] = column
+    return pa.table(columns)
 
 
 def is_conversational(value: Any) -> bool:
@@ -159,6 +262,17 @@ def column_array(dataset: datasets.Dataset, name: str) -> pa.ChunkedArray:
     return pc.take(column, dataset._indices.column(0))
 
 
+def flatten_rows(dataset: datasets.Dataset) -> datasets.Dataset:
+    """``dataset`` with its rows in storage order, by one Arrow ``take`` over the indices mapping
+    (``Dataset.flatten_indices`` runs a batched ``map`` and takes minutes on a shuffled 1M-row
+    dataset)."""
+    if dataset._indices is None:
+        return dataset
+    table = dataset.data.table.take(dataset._indices.column(0))
+    fingerprint = hashlib.sha256(f"{dataset._fingerprint}:flat".encode()).hexdigest()[:16]
+    return datasets.Dataset(table, info=dataset.info.copy(), fingerprint=fingerprint)
+
+
 def _fill_optional_columns(dataset: datasets.Dataset) -> datasets.Dataset:
     n = len(dataset)
     if "annotator_id" not in dataset.column_names:
@@ -177,23 +291,31 @@ def _fill_optional_columns(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset
 
 
-def _encode_mapping_columns(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
+def _struct_mapping_columns(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
+    """Replace non-canonical ``attributes``/``context`` columns by canonical struct columns."""
+    changed = {}
     for column in MAPPING_COLUMNS:
-        if dataset.features[column] == datasets.Value("string"):
+        values = dataset.data.table.column(column)
+        if _is_canonical(values.type) and not values.null_count:
             continue
-        if dataset.features[column] == datasets.Value("large_string"):
-            dataset = dataset.cast_column(column, datasets.Value("string"))
-            continue
-        values = column_array(dataset, column).to_pylist()
-        encoded = []
-        for row, value in enumerate(values):
-            if value is not None and not isinstance(value, Mapping):
-                raise schema_error(source, row, column,
-                                   f"expected a mapping of str -> str, got {type(value).__name__}")
-            encoded.append(encode_mapping(value))
-        dataset = dataset.remove_columns(column).add_column(
-            column, encoded, feature=datasets.Value("string"))
-    return dataset
+        if not (pa.types.is_struct(values.type) or _is_string_type(values.type)
+                or pa.types.is_null(values.type)):
+            raise schema_error(source, 0 if len(values) else None, column,
+                               f"expected a mapping of str -> str, got Arrow type {values.type}")
+        changed[column] = mapping_struct(values, source, column)
+    if not changed:
+        return dataset
+    table = dataset.data.table
+    features = dataset.features.copy()
+    for column, struct in changed.items():
+        table = table.set_column(table.schema.get_field_index(column), column, struct)
+        features[column] = datasets.Features.from_arrow_schema(
+            pa.schema([pa.field(column, struct.type)]))[column]
+    fingerprint = hashlib.sha256(
+        f"{dataset._fingerprint}:{sorted(changed)}".encode()).hexdigest()[:16]
+    return datasets.Dataset(table.replace_schema_metadata(None),
+                            info=datasets.DatasetInfo(features=features),
+                            fingerprint=fingerprint)
 
 
 def _check_text_column(table: pa.Table, column: str, source: str) -> None:
@@ -260,23 +382,13 @@ def _check_ids(table: pa.Table, source: str) -> None:
 
 def _mapping_problem(value: str) -> str | None:
     try:
-        decoded = decode_mapping(value)
+        decoded = json.loads(value)
     except ValueError as exc:
         return f"not a JSON object ({exc})"
+    if not isinstance(decoded, dict):
+        return f"not a JSON object (got {type(decoded).__name__})"
     bad = next((k for k, v in decoded.items() if not isinstance(v, str)), None)
     return None if bad is None else f"value of key '{bad}' is not a string"
-
-
-def _check_mappings(table: pa.Table, source: str) -> None:
-    for column in MAPPING_COLUMNS:
-        arr = table.column(column)
-        row = _first_true(pc.is_null(arr))
-        if row is not None:
-            raise schema_error(source, row, column, "null; use '{}' for no information")
-        for value in pc.unique(arr).to_pylist():
-            problem = _mapping_problem(value)
-            if problem is not None:
-                raise schema_error(source, _first_true(pc.equal(arr, value)), column, problem)
 
 
 def validate(dataset: datasets.Dataset, source: str = "<dataset>") -> datasets.Dataset:
@@ -284,11 +396,13 @@ def validate(dataset: datasets.Dataset, source: str = "<dataset>") -> datasets.D
 
     Required columns: ``prompt``, ``chosen``, ``rejected``. Missing optional columns are added
     (``annotator_id`` = None, ``attributes`` = ``context`` = ``{}``, ``item_id`` = row index),
-    dict-valued ``attributes``/``context`` are encoded to JSON strings and non-string annotator ids
-    become strings. Checks (vectorised with Arrow for string columns, so a 1M-row dataset validates
-    in about a second): text columns are strings or message lists; no null prompt; no
-    empty/whitespace-only response; ``chosen != rejected``; item ids present; attributes/context
-    decode to str -> str objects.
+    ``attributes``/``context`` given as dicts, structs or JSON strings become canonical structs
+    (module docstring; a null dict is ``{}``, a null JSON string an error) and non-string
+    annotator ids become strings. Checks (vectorised with Arrow for string columns, so a 1M-row
+    dataset validates in about a second): text columns are strings or message lists; no null
+    prompt; no empty/whitespace-only response; ``chosen != rejected``; item ids present;
+    attributes/context
+    are str -> str mappings.
 
     Raises:
         SchemaError: naming ``source``, the first offending row and the field.
@@ -301,13 +415,10 @@ def validate(dataset: datasets.Dataset, source: str = "<dataset>") -> datasets.D
         raise schema_error(source, None, missing[0],
                            f"missing column; found columns {dataset.column_names}. Map your column "
                            "names with column_map={'prompt': ..., 'chosen': ..., 'rejected': ...}")
-    dataset = _encode_mapping_columns(_fill_optional_columns(dataset), source)
-    if dataset._indices is not None:
-        dataset = dataset.flatten_indices()
+    dataset = _struct_mapping_columns(_fill_optional_columns(flatten_rows(dataset)), source)
     table = dataset.data.table
     for column in REQUIRED_COLUMNS:
         _check_text_column(table, column, source)
     _check_distinct(table, source)
     _check_ids(table, source)
-    _check_mappings(table, source)
     return dataset

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pluralign.data.schema import column_array, decode_mapping, schema_error
+from pluralign.data.schema import column_array, mapping_struct, object_values, schema_error
 from pluralign.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -72,12 +72,13 @@ def split_by_annotator(ds: datasets.Dataset, test_size: float = 0.2,
 def attribute_values(ds: datasets.Dataset, name: str, field: str = "attributes") -> np.ndarray:
     """Value of key ``name`` of ``attributes`` (or ``context``) for every row (None when absent).
 
-    Decodes each distinct JSON string once, so it is fast on large synthetic datasets.
+    Reads the struct field directly (any accepted storage of the column works), so it is fast
+    on large synthetic datasets.
     """
-    encoded = column_array(ds, field).dictionary_encode().combine_chunks()
-    lookup = np.asarray([decode_mapping(v).get(name) for v in encoded.dictionary.to_pylist()],
-                        dtype=object)
-    return lookup[encoded.indices.to_numpy(zero_copy_only=False)]
+    struct = mapping_struct(column_array(ds, field), "<dataset>", field)
+    if struct.type.get_field_index(name) < 0:
+        return np.full(len(ds), None, dtype=object)
+    return object_values(struct.field(name))
 
 
 def filter_by_attribute(ds: datasets.Dataset, name: str, values: str | Iterable[str],

@@ -40,6 +40,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,101 +51,38 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pluralign.data.schema import column_array, dataset_from_table, encode_mapping, validate
+from pluralign.data.schema import (
+    dataset_from_table,
+    encode_mapping,
+    mapping_array,
+    parquet_table,
+    validate,
+)
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, write_json
 
-CONSIDERATIONS: tuple[str, ...] = (
-    "efficiency", "fairness", "privacy", "tradition", "safety", "autonomy", "innovation", "brevity",
-)
+TEMPLATES_RESOURCE = "synthetic_templates.json"
 
+
+def _load_templates() -> dict[str, Any]:
+    """The text templates (claims, topics, frames, ...) shipped in ``pluralign/resources``."""
+    text = resources.files("pluralign").joinpath("resources", TEMPLATES_RESOURCE).read_text(
+        encoding="utf-8")
+    return json.loads(text)
+
+
+_TEMPLATES = _load_templates()
+CONSIDERATIONS: tuple[str, ...] = tuple(_TEMPLATES["considerations"])
 # Two natural-language claims per consideration; {who} is the prompt's actor.
-_CLAIMS: dict[str, tuple[str, ...]] = {
-    "efficiency": ("It could save {who} a great deal of time and money",
-                   "A streamlined process means fewer delays and less wasted effort"),
-    "fairness": ("Everyone affected deserves to be treated equally",
-                 "We have to ask whether it disadvantages people who are already left behind"),
-    "privacy": ("People's personal information must stay under their own control",
-                "It risks exposing sensitive details about individuals without their consent"),
-    "tradition": ("Long-standing customs and community habits exist for good reasons",
-                  "Changing how things have always been done can erode shared values"),
-    "safety": ("Any risk of physical or emotional harm has to be ruled out first",
-               "Careful safeguards are needed so that nobody gets hurt"),
-    "autonomy": ("Individuals should be free to make this choice for themselves",
-                 "It is not for others to decide this on behalf of the people concerned"),
-    "innovation": ("New approaches like this are how real progress happens",
-                   "Trying bold ideas can open up better options for {who}"),
-    "brevity": ("Put simply, the short answer should stay short",
-                "Without overthinking it, a quick and plain answer is best"),
-}
-_WEIGHT_PHRASES = ("worth keeping in mind", "an important point", "the decisive point for me")
-_COMPACT_LEVELS = ("slightly", "clearly", "most")
-_OPENERS = ("Yes, I think so.", "On balance, no.", "It depends on the details.",
-            "I would be cautious here.", "There are good arguments on both sides.",
-            "My honest view is mixed.")
-
+_CLAIMS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _TEMPLATES["claims"].items()}
+_WEIGHT_PHRASES: tuple[str, ...] = tuple(_TEMPLATES["weight_phrases"])
+_COMPACT_LEVELS: tuple[str, ...] = tuple(_TEMPLATES["compact_levels"])
+_OPENERS: tuple[str, ...] = tuple(_TEMPLATES["openers"])
 # (domain, actor, action): the prompt asks whether the actor should do the action.
-_TOPICS: tuple[tuple[str, str, str], ...] = (
-    ("work", "companies", "use AI to screen job applicants"),
-    ("work", "employers", "monitor employees' keystrokes when they work from home"),
-    ("work", "businesses", "replace cashiers with self-checkout machines"),
-    ("work", "firms", "adopt a four-day work week"),
-    ("work", "managers", "publish everyone's salaries internally"),
-    ("health", "doctors", "use chatbots to give first medical advice"),
-    ("health", "hospitals", "share anonymised patient records with researchers"),
-    ("health", "governments", "make flu vaccination compulsory for health workers"),
-    ("health", "insurers", "offer discounts to people who share fitness tracker data"),
-    ("health", "pharmacies", "sell strong painkillers without a prescription"),
-    ("education", "schools", "ban smartphones during the school day"),
-    ("education", "universities", "use software to detect AI-written essays"),
-    ("education", "teachers", "let students grade each other's homework"),
-    ("education", "parents", "homeschool their children instead of using local schools"),
-    ("education", "schools", "replace handwriting lessons with typing lessons"),
-    ("city", "cities", "install facial recognition cameras in public squares"),
-    ("city", "councils", "close the city centre to private cars"),
-    ("city", "cities", "replace old historic buildings with modern housing"),
-    ("city", "towns", "allow delivery drones to fly over homes"),
-    ("city", "councils", "switch off street lights after midnight to save energy"),
-    ("family", "families", "keep elderly parents at home rather than in care homes"),
-    ("family", "parents", "read their teenagers' private messages"),
-    ("family", "couples", "follow traditional roles in dividing housework"),
-    ("family", "relatives", "lend large sums of money to each other"),
-    ("family", "parents", "let young children use tablets at dinner"),
-    ("technology", "social networks", "verify the real identity of every user"),
-    ("technology", "banks", "stop accepting cash payments"),
-    ("technology", "carmakers", "sell fully self-driving cars"),
-    ("technology", "app makers", "collect location data to improve their services"),
-    ("technology", "governments", "build a national digital identity card"),
-    ("community", "neighbours", "report each other for breaking minor local rules"),
-    ("community", "villages", "keep their annual festival even when it costs a lot"),
-    ("community", "religious groups", "modernise their ceremonies to attract young people"),
-    ("community", "clubs", "admit members without the usual waiting period"),
-    ("community", "local shops", "close on Sundays"),
-    ("environment", "governments", "tax meat to cut emissions"),
-    ("environment", "farmers", "use genetically modified crops"),
-    ("environment", "airlines", "ban short domestic flights"),
-    ("environment", "households", "be charged for every bag of rubbish they throw away"),
-    ("environment", "cities", "build wind turbines near residential areas"),
-)
-_FRAMES = (
-    "Should {who} {action}?",
-    "Is it right for {who} to {action}?",
-    "Would it be wise for {who} to {action}?",
-    "People keep debating whether {who} should {action}. Where do you stand?",
-    "What do you think: should {who} {action}?",
-)
-_SETTINGS = ("", " in a small town", " during an economic downturn", " in a fast-growing city",
-             " in a country with an ageing population", " when budgets are tight")
-
-DEFAULT_DEMOGRAPHICS: dict[str, dict[str, float]] = {
-    "age": {"18-24 years old": 0.2, "25-34 years old": 0.3, "35-44 years old": 0.2,
-            "45-54 years old": 0.15, "55-64 years old": 0.1, "65+ years old": 0.05},
-    "gender": {"Male": 0.48, "Female": 0.48, "Non-binary / third gender": 0.04},
-    "education": {"Completed Secondary School": 0.3, "University Bachelors Degree": 0.4,
-                  "Graduate / Professional degree": 0.2, "Vocational": 0.1},
-    "employment_status": {"Working full-time": 0.5, "Working part-time": 0.15, "Student": 0.15,
-                          "Retired": 0.1, "Unemployed, seeking work": 0.1},
-}
+_TOPICS: tuple[tuple[str, str, str], ...] = tuple(tuple(t) for t in _TEMPLATES["topics"])
+_FRAMES: tuple[str, ...] = tuple(_TEMPLATES["frames"])
+_SETTINGS: tuple[str, ...] = tuple(_TEMPLATES["settings"])
+DEFAULT_DEMOGRAPHICS: dict[str, dict[str, float]] = _TEMPLATES["demographics"]
 
 _STREAM_ITEMS, _STREAM_TYPES, _STREAM_ANNOTATORS, _STREAM_BETA, _STREAM_PAIRS = range(5)
 CHUNK_SIZE = 1 << 16
@@ -331,8 +269,7 @@ class Population:
         out.mkdir(parents=True, exist_ok=True)
         t = self.truth
         with atomic_path(out / "pairs.parquet") as tmp:
-            pq.write_table(pa.table({c: column_array(self.dataset, c)
-                                     for c in self.dataset.column_names}), tmp)
+            pq.write_table(parquet_table(self.dataset), tmp)
         responses = pd.DataFrame({"response_id": np.arange(len(self.responses)),
                                   "prompt_id": t.response_prompt, "text": self.responses})
         for k, name in enumerate(t.considerations):
@@ -562,8 +499,7 @@ def make_population(config: PopulationConfig | None = None, **overrides: Any) ->
     rewards = weights @ features.T
     texts = {"prompts": pa.array(prompts), "responses": pa.array(responses),
              "annotators": pa.array(annotator_ids),
-             "attributes": pa.array([encode_mapping(a) for a in attributes]),
-             "contexts": pa.array([encode_mapping(c) for c in contexts])}
+             "attributes": mapping_array(attributes), "contexts": mapping_array(contexts)}
     tables = [
         _chunk_table(_pair_chunk(config, start, min(start + CHUNK_SIZE, config.n_pairs), rewards,
                                  types, beta), texts)

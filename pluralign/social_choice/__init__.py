@@ -3,7 +3,8 @@
 Normalized Borda count (what DPO optimises under heterogeneous preferences), the user-weighted
 average reward (what it should optimise), the infinite-data DPO optimum over a finite option set,
 Luce–Shepard rewards from survey shares, and the min-TV sensitivity of NBC to the sampling
-distribution of alternatives.
+distribution of alternatives; wide survey files (SPSS/Stata/csv/parquet) read into the long
+respondent table by :func:`read_survey`.
 """
 
 from pluralign.social_choice.borda import (
@@ -21,11 +22,13 @@ from pluralign.social_choice.shares import (
     shares_from_respondents,
     shares_from_share_table,
 )
+from pluralign.social_choice.surveys import SurveyTable, read_survey
 
 __all__ = [
     "QuestionShares",
     "SensitivityResult",
     "SocialChoiceError",
+    "SurveyTable",
     "average_reward",
     "dpo_limit",
     "luce_shepard_rewards",
@@ -33,6 +36,7 @@ __all__ = [
     "normalized_borda",
     "preference_matrix",
     "ranking",
+    "read_survey",
     "sensitivity",
     "shares_from_respondents",
     "shares_from_share_table",
