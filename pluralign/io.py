@@ -20,10 +20,23 @@ import yaml
 
 from pluralign.errors import ConfigError
 
+#: The mode ``open()`` creates files with before the umask applies (mkstemp uses 0o600).
+_CREATE_MODE = 0o666
+
+
+def _current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it.
+
+    The file ends up with the mode a plain ``open(path, "w")`` would give it (0o666 less the
+    umask), not the private 0o600 of the temporary file.
 
     Example::
 
@@ -37,6 +50,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _CREATE_MODE & ~_current_umask())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 
 import pytest
 import yaml
@@ -63,3 +65,16 @@ def test_read_yaml_mapping_names_the_file_for_every_failure(tmp_path):
         with pytest.raises(ConfigError, match=message) as exc:
             read_yaml_mapping(path, "demo settings")
         assert str(path) in str(exc.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_files_follow_the_umask_like_open(tmp_path, umask):
+    """Issue 15 #11: mkstemp's 0600 used to leak into every file whatever the umask."""
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        (tmp_path / "plain.txt").write_text("x")  # the reference: a normal open()
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o666 & ~umask
