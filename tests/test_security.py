@@ -1,15 +1,18 @@
 """Issue 15 security items: the HTTP judge keeps its key on its own origin (#4); report.html
 embeds only files inside the run folder (#6)."""
 
+import base64
 import contextlib
 import http.server
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.evaluation.judges import HTTPJudge
+from pluralign.evaluation.report import build_report, write_report
 
 KEY = "sk-test-secret-value"
 
@@ -76,3 +79,35 @@ def test_http_judge_refuses_a_redirect_to_another_origin(monkeypatch):
             judge.compare("p", "x", "y")
     assert len(seen) == 1
     assert other_seen == []  # the other origin never saw a request, let alone the key
+
+
+def _embedded(html_text: str, path) -> bool:
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii") in html_text
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "symlink"])
+def test_report_embeds_no_file_outside_the_run_folder(tmp_path, kind):
+    """Before the fix {"figures": [{"file": "/etc/passwd"}]} was base64-embedded in report.html."""
+    run, outside = tmp_path / "run", tmp_path / "secret.png"
+    run.mkdir()
+    outside.write_bytes(b"\x89PNG\r\n\x1a\nsecret-bytes")
+    (run / "ok.png").write_bytes(b"\x89PNG\r\n\x1a\ninside")
+    (run / "figs").mkdir()
+    (run / "figs" / "link-inside.png").symlink_to(run / "ok.png")
+    name = {"absolute": "/etc/passwd", "dotdot": "../secret.png", "symlink": "figs/evil.png"}[kind]
+    if kind == "symlink":
+        (run / name).symlink_to(outside)
+    target = Path(name) if kind == "absolute" else outside
+    figures = [{"file": name}, {"file": "ok.png"}, {"file": "figs/link-inside.png"}]
+    html_text = write_report(run, {"figures": figures}).read_text()
+    assert not _embedded(html_text, target)
+    assert f"not embedded: {name} is outside the run folder" in html_text
+    assert _embedded(html_text, run / "ok.png")  # files inside, even via a symlink, still are
+    assert html_text.count("<figure>") == 2
+
+
+def test_report_refuses_metrics_json_that_is_not_a_mapping(tmp_path):
+    """Issue 15 #9: a metrics.json holding a list used to raise AttributeError in render_html."""
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(EvaluationError, match="metrics.json.*JSON object"):
+        build_report(tmp_path)
