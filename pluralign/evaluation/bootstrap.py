@@ -7,29 +7,22 @@ All intervals are percentile intervals (Efron & Tibshirani 1993, ch. 13): the ``
 from __future__ import annotations
 
 from collections.abc import Callable
-from numbers import Integral, Real
 
 import numpy as np
 
 from pluralign.evaluation.errors import EvaluationError
+from pluralign.validation import check_number
 
 
 def check_level(level: object) -> float:
     """``level`` as a float in the open interval (0, 1), else :class:`EvaluationError`."""
-    if isinstance(level, bool) or not isinstance(level, Real) or not 0 < float(level) < 1:
-        raise EvaluationError(
-            f"level={level!r} is not a confidence level; use a number strictly between 0 and 1 "
-            "(e.g. 0.95)")
-    return float(level)
+    return check_number(level, "level", minimum=0, maximum=1, exclusive_minimum=True,
+                        exclusive_maximum=True, error=EvaluationError)
 
 
 def check_n_boot(n_boot: object) -> int:
-    """``n_boot`` as a positive int, else :class:`EvaluationError`."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, Integral) or n_boot < 1:
-        raise EvaluationError(
-            f"n_boot={n_boot!r} is not a number of bootstrap resamples; use an integer >= 1 "
-            "(e.g. 1000)")
-    return int(n_boot)
+    """``n_boot`` as a positive int (bootstrap resamples), else :class:`EvaluationError`."""
+    return int(check_number(n_boot, "n_boot", minimum=1, integer=True, error=EvaluationError))
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:

@@ -1,0 +1,55 @@
+"""Numeric config validation (issue 15 #8, #10): bad numbers fail where the config is built."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pluralign.errors import ConfigError
+from pluralign.reward import BradleyTerryConfig, PALConfig, PALRewardModel
+from pluralign.reward.base import CheckpointError
+from pluralign.validation import check_number
+
+values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5),
+                   st.booleans(), st.text(max_size=3), st.none())
+
+
+@given(values)
+def test_check_number_accepts_exactly_finite_positive_numbers(value):
+    """Reference predicate written out independently of check_number."""
+    valid = (type(value) in (int, float) and math.isfinite(value) and value > 0)
+    if valid:
+        assert check_number(value, "f", minimum=0, exclusive_minimum=True) == value
+    else:
+        with pytest.raises(ConfigError, match=r"^f=.* is invalid; use a finite number > 0$"):
+            check_number(value, "f", minimum=0, exclusive_minimum=True)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("lr_users", -0.1), ("lr_projector", float("nan")), ("lr_prototypes", float("inf")),
+    ("adapt_lr", 0.0), ("weight_decay", -1.0), ("user_init_std", float("nan")),
+    ("validation_fraction", 1.0), ("lr_users", "abc"), ("epochs", 2.5), ("batch_size", True),
+])
+def test_pal_config_rejects_bad_numbers(field, value):
+    """Before: lr_users=-0.1 trained to accuracy 0.3 and lr_projector=nan wrote a NaN model."""
+    with pytest.raises(ConfigError, match=f"PALConfig.{field}="):
+        PALConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("field", "value"), [("lr", float("nan")), ("lr", float("inf")),
+                                              ("weight_decay", float("nan"))])
+def test_bradley_terry_config_rejects_nan_and_inf(field, value):
+    with pytest.raises(ConfigError, match=f"BradleyTerryConfig.{field}="):
+        BradleyTerryConfig(**{field: value})
+
+
+def test_a_nan_model_is_never_written(tmp_path):
+    """Before: save_pretrained wrote model.safetensors full of NaN, then failed on config.json."""
+    model = PALRewardModel(4, PALConfig(show_progress=False))
+    with torch.no_grad():
+        model.log_scale.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="non-finite.*log_scale"):
+        model.save_pretrained(tmp_path / "pal")
+    assert not (tmp_path / "pal").exists() or list((tmp_path / "pal").iterdir()) == []
