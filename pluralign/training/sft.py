@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from pluralign.errors import ConfigError
+from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.tokenization import check_pair_columns, tokenize_pair
 
 IGNORE_INDEX = -100
@@ -85,15 +86,26 @@ def tokenize_sft(
     )
 
 
+class SFTTrainer(StagedCheckpoints, Trainer):
+    """``transformers.Trainer`` whose checkpoints are staged and renamed into place once complete
+    (so a kill mid-save leaves the previous checkpoint as the last one) and carry the run's
+    fingerprint; ``train(resume_from_checkpoint=True)`` uses the last complete checkpoint."""
+
+
 def build_sft_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     train_dataset: datasets.Dataset,
     args: SFTConfig,
     eval_dataset: datasets.Dataset | None = None,
+    run_fingerprint: Mapping[str, Any] | None = None,
     **kwargs: Any,
-) -> Trainer:
-    """A ``transformers.Trainer`` for SFT on prompt + chosen (prompt tokens masked)."""
+) -> SFTTrainer:
+    """An :class:`SFTTrainer` for SFT on prompt + chosen (prompt tokens masked).
+
+    ``run_fingerprint`` (see :func:`pluralign.training.checkpoints.run_fingerprint`) is stored in
+    every checkpoint and checked on ``train(resume_from_checkpoint=True)``.
+    """
     tok = {
         "tokenizer": tokenizer,
         "max_length": args.max_length,
@@ -103,7 +115,7 @@ def build_sft_trainer(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     args.remove_unused_columns = False
-    return Trainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=tokenize_sft(train_dataset, **tok),
@@ -112,6 +124,8 @@ def build_sft_trainer(
         processing_class=tokenizer,
         **kwargs,
     )
+    trainer.run_fingerprint = run_fingerprint
+    return trainer
 
 
 def run_sft(
@@ -121,7 +135,7 @@ def run_sft(
     args: SFTConfig,
     eval_dataset: datasets.Dataset | None = None,
     resume_from_checkpoint: str | bool | None = None,
-) -> Trainer:
+) -> SFTTrainer:
     """Run SFT to completion and return the trainer (its ``state.log_history`` holds the losses)."""
     trainer = build_sft_trainer(model, tokenizer, train_dataset, args, eval_dataset)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
