@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pluralign.errors import ConfigError
 from pluralign.reward import BradleyTerryConfig, PALConfig, PALRewardModel
 from pluralign.reward.base import CheckpointError
+from pluralign.training.models import build_tokenizer, tiny_gpt_neox, tiny_model_overrides
 from pluralign.validation import check_number
 
 values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5),
@@ -53,3 +54,40 @@ def test_a_nan_model_is_never_written(tmp_path):
     with pytest.raises(CheckpointError, match="non-finite.*log_scale"):
         model.save_pretrained(tmp_path / "pal")
     assert not (tmp_path / "pal").exists() or list((tmp_path / "pal").iterdir()) == []
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (-5, r"tokenizer vocab_size=-5 is invalid; use an integer >= 257"),
+    (100, r"vocab_size=100 is invalid"), ("512", r"vocab_size='512' is invalid"),
+])
+def test_build_tokenizer_rejects_a_bad_vocab_size(value, message):
+    """Issue 15 #10: tokenizer_vocab_size: -5 was silently raised to 257."""
+    with pytest.raises(ConfigError, match=message):
+        build_tokenizer(["some text"], vocab_size=value)
+
+
+@pytest.mark.parametrize(("model_config", "message"), [
+    ("big", r"model_config must be a mapping of GPTNeoXConfig fields .* got str 'big'"),
+    ({"hiden_size": 64}, r"model_config: unknown key\(s\) \['hiden_size'\]; valid keys: .*"
+                         r"hidden_size"),
+    ({"hidden_dropout": 0.1}, r"model_config: 'hidden_dropout' is fixed by pluralign"),
+    ({"hidden_size": -8}, r"model_config.hidden_size=-8 is invalid; use an integer >= 1"),
+    ({"num_hidden_layers": 1.5}, r"model_config.num_hidden_layers=1.5 is invalid"),
+    ({"hidden_size": 30, "num_attention_heads": 4},
+     r"model_config: hidden_size=30 must be a multiple of num_attention_heads=4"),
+])
+def test_tiny_model_config_is_checked(model_config, message):
+    """Issue 15 #9/#10: a string model_config raised a TypeError in the CLI; unknown keys were
+    accepted by GPTNeoXConfig and ignored."""
+    with pytest.raises(ConfigError, match=message):
+        tiny_model_overrides(model_config)
+    if isinstance(model_config, dict):
+        with pytest.raises(ConfigError, match=message):
+            tiny_gpt_neox(300, **model_config)
+
+
+def test_tiny_model_overrides_accepts_architecture_fields():
+    assert tiny_model_overrides(None) == {}
+    assert tiny_model_overrides({"hidden_size": 32, "num_attention_heads": 2}) == {
+        "hidden_size": 32, "num_attention_heads": 2}
+    assert tiny_gpt_neox(300, hidden_size=32, num_attention_heads=2).config.hidden_size == 32
