@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pluralign.errors import ConfigError
 from pluralign.reward import BradleyTerryConfig, PALConfig, PALRewardModel
 from pluralign.reward.base import CheckpointError
+from pluralign.training import SFTConfig
 from pluralign.training.models import build_tokenizer, tiny_gpt_neox, tiny_model_overrides
 from pluralign.validation import check_number
 
@@ -91,3 +92,14 @@ def test_tiny_model_overrides_accepts_architecture_fields():
     assert tiny_model_overrides({"hidden_size": 32, "num_attention_heads": 2}) == {
         "hidden_size": 32, "num_attention_heads": 2}
     assert tiny_gpt_neox(300, hidden_size=32, num_attention_heads=2).config.hidden_size == 32
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("learning_rate", math.inf), ("learning_rate", "abc"), ("learning_rate", -1e-5),
+    ("max_length", "long"), ("max_prompt_length", 1.5),
+])
+def test_sft_config_rejects_bad_numbers(tmp_path, field, value):
+    """Issue 15 #10: learning_rate=inf passed and failed mid-training; 'abc' gave "'<' not
+    supported between instances of 'str' and 'int'"."""
+    with pytest.raises(ConfigError, match=f"SFTConfig.{field}="):
+        SFTConfig(output_dir=str(tmp_path), **{field: value})

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from pluralign.errors import ConfigError
 from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.tokenization import check_pair_columns, tokenize_pair
+from pluralign.validation import COUNT, INDEX, NON_NEGATIVE, check_fields
 
 IGNORE_INDEX = -100
 
@@ -35,9 +36,9 @@ class SFTConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
     def __post_init__(self) -> None:
-        if self.learning_rate < 0:
-            raise ConfigError(f"learning_rate={self.learning_rate!r} is negative; use a value >= 0")
-        if not 0 <= self.max_prompt_length < self.max_length:
+        check_fields(self, {"learning_rate": NON_NEGATIVE, "max_length": COUNT,
+                            "max_prompt_length": INDEX})
+        if not self.max_prompt_length < self.max_length:
             raise ConfigError(
                 f"max_prompt_length={self.max_prompt_length!r} must be in "
                 f"[0, max_length={self.max_length})"
