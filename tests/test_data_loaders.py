@@ -298,3 +298,16 @@ def test_bad_format_option_and_split_are_config_errors(tmp_path):
         load_preferences(GENERIC / "pairs.jsonl", split="test")
     with pytest.raises(ConfigError, match="limit"):
         load_preferences(GENERIC / "pairs.jsonl", limit=0)
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ({"min_score_gap": "abc"}, r"PRISM min_score_gap='abc' is invalid; use a finite number >= 0"),
+    ({"min_score_gap": float("nan")}, r"PRISM min_score_gap=nan is invalid"),
+    ({"min_score_gap": -1}, r"PRISM min_score_gap=-1 is invalid"),
+    ({"chat": "maybe"}, r"PRISM chat='maybe' must be true or false"),
+])
+def test_prism_numeric_and_flag_options_are_checked(option, message):
+    """Issue 15 #9: min_score_gap=abc was accepted (exit 0, the by_score pairing then raised
+    "TypeError: '<=' not supported"), chat='maybe' read as true."""
+    with pytest.raises(ConfigError, match=message):
+        load_preferences(PRISM, pairs="by_score", **option)
