@@ -100,8 +100,19 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key] = parse_yaml(value)
+        out[key] = parse_yaml_value(value, f"{flag} {item}")
     return out
+
+
+def parse_yaml_value(text: str, where: str) -> Any:
+    """:func:`parse_yaml` for one command-line value; invalid YAML raises :class:`ConfigError`
+    naming ``where`` (e.g. ``"--option pairs=[0"``) instead of a multi-line parser error."""
+    try:
+        return parse_yaml(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{where}: invalid YAML value ({problem}); put the value in quotes "
+                          "to pass it as text") from None
 
 
 def read_yaml_mapping(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import stat
 
 import pytest
@@ -10,7 +11,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pluralign.io import atomic_path, parse_yaml, write_json
+from pluralign.errors import ConfigError
+from pluralign.io import atomic_path, parse_key_values, parse_yaml, write_json
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300))
@@ -78,3 +80,10 @@ def test_atomic_files_follow_the_umask_like_open(tmp_path, umask):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("value", ["[0", "!0", '"', "{a: 1", "!!python/name:os.system"])
+def test_key_value_options_with_invalid_yaml_name_the_option(value):
+    """Issue 15 #9: 'data inspect --option pairs=[0' raised a raw yaml ParserError."""
+    with pytest.raises(ConfigError, match=re.escape(f"--option pairs={value}: invalid YAML value")):
+        parse_key_values([f"pairs={value}"], "--option")
