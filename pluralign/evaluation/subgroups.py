@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pluralign.evaluation.bootstrap import check_level, check_n_boot, percentile_interval
-from pluralign.evaluation.errors import EvaluationError
+from pluralign.evaluation.errors import EvaluationError, require_column
 
 #: Upper bound on resample-weight entries held in memory at once (about 16 MB).
 _BLOCK_ENTRIES = 2_000_000
@@ -260,8 +260,7 @@ def _bootstrap_weights(data: pd.DataFrame, cluster: str | None, n_boot: int,
     if cluster is None:
         codes, k = np.arange(n), n
     else:
-        if cluster not in data.columns:
-            raise EvaluationError(f"cluster column {cluster!r} not found")
+        require_column(data.columns, cluster, "cluster column")
         codes, uniques = pd.factorize(data[cluster].astype("string").fillna("<missing>"))
         k = len(uniques)
     block = max(1, _BLOCK_ENTRIES // max(n, 1))
