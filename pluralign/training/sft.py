@@ -14,10 +14,9 @@ import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from pluralign.errors import ConfigError
 from pluralign.training.checkpoints import StagedCheckpoints
-from pluralign.training.tokenization import check_pair_columns, tokenize_pair
-from pluralign.validation import COUNT, INDEX, NON_NEGATIVE, check_fields
+from pluralign.training.tokenization import check_lengths, check_pair_columns, tokenize_pair
+from pluralign.validation import NON_NEGATIVE, check_fields
 
 IGNORE_INDEX = -100
 
@@ -36,13 +35,8 @@ class SFTConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
     def __post_init__(self) -> None:
-        check_fields(self, {"learning_rate": NON_NEGATIVE, "max_length": COUNT,
-                            "max_prompt_length": INDEX})
-        if not self.max_prompt_length < self.max_length:
-            raise ConfigError(
-                f"max_prompt_length={self.max_prompt_length!r} must be in "
-                f"[0, max_length={self.max_length})"
-            )
+        check_fields(self, {"learning_rate": NON_NEGATIVE})
+        check_lengths(self.max_length, self.max_prompt_length, "SFTConfig")
         super().__post_init__()
 
 
