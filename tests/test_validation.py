@@ -103,3 +103,14 @@ def test_sft_config_rejects_bad_numbers(tmp_path, field, value):
     supported between instances of 'str' and 'int'"."""
     with pytest.raises(ConfigError, match=f"SFTConfig.{field}="):
         SFTConfig(output_dir=str(tmp_path), **{field: value})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("per_device_train_batch_size", 0), ("per_device_train_batch_size", -4),
+    ("per_device_eval_batch_size", 0), ("gradient_accumulation_steps", 0),
+    ("num_train_epochs", math.nan),
+])
+def test_sft_config_rejects_empty_batches(tmp_path, field, value):
+    """Issue 15 #9: batch size 0 or negative raised a traceback from the data loader."""
+    with pytest.raises(ConfigError, match=f"SFTConfig.{field}={value!r} is invalid"):
+        SFTConfig(output_dir=str(tmp_path), **{field: value})

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.tokenization import check_lengths, check_pair_columns, tokenize_pair
-from pluralign.validation import NON_NEGATIVE, check_fields
+from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields
 
 IGNORE_INDEX = -100
 
@@ -35,7 +35,11 @@ class SFTConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
     def __post_init__(self) -> None:
-        check_fields(self, {"learning_rate": NON_NEGATIVE})
+        check_fields(self, {
+            "learning_rate": NON_NEGATIVE, "num_train_epochs": POSITIVE,
+            **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size",
+                             "gradient_accumulation_steps"), COUNT),
+        })
         check_lengths(self.max_length, self.max_prompt_length, "SFTConfig")
         super().__post_init__()
 
