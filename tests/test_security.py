@@ -111,3 +111,11 @@ def test_report_refuses_metrics_json_that_is_not_a_mapping(tmp_path):
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(EvaluationError, match="metrics.json.*JSON object"):
         build_report(tmp_path)
+
+
+@pytest.mark.parametrize("figure", [5, {"file": 5}, {"caption": "no file"}, None])
+def test_report_notes_malformed_figure_entries(tmp_path, figure):
+    """A hand-edited metrics.json with a malformed figures entry used to raise TypeError or
+    KeyError while rendering."""
+    html_text = write_report(tmp_path, {"figures": [figure]}).read_text()
+    assert "figure not embedded: entry has no file name" in html_text

@@ -123,7 +123,11 @@ def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
         parts.append(f"<h2>{html.escape(str(t.get('title', '')))}</h2>" + _table(
             [str(c) for c in t["columns"]], [[_fmt(c) for c in row] for row in t["rows"]]))
     for fig in metrics.get("figures", []):
-        parts.append(_figure(run_dir, fig["file"], fig.get("caption", "")))
+        if not isinstance(fig, Mapping) or not isinstance(fig.get("file"), str):
+            parts.append(f"<p class='bad'>figure not embedded: entry has no file name "
+                         f"(<code>{html.escape(repr(fig))}</code>)</p>")
+            continue
+        parts.append(_figure(run_dir, fig["file"], str(fig.get("caption", ""))))
     failed = metrics.get("failed_items") or []
     parts.append(f"<h2>Failed items ({len(failed)})</h2>")
     if failed:
