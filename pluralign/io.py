@@ -118,14 +118,17 @@ def parse_yaml_value(text: str, where: str) -> Any:
 def read_yaml_mapping(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
     """Read a YAML config file that must hold a mapping (an empty file is ``{}``).
 
-    A missing or unreadable file, invalid YAML or a non-mapping top level raises
-    :class:`ConfigError` naming the file; ``expected`` says what the mapping should hold
-    (e.g. ``"PopulationConfig fields"``).
+    A missing or unreadable file, bytes that are not UTF-8, invalid YAML or a non-mapping top
+    level raises :class:`ConfigError` naming the file; ``expected`` says what the mapping should
+    hold (e.g. ``"PopulationConfig fields"``).
     """
     try:
         loaded = parse_yaml(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     loaded = {} if loaded is None else loaded

@@ -12,7 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pluralign.errors import ConfigError
-from pluralign.io import atomic_path, parse_key_values, parse_yaml, write_json
+from pluralign.io import (
+    atomic_path,
+    parse_key_values,
+    parse_yaml,
+    read_yaml_mapping,
+    write_json,
+)
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300))
@@ -87,3 +93,13 @@ def test_key_value_options_with_invalid_yaml_name_the_option(value):
     """Issue 15 #9: 'data inspect --option pairs=[0' raised a raw yaml ParserError."""
     with pytest.raises(ConfigError, match=re.escape(f"--option pairs={value}: invalid YAML value")):
         parse_key_values([f"pairs={value}"], "--option")
+
+
+def test_non_utf8_config_names_the_file(tmp_path):
+    """Issue 15 #9: a Latin-1 YAML file raised a raw UnicodeDecodeError (train, sft, synthetic,
+    pal, simulate, demo all read configs through read_yaml_mapping)."""
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml: not UTF-8 text \(byte 0xe9 at "
+                                          r"offset 9\); save the file as UTF-8"):
+        read_yaml_mapping(path, "fields")
