@@ -20,10 +20,23 @@ import yaml
 
 from pluralign.errors import ConfigError
 
+#: The mode ``open()`` creates files with before the umask applies (mkstemp uses 0o600).
+_CREATE_MODE = 0o666
+
+
+def _current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it.
+
+    The file ends up with the mode a plain ``open(path, "w")`` would give it (0o666 less the
+    umask), not the private 0o600 of the temporary file.
 
     Example::
 
@@ -37,6 +50,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _CREATE_MODE & ~_current_umask())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -86,21 +100,35 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key] = parse_yaml(value)
+        out[key] = parse_yaml_value(value, f"{flag} {item}")
     return out
+
+
+def parse_yaml_value(text: str, where: str) -> Any:
+    """:func:`parse_yaml` for one command-line value; invalid YAML raises :class:`ConfigError`
+    naming ``where`` (e.g. ``"--option pairs=[0"``) instead of a multi-line parser error."""
+    try:
+        return parse_yaml(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{where}: invalid YAML value ({problem}); put the value in quotes "
+                          "to pass it as text") from None
 
 
 def read_yaml_mapping(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
     """Read a YAML config file that must hold a mapping (an empty file is ``{}``).
 
-    A missing or unreadable file, invalid YAML or a non-mapping top level raises
-    :class:`ConfigError` naming the file; ``expected`` says what the mapping should hold
-    (e.g. ``"PopulationConfig fields"``).
+    A missing or unreadable file, bytes that are not UTF-8, invalid YAML or a non-mapping top
+    level raises :class:`ConfigError` naming the file; ``expected`` says what the mapping should
+    hold (e.g. ``"PopulationConfig fields"``).
     """
     try:
         loaded = parse_yaml(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     loaded = {} if loaded is None else loaded

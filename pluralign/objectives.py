@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from pluralign.errors import ConfigError
 from pluralign.numerics import log_point_expected_sigmoid
 from pluralign.strength import PointMass, StrengthDistribution, build_strength
+from pluralign.validation import check_number
 
 # ----------------------------------------------------------------------------------------------
 # Losses (pure functions)
@@ -33,8 +34,15 @@ def dpo_loss(margin: Tensor, beta: float | Tensor) -> Tensor:
     """DPO loss per pair, ``−log σ(β·Δ)`` (seeds/001 Eq. 1; Rafailov et al. 2023).
 
     Computed as ``−logsigmoid(β·Δ)`` in at least float32 (bfloat16/float16 margins are upcast and
-    the loss is float32), so it is finite for any finite margin.
+    the loss is float32), so it is finite for any finite margin. ``beta`` (a number, or a tensor
+    broadcasting against ``margin``) must be finite and > 0, else :class:`ConfigError`.
     """
+    if isinstance(beta, Tensor):
+        if not bool((torch.isfinite(beta) & (beta > 0)).all()):
+            raise ConfigError(f"dpo_loss: beta={beta.tolist()!r} has entries that are not finite "
+                              "and > 0; use positive finite strengths")
+    else:
+        check_number(beta, "dpo_loss: beta", minimum=0, exclusive_minimum=True)
     return -log_point_expected_sigmoid(margin, beta)
 
 
@@ -46,6 +54,11 @@ def mixdpo_loss(margin: Tensor, strength: StrengthDistribution) -> Tensor:
     With ``PointMass(β)`` this is the very same computation as :func:`dpo_loss`, hence equal
     bit for bit.
     """
+    if not isinstance(strength, StrengthDistribution):
+        raise ConfigError(
+            "mixdpo_loss needs a StrengthDistribution (e.g. pluralign.strength.Gamma(...) or "
+            f"PointMass(beta=0.1)), got {type(strength).__name__} {strength!r}; for a fixed beta "
+            "use dpo_loss(margin, beta)")
     return -strength.log_expected_sigmoid(margin)
 
 

@@ -353,3 +353,16 @@ def test_attributes_read_as_mappings_on_rows(source, tmp_path):
         cell = expanded["attr.age"].iloc[i]
         assert (None if pd.isna(cell) else cell) == row["attributes"]["age"]
     assert any(ds[i]["attributes"]["age"] for i in range(len(ds)))
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ({"min_score_gap": "abc"}, r"PRISM min_score_gap='abc' is invalid; use a finite number >= 0"),
+    ({"min_score_gap": float("nan")}, r"PRISM min_score_gap=nan is invalid"),
+    ({"min_score_gap": -1}, r"PRISM min_score_gap=-1 is invalid"),
+    ({"chat": "maybe"}, r"PRISM chat='maybe' must be true or false"),
+])
+def test_prism_numeric_and_flag_options_are_checked(option, message):
+    """Issue 15 #9: min_score_gap=abc was accepted (exit 0, the by_score pairing then raised
+    "TypeError: '<=' not supported"), chat='maybe' read as true."""
+    with pytest.raises(ConfigError, match=message):
+        load_preferences(PRISM, pairs="by_score", **option)

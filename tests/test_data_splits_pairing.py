@@ -148,3 +148,12 @@ def test_full_information_empty_overlap_is_an_error():
         "annotator_id": ["u1", "u2"], "item_id": ["i1", "i2"], "type_id": [0, 1]}))
     with pytest.raises(ConfigError, match="overlapping"):
         full_information_items(ds)
+
+
+@pytest.mark.parametrize("test_size", [1.5, 0.0, "x", float("nan"), None, True])
+def test_split_fraction_errors_name_the_value(pop, test_size):
+    """Issue 15 #9: test_size='x' used to raise "'<' not supported between 'float' and 'str'"."""
+    for split in (train_test_split_pairs, split_by_annotator):
+        with pytest.raises(ConfigError, match=r"test_size=.* is invalid; use a finite number in "
+                                              r"\(0, 1\)"):
+            split(pop.dataset, test_size=test_size)

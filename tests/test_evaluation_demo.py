@@ -158,3 +158,18 @@ def test_generate_responses_returns_only_new_text_deterministically():
     assert first == again and len(first) == 3
     assert all(isinstance(t, str) and len(t) > 0 for t in first)
     assert tok.padding_side == "right"  # restored after left-padded generation
+
+
+@pytest.mark.parametrize(("max_length", "max_prompt_length"), [(5, 10), (8, 8), (0, 0),
+                                                               (16, -1), ("x", 4)])
+def test_preference_margins_refuse_lengths_that_leave_no_completion(max_length,
+                                                                    max_prompt_length):
+    """Issue 15 #7: max_length 5 with max_prompt_length 10 truncated every completion away and
+    reported each margin as 0.0."""
+    ds = make_population(PopulationConfig(n_annotators=2, pairs_per_annotator=2,
+                                          text_style="compact", seed=1)).dataset
+    tok = build_tokenizer(list(ds["prompt"]), vocab_size=300)
+    with pytest.raises(ConfigError, match=r"preference_margins.max_(prompt_)?length=\S+ "
+                                          r"(is invalid|must be in \[0, max_length=)"):
+        preference_margins(tiny_gpt_neox(len(tok), seed=1), None, ds, tok, progress=False,
+                           max_length=max_length, max_prompt_length=max_prompt_length)

@@ -206,3 +206,12 @@ def test_diagnose_profiles_subgroup_strength(tmp_path):
     assert d.trajectories["run"].verdict == "heterogeneous"
     assert any("excluded" in s for s in d.summary)
     json.dumps(d.to_dict())
+
+
+def test_diagnose_names_a_missing_cluster_column():
+    """Issue 15 #9: diagnose(..., cluster='nope') (CLI --cluster) raised a bare KeyError: 'nope'."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"margin": rng.normal(1, 1, 40), "annotator_id": rng.choice(list("xyz"), 40)})
+    with pytest.raises(EvaluationError, match=r"cluster column 'nope' not found; available: "
+                                              r"\['annotator_id', 'margin'\]"):
+        diagnose(df, cluster="nope", n_boot=5)

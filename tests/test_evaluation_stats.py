@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -106,6 +107,27 @@ def test_missing_attribute_column_names_the_fix():
         subgroup_table(_frame(), "education")
 
 
+@pytest.mark.parametrize("column", [
+    ["a", "b", None, "a"],
+    ["a", "b", np.nan, "a"],
+    pd.array(["a", "b", pd.NA, "a"], dtype="string"),
+    pd.Categorical(["a", "b", None, "a"]),
+    pd.array([1, 2, None, 1], dtype="Int64"),
+], ids=["object-None", "object-nan", "string-NA", "categorical", "Int64-NA"])
+def test_rows_without_an_attribute_value_are_in_no_subgroup(column):
+    """Issue 15 #3: a missing value used to raise 'boolean value of NA is ambiguous'. Such rows
+    count in the micro average, in no subgroup, and a note says how many."""
+    df = pd.DataFrame({"margin": [1.0, 2.0, 3.0, 4.0], "attr.g": column})
+    table = subgroup_table(df, "attr.g", n_boot=20)
+    counts = dict(zip(table.groups["group"], table.groups["count"], strict=True))
+    means = dict(zip(table.groups["group"], table.groups["mean"], strict=True))
+    first, second = sorted(counts)
+    assert counts == {first: 2, second: 1}
+    assert means == {first: 2.5, second: 2.0}  # rows 0 and 3; row 1
+    assert table.micro.mean == 2.5 and table.micro.n == 4
+    assert any("1 comparisons have no value" in note for note in table.notes)
+
+
 def test_margin_gains_are_paired_differences():
     base = _frame(seed=2)
     run = base.copy()
@@ -199,3 +221,17 @@ def test_win_rate_stats_and_paired_comparison():
         win_rate_stats([1.0, np.nan])
     with pytest.raises(EvaluationError, match="no judged prompts"):
         win_rate_stats([])
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"level": 1.5}, "level=1.5"), ({"level": float("nan")}, "level=nan"),
+    ({"level": "x"}, "level='x'"), ({"n_boot": 0}, "n_boot=0"), ({"n_boot": 2.5}, "n_boot=2.5"),
+])
+def test_bad_bootstrap_settings_name_the_field(kwargs, field):
+    """Issue 15 #9: these used to raise numpy's 'Quantiles must be in the range [0, 1]', 'need at
+    least one array to concatenate' or a TypeError."""
+    df = pd.DataFrame({"margin": [1.0, 2.0, 3.0, 4.0], "attr.g": list("abab")})
+    with pytest.raises(EvaluationError, match=re.escape(field)):
+        subgroup_table(df, "attr.g", **kwargs)
+    with pytest.raises(EvaluationError, match=re.escape(field)):
+        win_rate_stats([1.0, 0.0, 1.0], **kwargs)

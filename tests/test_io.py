@@ -2,13 +2,23 @@
 
 import json
 import math
+import os
+import re
+import stat
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pluralign.io import atomic_path, parse_yaml, write_json
+from pluralign.errors import ConfigError
+from pluralign.io import (
+    atomic_path,
+    parse_key_values,
+    parse_yaml,
+    read_yaml_mapping,
+    write_json,
+)
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300))
@@ -63,3 +73,33 @@ def test_read_yaml_mapping_names_the_file_for_every_failure(tmp_path):
         with pytest.raises(ConfigError, match=message) as exc:
             read_yaml_mapping(path, "demo settings")
         assert str(path) in str(exc.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_files_follow_the_umask_like_open(tmp_path, umask):
+    """Issue 15 #11: mkstemp's 0600 used to leak into every file whatever the umask."""
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        (tmp_path / "plain.txt").write_text("x")  # the reference: a normal open()
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("value", ["[0", "!0", '"', "{a: 1", "!!python/name:os.system"])
+def test_key_value_options_with_invalid_yaml_name_the_option(value):
+    """Issue 15 #9: 'data inspect --option pairs=[0' raised a raw yaml ParserError."""
+    with pytest.raises(ConfigError, match=re.escape(f"--option pairs={value}: invalid YAML value")):
+        parse_key_values([f"pairs={value}"], "--option")
+
+
+def test_non_utf8_config_names_the_file(tmp_path):
+    """Issue 15 #9: a Latin-1 YAML file raised a raw UnicodeDecodeError (train, sft, synthetic,
+    pal, simulate, demo all read configs through read_yaml_mapping)."""
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml: not UTF-8 text \(byte 0xe9 at "
+                                          r"offset 9\); save the file as UTF-8"):
+        read_yaml_mapping(path, "fields")

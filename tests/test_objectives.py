@@ -131,3 +131,25 @@ def test_nan_margin_raises():
     for objective in (DPOObjective(0.1), build_objective("mixdpo", strength="gamma")):
         with pytest.raises(ValueError, match="margin must be finite, got nan"):
             objective(torch.tensor([1.0, float("nan")]))
+
+
+@pytest.mark.parametrize("beta", [-0.1, 0.0, math.inf, math.nan, "0.1", True])
+def test_dpo_loss_rejects_a_bad_beta(beta):
+    """Issue 15 #10: dpo_loss(m, -0.1) used to return a loss that rewards the rejected answer."""
+    with pytest.raises(ConfigError, match=r"dpo_loss: beta=.* is invalid; use a finite number > 0"):
+        dpo_loss(torch.zeros(3), beta)
+
+
+def test_dpo_loss_rejects_a_tensor_beta_with_a_bad_entry():
+    with pytest.raises(ConfigError, match="dpo_loss: beta"):
+        dpo_loss(torch.zeros(2), torch.tensor([0.1, -0.1]))
+    assert dpo_loss(torch.zeros(2), torch.tensor([0.1, 0.2])).shape == (2,)
+
+
+@pytest.mark.parametrize("strength", [0.1, "gamma", None])
+def test_mixdpo_loss_needs_a_strength_distribution(strength):
+    """Issue 15 #9: mixdpo_loss(m, 0.1) used to raise AttributeError: 'float' object has no
+    attribute 'log_expected_sigmoid'."""
+    with pytest.raises(ConfigError, match=r"mixdpo_loss needs a StrengthDistribution .* got "
+                                          r".*; for a fixed beta use dpo_loss"):
+        mixdpo_loss(torch.zeros(3), strength)

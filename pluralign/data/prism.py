@@ -37,6 +37,7 @@ from typing import Any
 from pluralign.data.readers import DropCounter, flatten, render_completion, render_prompt
 from pluralign.data.schema import encode_mapping, schema_error
 from pluralign.errors import ConfigError
+from pluralign.validation import check_number
 
 PAIRINGS = ("chosen_vs_rest", "by_score")
 EMPTY = "EMPTY STRING"
@@ -102,6 +103,9 @@ def prism_pairs(conversations: Iterable[tuple[int, dict[str, Any]]],
     """Column dict of pairs from ``(row, conversation record)`` and ``survey`` keyed by user_id."""
     if pairs not in PAIRINGS:
         raise ConfigError(f"PRISM pairs={pairs!r} is unknown; use one of {PAIRINGS}")
+    check_number(min_score_gap, "PRISM min_score_gap", minimum=0)
+    if not isinstance(chat, bool):
+        raise ConfigError(f"PRISM chat={chat!r} must be true or false")
     columns: dict[str, list[Any]] = {k: [] for k in (
         "prompt", "chosen", "rejected", "annotator_id", "attributes", "context", "item_id",
         "conversation_id", "turn", "chosen_score", "rejected_score", "chosen_model",

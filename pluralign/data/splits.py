@@ -22,13 +22,14 @@ import pyarrow.compute as pc
 
 from pluralign.data.schema import column_array, mapping_struct, object_values, schema_error
 from pluralign.errors import ConfigError
+from pluralign.validation import check_number
 
 logger = logging.getLogger(__name__)
 
 
-def _check_fraction(test_size: float) -> None:
-    if not 0.0 < test_size < 1.0:
-        raise ConfigError(f"test_size must be a fraction in (0, 1), got {test_size}")
+def _check_fraction(test_size: object) -> None:
+    check_number(test_size, "test_size", minimum=0, maximum=1, exclusive_minimum=True,
+                 exclusive_maximum=True)
 
 
 def train_test_split_pairs(ds: datasets.Dataset, test_size: float = 0.2,

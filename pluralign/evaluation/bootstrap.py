@@ -10,9 +10,24 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pluralign.evaluation.errors import EvaluationError
+from pluralign.validation import check_number
+
+
+def check_level(level: object) -> float:
+    """``level`` as a float in the open interval (0, 1), else :class:`EvaluationError`."""
+    return check_number(level, "level", minimum=0, maximum=1, exclusive_minimum=True,
+                        exclusive_maximum=True, error=EvaluationError)
+
+
+def check_n_boot(n_boot: object) -> int:
+    """``n_boot`` as a positive int (bootstrap resamples), else :class:`EvaluationError`."""
+    return int(check_number(n_boot, "n_boot", minimum=1, integer=True, error=EvaluationError))
+
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     """Percentile interval ``(q_{(1-level)/2}, q_{(1+level)/2})`` of bootstrap ``samples``."""
+    level = check_level(level)
     lo, hi = np.quantile(np.asarray(samples, dtype=float), [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -28,4 +43,5 @@ def bootstrap_statistic(
     ``statistic`` receives one index array of length ``n`` per resample, so arrays indexed by the
     same units (e.g. two models' outcomes on the same prompts) are resampled together.
     """
+    n_boot = check_n_boot(n_boot)
     return np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=float)

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from pluralign.evaluation.bootstrap import percentile_interval
-from pluralign.evaluation.errors import EvaluationError
+from pluralign.evaluation.errors import EvaluationError, require_column
 from pluralign.evaluation.strength_fit import StrengthFit, fit_strength
 from pluralign.evaluation.subgroups import SubgroupTable, subgroup_table
 
@@ -224,6 +224,8 @@ def diagnose(
         if margin not in df.columns:
             raise EvaluationError(f"no {margin!r} column; available: "
                                   f"{sorted(map(str, df.columns))}")
+        if cluster is not None:
+            require_column(df.columns, cluster, "cluster column")
         values = pd.to_numeric(df[margin], errors="coerce").to_numpy(dtype=float)
         finite = np.isfinite(values)
         if not finite.all():

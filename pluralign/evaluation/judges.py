@@ -15,7 +15,8 @@ Provided judges:
   sequence-classification checkpoint; A wins when its reward is higher (or ``σ(r_A − r_B)`` soft).
 * :class:`HTTPJudge` — an OpenAI-compatible chat-completions endpoint. Off unless constructed
   explicitly; the API key is read from an environment variable at call time and never stored,
-  logged or written to configs or reports.
+  logged or written to configs or reports, and never sent to another origin (a cross-origin
+  redirect is refused).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -179,6 +181,33 @@ _HTTP_PROMPT = (
 )
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``, the default port filled in (RFC 6454 origin)."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only within the request's origin.
+
+    urllib copies every header, ``Authorization`` included, onto the redirected request, so a
+    redirect to another origin would hand the API key to that server; it is refused instead.
+    """
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        if _origin(newurl) != _origin(req.full_url):
+            raise EvaluationError(
+                f"HTTPJudge: {req.full_url} answered {code} with a redirect to another origin "
+                f"({newurl}); refused so the API key is not sent there. Point the judge URL at "
+                "the final endpoint")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
+
+
 class HTTPJudge:
     """An OpenAI-compatible ``/chat/completions`` judge (e.g. AlpacaEval-style GPT-4 judging).
 
@@ -211,7 +240,7 @@ class HTTPJudge:
         request = urllib.request.Request(
             f"{self.base_url}/chat/completions", data=body.encode("utf-8"), method="POST",
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+        with _OPENER.open(request, timeout=self.timeout) as response:
             reply = json.loads(response.read().decode("utf-8"))
         return str(reply["choices"][0]["message"]["content"]).strip().upper()[:1]
 

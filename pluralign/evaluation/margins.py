@@ -24,7 +24,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pluralign.data import to_pandas
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.training.logps import sequence_logps
-from pluralign.training.tokenization import TOKEN_COLUMNS, PreferenceCollator, tokenize_pair
+from pluralign.training.tokenization import (
+    TOKEN_COLUMNS,
+    PreferenceCollator,
+    check_lengths,
+    tokenize_pair,
+)
 
 #: Text columns left out of the margins table (they are in the dataset; the table stays light).
 _TEXT_COLUMNS = ("prompt", "chosen", "rejected")
@@ -47,6 +52,7 @@ def preference_margins(
     (:func:`pluralign.data.to_pandas`), ready for :func:`subgroup_table`. Runs without gradients,
     in batches, with a progress bar. ``max_length`` / ``max_prompt_length`` should match training.
     """
+    check_lengths(max_length, max_prompt_length, "preference_margins")
     missing = [c for c in _TEXT_COLUMNS if c not in dataset.column_names]
     if missing:
         raise EvaluationError(f"dataset lacks column(s) {missing}; preference_margins needs "

@@ -63,7 +63,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _figure(run_dir: Path, file: str, caption: str) -> str:
-    path = run_dir / file
+    """An embedded figure, or a visible note if ``file`` is missing or lies outside ``run_dir``
+    (an absolute path, ``..`` or a symlink leading out): a report embeds only its own files."""
+    path = (run_dir / file).resolve()
+    if not path.is_relative_to(run_dir.resolve()):
+        return (f"<p class='bad'>figure not embedded: {html.escape(file)} is outside the run "
+                "folder</p>")
     if not path.is_file():
         return f"<p class='bad'>missing figure {html.escape(file)}</p>"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -118,7 +123,11 @@ def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
         parts.append(f"<h2>{html.escape(str(t.get('title', '')))}</h2>" + _table(
             [str(c) for c in t["columns"]], [[_fmt(c) for c in row] for row in t["rows"]]))
     for fig in metrics.get("figures", []):
-        parts.append(_figure(run_dir, fig["file"], fig.get("caption", "")))
+        if not isinstance(fig, Mapping) or not isinstance(fig.get("file"), str):
+            parts.append(f"<p class='bad'>figure not embedded: entry has no file name "
+                         f"(<code>{html.escape(repr(fig))}</code>)</p>")
+            continue
+        parts.append(_figure(run_dir, fig["file"], str(fig.get("caption", ""))))
     failed = metrics.get("failed_items") or []
     parts.append(f"<h2>Failed items ({len(failed)})</h2>")
     if failed:
@@ -154,4 +163,7 @@ def build_report(run_dir: str | os.PathLike[str]) -> Path:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise EvaluationError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(metrics, dict):
+        raise EvaluationError(f"{path}: expected a JSON object (keys such as 'title', "
+                              f"'figures'), got a {type(metrics).__name__}")
     return write_text(Path(run_dir) / REPORT_FILE, render_html(metrics, run_dir))

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pluralign.evaluation.bootstrap import percentile_interval
-from pluralign.evaluation.errors import EvaluationError
+from pluralign.evaluation.bootstrap import check_level, check_n_boot, percentile_interval
+from pluralign.evaluation.errors import EvaluationError, require_column
 
 #: Upper bound on resample-weight entries held in memory at once (about 16 MB).
 _BLOCK_ENTRIES = 2_000_000
@@ -144,7 +144,8 @@ def _group_columns(df: pd.DataFrame, by: Sequence[str],
             wanted += [str(c) for c in col.cat.categories if str(c) not in wanted]
         if levels and attr in levels:
             wanted += [str(c) for c in levels[attr] if str(c) not in wanted]
-        text = col.astype("string").to_numpy(dtype=object)
+        # missing entries (None, NaN, pd.NA) become "" so that == never meets pd.NA
+        text = col.astype("string").fillna("").to_numpy(dtype=object)
         for g in wanted:
             member = (text == g) & ~missing
             labels.append((attr, g))
@@ -172,7 +173,9 @@ def subgroup_table(
     Args:
         df: one row per comparison (e.g. the output of :func:`preference_margins`).
         by: attribute column(s); each defines its own partition (rows of all of them appear in the
-            table; the macro average is over every non-empty subgroup).
+            table; the macro average is over every non-empty subgroup). A row without a value
+            (None, NaN, NA, blank) for an attribute is in none of its subgroups but still counts
+            in the micro average; ``notes`` says how many such rows each attribute has.
         value: the column to average.
         n_boot: bootstrap resamples.
         level: confidence level of the percentile intervals.
@@ -185,6 +188,7 @@ def subgroup_table(
         seed: seed of the bootstrap.
     """
     by = [by] if isinstance(by, str) else list(by)
+    n_boot, level = check_n_boot(n_boot), check_level(level)
     notes: list[str] = []
     data, excluded = _valid_rows(df, value, on_nan)
     if excluded:
@@ -256,8 +260,7 @@ def _bootstrap_weights(data: pd.DataFrame, cluster: str | None, n_boot: int,
     if cluster is None:
         codes, k = np.arange(n), n
     else:
-        if cluster not in data.columns:
-            raise EvaluationError(f"cluster column {cluster!r} not found")
+        require_column(data.columns, cluster, "cluster column")
         codes, uniques = pd.factorize(data[cluster].astype("string").fillna("<missing>"))
         k = len(uniques)
     block = max(1, _BLOCK_ENTRIES // max(n, 1))

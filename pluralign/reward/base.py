@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pluralign.errors import ConfigError, PluralignError
-from pluralign.io import atomic_path, write_json
+from pluralign.io import atomic_path, write_text
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -133,12 +133,24 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any] | None, where: str 
 
 def save_checkpoint(directory: str | os.PathLike[str], module: nn.Module,
                     meta: Mapping[str, Any]) -> Path:
-    """Write ``model.safetensors`` (the state dict) and ``config.json`` (``meta``) atomically."""
+    """Write ``model.safetensors`` (the state dict) and ``config.json`` (``meta``) atomically.
+
+    Everything is checked before the first byte is written: non-finite weights (a diverged fit)
+    or a ``meta`` that is not valid JSON raise :class:`CheckpointError` and leave no files.
+    """
     out = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"not saving {out}: non-finite (NaN/inf) weights in {bad[:5]}; the "
+                              "fit diverged, lower the learning rates")
+    try:
+        config_text = json.dumps(dict(meta), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"not saving {out}: config is not valid JSON ({exc})") from None
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp))
-    write_json(out / CONFIG_NAME, dict(meta))
+    write_text(out / CONFIG_NAME, config_text)
     return out
 
 

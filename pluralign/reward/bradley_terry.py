@@ -36,6 +36,7 @@ from pluralign.reward.encoders import (
     build_encoder,
     embed_pairs,
 )
+from pluralign.validation import COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, check_fields
 
 
 @dataclass
@@ -64,9 +65,9 @@ class BradleyTerryConfig:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.hidden_dim < 0 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"invalid BradleyTerryConfig {self}: need hidden_dim >= 0, "
-                              "epochs >= 1, batch_size >= 1, lr > 0")
+        check_fields(self, {"hidden_dim": INDEX, "seed": INDEX, "epochs": COUNT,
+                            "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+                            "validation_fraction": FRACTION})
 
 
 class BradleyTerryRewardModel(nn.Module):

@@ -58,6 +58,7 @@ from pluralign.reward.encoders import (
     build_encoder,
     embed_pairs,
 )
+from pluralign.validation import COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +148,14 @@ class PALConfig:
             if getattr(self, name) not in valid:
                 raise ConfigError(f"PALConfig.{name} must be one of {valid}, "
                                   f"got {getattr(self, name)!r}")
-        if self.n_prototypes < 1 or self.pref_dim < 1 or self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("PALConfig needs n_prototypes, pref_dim, epochs, batch_size >= 1")
-        if self.adapt_epochs < 1 or self.adapt_batch_size < 0:
-            raise ConfigError("PALConfig needs adapt_epochs >= 1 and adapt_batch_size >= 0")
+        check_fields(self, {
+            **dict.fromkeys(("n_prototypes", "pref_dim", "epochs", "batch_size", "adapt_epochs"),
+                            COUNT),
+            **dict.fromkeys(("hidden_dim", "adapt_batch_size", "seed"), INDEX),
+            **dict.fromkeys(("lr_projector", "lr_prototypes", "lr_users", "adapt_lr"), POSITIVE),
+            **dict.fromkeys(("weight_decay", "user_init_std"), NON_NEGATIVE),
+            "validation_fraction": FRACTION,
+        })
 
 
 def _annotators(dataset: Any) -> list[str]:

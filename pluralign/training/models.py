@@ -7,8 +7,10 @@ Every entry point is deterministic given its seed, so tests and CPU demos reprod
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -24,8 +26,11 @@ from transformers import (
 
 from pluralign.errors import ConfigError
 from pluralign.training.registry import resolve_model
+from pluralign.validation import COUNT, check_number
 
 EOS_TOKEN = "<|endoftext|>"
+#: The 256 byte tokens plus ``<|endoftext|>``: the smallest vocabulary :func:`build_tokenizer` has.
+BYTE_VOCAB = 257
 
 #: A minimal chat template for tokenizers built here, so chat data can be trained on a tiny model.
 SIMPLE_CHAT_TEMPLATE = (
@@ -43,6 +48,51 @@ TINY_DEFAULTS = {
 }
 
 
+#: GPTNeoXConfig fields :func:`tiny_gpt_neox` sets itself (token ids, no dropout, untied head).
+_FIXED_FIELDS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "hidden_dropout",
+                 "attention_dropout", "tie_word_embeddings")
+#: Overrides that are sizes: integers >= 1.
+_SIZE_FIELDS = tuple(TINY_DEFAULTS)
+
+
+def _config_fields() -> list[str]:
+    names = inspect.signature(GPTNeoXConfig.__init__).parameters
+    return sorted(n for n in names if n not in ("self", "kwargs", "transformers_version"))
+
+
+def tiny_model_overrides(model_config: object) -> dict[str, Any]:
+    """Check a recipe's ``model_config`` (GPTNeoXConfig overrides for ``model: tiny``).
+
+    ``None`` is ``{}``; anything but a mapping, an unknown or pluralign-fixed key, a size that is
+    not an integer >= 1, or a ``hidden_size`` that ``num_attention_heads`` does not divide raises
+    :class:`ConfigError` naming the key (GPTNeoXConfig itself keeps unknown keys silently).
+    """
+    if model_config is None:
+        return {}
+    if not isinstance(model_config, Mapping):
+        raise ConfigError(
+            "model_config must be a mapping of GPTNeoXConfig fields (e.g. {hidden_size: 64, "
+            f"num_hidden_layers: 2}}), got {type(model_config).__name__} {model_config!r}")
+    valid = [n for n in _config_fields() if n not in _FIXED_FIELDS]
+    for key in model_config:
+        if key in _FIXED_FIELDS:
+            raise ConfigError(f"model_config: {key!r} is fixed by pluralign for tiny models; "
+                              "remove it")
+    unknown = sorted(str(k) for k in model_config if k not in valid)
+    if unknown:
+        raise ConfigError(f"model_config: unknown key(s) {unknown}; valid keys: {valid}")
+    out = dict(model_config)
+    for key in _SIZE_FIELDS:
+        if key in out:
+            out[key] = check_number(out[key], f"model_config.{key}", **COUNT)
+    sizes = {**TINY_DEFAULTS, **out}
+    if sizes["hidden_size"] % sizes["num_attention_heads"]:
+        raise ConfigError(
+            f"model_config: hidden_size={sizes['hidden_size']} must be a multiple of "
+            f"num_attention_heads={sizes['num_attention_heads']}")
+    return out
+
+
 def tiny_gpt_neox(vocab_size: int, seed: int = 0, **overrides: int | float) -> GPTNeoXForCausalLM:
     """Build a randomly initialised GPT-NeoX causal LM (the Pythia architecture) from a config.
 
@@ -50,9 +100,8 @@ def tiny_gpt_neox(vocab_size: int, seed: int = 0, **overrides: int | float) -> G
     defaults are :data:`TINY_DEFAULTS`. The weights depend only on ``seed``. Dropout is off (as in
     Pythia), so two forward passes over the same batch agree exactly.
     """
-    if vocab_size < 2:
-        raise ConfigError(f"tiny_gpt_neox: vocab_size must be >= 2, got {vocab_size}")
-    kwargs = {**TINY_DEFAULTS, **overrides}
+    check_number(vocab_size, "tiny_gpt_neox: vocab_size", minimum=2, integer=True)
+    kwargs = {**TINY_DEFAULTS, **tiny_model_overrides(overrides)}
     config = GPTNeoXConfig(
         vocab_size=vocab_size,
         bos_token_id=0,
@@ -75,15 +124,16 @@ def build_tokenizer(
     """A byte-level BPE tokenizer with ``<|endoftext|>`` (id 0) as BOS, EOS and padding token.
 
     With ``texts`` the merges are learned from them (``tokenizers`` BPE trainer, up to
-    ``vocab_size`` entries); without, the tokenizer is pure byte-level (257 entries). Any UTF-8
-    text round-trips.
+    ``vocab_size`` entries, an integer >= 257); without, the tokenizer is pure byte-level (257
+    entries). Any UTF-8 text round-trips.
     ``chat_template`` installs :data:`SIMPLE_CHAT_TEMPLATE` so chat-message data can be tokenised.
     """
+    check_number(vocab_size, "tokenizer vocab_size", minimum=BYTE_VOCAB, integer=True)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=max(vocab_size, 257) if texts is not None else 257,
+        vocab_size=vocab_size if texts is not None else BYTE_VOCAB,
         special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,

@@ -14,8 +14,9 @@ import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
-from pluralign.errors import ConfigError
-from pluralign.training.tokenization import check_pair_columns, tokenize_pair
+from pluralign.training.checkpoints import StagedCheckpoints
+from pluralign.training.tokenization import check_lengths, check_pair_columns, tokenize_pair
+from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields
 
 IGNORE_INDEX = -100
 
@@ -34,13 +35,12 @@ class SFTConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
     def __post_init__(self) -> None:
-        if self.learning_rate < 0:
-            raise ConfigError(f"learning_rate={self.learning_rate!r} is negative; use a value >= 0")
-        if not 0 <= self.max_prompt_length < self.max_length:
-            raise ConfigError(
-                f"max_prompt_length={self.max_prompt_length!r} must be in "
-                f"[0, max_length={self.max_length})"
-            )
+        check_fields(self, {
+            "learning_rate": NON_NEGATIVE, "num_train_epochs": POSITIVE,
+            **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size",
+                             "gradient_accumulation_steps"), COUNT),
+        })
+        check_lengths(self.max_length, self.max_prompt_length, "SFTConfig")
         super().__post_init__()
 
 
@@ -85,15 +85,26 @@ def tokenize_sft(
     )
 
 
+class SFTTrainer(StagedCheckpoints, Trainer):
+    """``transformers.Trainer`` whose checkpoints are staged and renamed into place once complete
+    (so a kill mid-save leaves the previous checkpoint as the last one) and carry the run's
+    fingerprint; ``train(resume_from_checkpoint=True)`` uses the last complete checkpoint."""
+
+
 def build_sft_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     train_dataset: datasets.Dataset,
     args: SFTConfig,
     eval_dataset: datasets.Dataset | None = None,
+    run_fingerprint: Mapping[str, Any] | None = None,
     **kwargs: Any,
-) -> Trainer:
-    """A ``transformers.Trainer`` for SFT on prompt + chosen (prompt tokens masked)."""
+) -> SFTTrainer:
+    """An :class:`SFTTrainer` for SFT on prompt + chosen (prompt tokens masked).
+
+    ``run_fingerprint`` (see :func:`pluralign.training.checkpoints.run_fingerprint`) is stored in
+    every checkpoint and checked on ``train(resume_from_checkpoint=True)``.
+    """
     tok = {
         "tokenizer": tokenizer,
         "max_length": args.max_length,
@@ -103,7 +114,7 @@ def build_sft_trainer(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     args.remove_unused_columns = False
-    return Trainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=tokenize_sft(train_dataset, **tok),
@@ -112,6 +123,8 @@ def build_sft_trainer(
         processing_class=tokenizer,
         **kwargs,
     )
+    trainer.run_fingerprint = run_fingerprint
+    return trainer
 
 
 def run_sft(
@@ -121,7 +134,7 @@ def run_sft(
     args: SFTConfig,
     eval_dataset: datasets.Dataset | None = None,
     resume_from_checkpoint: str | bool | None = None,
-) -> Trainer:
+) -> SFTTrainer:
     """Run SFT to completion and return the trainer (its ``state.log_history`` holds the losses)."""
     trainer = build_sft_trainer(model, tokenizer, train_dataset, args, eval_dataset)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -15,7 +15,8 @@ What the ``Trainer`` does not know and this class adds:
   saved to
   ``strength.safetensors`` in every checkpoint and restored on resume;
 * checkpoints are written into a hidden staging folder and renamed into place once complete, so a
-  killed run never leaves a half-written ``checkpoint-N`` for ``resume_from_checkpoint`` to pick up;
+  killed run never leaves a half-written ``checkpoint-N`` for ``resume_from_checkpoint`` to pick up
+  (:class:`~pluralign.training.checkpoints.StagedCheckpoints`, shared with SFT);
 * per-step logs carry ``margin_mean``, ``accuracy``, ``beta_mean``, ``beta_var`` and
   ``strength/<param>`` (reaching every ``report_to`` integration and ``trainer_state.json``'s
   ``log_history``).
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,12 +39,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
 from pluralign.objectives import Objective, build_objective
+from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.config import PreferenceConfig
 from pluralign.training.logps import sequence_logps, supports_completion_head
 from pluralign.training.tokenization import (
@@ -59,7 +59,6 @@ from pluralign.training.tokenization import (
 STRENGTH_FILE = "strength.safetensors"
 #: Per-pair columns an objective reads from the batch (see pluralign.objectives).
 OBJECTIVE_COLUMNS = {"corrected_dpo": ("pair_variance",), "agreement": ("agreement",)}
-STAGING_DIR = ".staging"
 _NUMERIC = (
     "int8",
     "int16",
@@ -122,7 +121,7 @@ class _ZeroStrengthGrads(TrainerCallback):
         self.objective.zero_grad(set_to_none=True)
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(StagedCheckpoints, Trainer):
     """Preference optimisation of a causal LM (see the module docstring).
 
     Args:
@@ -204,9 +203,6 @@ class PreferenceTrainer(Trainer):
         self.objective.to(self.args.device)
         self.add_callback(_ZeroStrengthGrads(self.objective))
         self._stats: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
-        self._staging = False
-        if self.args.should_save:
-            shutil.rmtree(os.path.join(self.args.output_dir, STAGING_DIR), ignore_errors=True)
         if args.precompute_ref_logps:
             self.train_dataset = self._with_ref_logps(self.train_dataset, "train")
             self.eval_dataset = self._with_ref_logps(self.eval_dataset, "eval")
@@ -376,38 +372,6 @@ class PreferenceTrainer(Trainer):
             output_dir = output_dir if output_dir is not None else self.args.output_dir
             with atomic_path(os.path.join(output_dir, STRENGTH_FILE)) as tmp:
                 save_file(state, str(tmp), metadata={"objective": type(self.objective).__name__})
-
-    def _get_output_dir(self, trial: Any) -> str:
-        run_dir = super()._get_output_dir(trial)
-        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Write ``checkpoint-N`` into a staging folder, then rename it into place once complete."""
-        run_dir = self._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        self._staging = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging = False
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(run_dir, STAGING_DIR, name), final)
-            shutil.rmtree(os.path.join(run_dir, STAGING_DIR), ignore_errors=True)
-            if self.state.best_model_checkpoint:
-                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(
-                    os.path.join(run_dir, STAGING_DIR), run_dir
-                )
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-        self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(
         self, resume_from_checkpoint: str, model: nn.Module | None = None

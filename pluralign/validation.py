@@ -1,0 +1,71 @@
+"""Checks of numeric config fields, shared by every layer's dataclass configs.
+
+A learning rate of ``-0.1``, ``.nan``, ``inf`` or ``"abc"`` must fail where the config is built,
+with a message naming the field, the value and what to use instead, never later as a NaN model or
+"'>=' not supported between 'str' and 'int'".
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+from pluralign.errors import ConfigError
+
+
+def _requirement(integer: bool, minimum: float | None, maximum: float | None,
+                 exclusive_minimum: bool, exclusive_maximum: bool) -> str:
+    kind = "an integer" if integer else "a finite number"
+    if minimum is not None and maximum is not None:
+        left, right = ("(" if exclusive_minimum else "["), (")" if exclusive_maximum else "]")
+        return f"{kind} in {left}{minimum:g}, {maximum:g}{right}"
+    if minimum is not None:
+        return f"{kind} {'>' if exclusive_minimum else '>='} {minimum:g}"
+    if maximum is not None:
+        return f"{kind} {'<' if exclusive_maximum else '<='} {maximum:g}"
+    return kind
+
+
+def check_number(value: object, field: str, *, minimum: float | None = None,
+                 maximum: float | None = None, exclusive_minimum: bool = False,
+                 exclusive_maximum: bool = False, integer: bool = False,
+                 error: type[Exception] = ConfigError) -> float | int:
+    """Return ``value`` (as ``int`` if ``integer``, else ``float``) if it is a finite number in
+    the given range; otherwise raise ``error`` naming ``field`` and ``value``.
+
+    Booleans are refused (``True`` is not a learning rate); so are NaN and ±inf.
+
+    Example: ``check_number(cfg.lr, "PALConfig.lr_users", minimum=0, exclusive_minimum=True)``.
+    """
+    wanted = _requirement(integer, minimum, maximum, exclusive_minimum, exclusive_maximum)
+    number_type = Integral if integer else Real
+    ok = not isinstance(value, bool) and isinstance(value, number_type)
+    if ok:
+        x = float(value)  # type: ignore[arg-type]
+        ok = math.isfinite(x)
+        if ok and minimum is not None:
+            ok = x > minimum if exclusive_minimum else x >= minimum
+        if ok and maximum is not None:
+            ok = x < maximum if exclusive_maximum else x <= maximum
+    if not ok:
+        raise error(f"{field}={value!r} is invalid; use {wanted}")
+    return int(value) if integer else float(value)  # type: ignore[arg-type]
+
+
+#: Common field rules for :func:`check_fields`.
+POSITIVE = {"minimum": 0, "exclusive_minimum": True}
+NON_NEGATIVE = {"minimum": 0}
+FRACTION = {"minimum": 0, "maximum": 1, "exclusive_maximum": True}
+COUNT = {"minimum": 1, "integer": True}
+INDEX = {"minimum": 0, "integer": True}
+
+
+def check_fields(config: object, rules: dict[str, dict[str, object]]) -> None:
+    """Apply :func:`check_number` to each field of a dataclass ``config`` named in ``rules``.
+
+    Errors name the field as ``ClassName.field``, e.g. ``PALConfig.lr_users=-0.1 is invalid;
+    use a finite number > 0``.
+    """
+    owner = type(config).__name__
+    for name, rule in rules.items():
+        check_number(getattr(config, name), f"{owner}.{name}", **rule)  # type: ignore[arg-type]
