@@ -297,7 +297,7 @@ def corrected_dpo_policy(env: ProximityEnv, paired: PairedPairs, alpha: float,
     cells.extras["pair_variance"] = (
         torch.as_tensor(env.preference_variance(*np.indices(cells.weight.shape)))
         if variance == "exact" else tabular_variance(paired, num_states, num_actions))
-    objective = build_objective("corrected_dpo", beta=env.config.beta, alpha=alpha)
+    objective = build_objective("corrected_dpo", beta=env.config.beta, correction_alpha=alpha)
     return fit_policy(policy, objective, cells, **fit)
 
 
@@ -315,7 +315,8 @@ def agreement_policy(env: ProximityEnv, full: FullInformation, policy: nn.Module
                for keep in (full.agreement > 0, full.agreement < 0)]
     cells = Cells(weight=torch.stack(weights),
                   extras={"agreement": torch.tensor([1.0, -1.0]).view(2, 1, 1, 1)})
-    objective = build_objective("agreement", beta=env.config.beta, num_types=env.num_types)
+    objective = build_objective("agreement", beta=env.config.beta,
+                                agreement_num_types=env.num_types)
     return fit_policy(policy, objective, cells, **fit)
 
 

@@ -74,7 +74,7 @@ def _default_population() -> dict[str, Any]:
 
 
 def _default_methods() -> dict[str, dict[str, Any]]:
-    return {"DPO": {"objective": "dpo"},
+    return {"DPO": {"objective": "dpo", "beta": 0.1},
             "MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"},
             "MixDPO-LogNormal": {"objective": "mixdpo", "strength": "lognormal"}}
 
@@ -115,7 +115,7 @@ class DemoConfig:
         "learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16})
     preference: dict[str, Any] = field(default_factory=lambda: {
         "learning_rate": 3e-4, "strength_learning_rate": 3e-2, "num_train_epochs": 2,
-        "per_device_train_batch_size": 16, "logging_steps": 5, "beta": 0.1})
+        "per_device_train_batch_size": 16, "logging_steps": 5})
     methods: dict[str, dict[str, Any]] = field(default_factory=_default_methods)
     subgroups: list[str] = field(default_factory=lambda: [
         "attr.education", "attr.age", "attr.gender", "attr.employment_status", "ctx.domain"])
