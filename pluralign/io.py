@@ -76,20 +76,6 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YAML12FloatLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``["n=3", "strength=gamma"]`` → ``{"n": 3, "strength": "gamma"}`` (values parsed as YAML).
-
-    ``flag`` names the command-line option in the error, e.g. ``--set expects KEY=VALUE``.
-    """
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key] = parse_yaml(value)
-    return out
-
-
 def read_yaml_mapping(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
     """Read a YAML config file that must hold a mapping (an empty file is ``{}``).
 
