@@ -8,7 +8,7 @@ figures and ``report.html``, each written atomically (:mod:`pluralign.io`).
   can be mailed or archived.
 
 The HTML is rendered from ``metrics.json`` alone (plus the PNGs it lists), so ``pluralign report
-RUN_DIR`` rebuilds it at any time. Recognised top-level keys, each optional:
+--output-dir RUN_DIR`` rebuilds it at any time. Recognised top-level keys, each optional:
 
 ``title``, ``summary`` (list of lines), ``methods`` (name -> {micro, macro} estimates),
 ``differences`` (name -> estimate of a paired difference), ``learned_beta_variance``,
@@ -42,6 +42,21 @@ REPORT_FILE = "report.html"
 
 class RunFolderError(PluralignError):
     """A run folder lacks the file asked for, or holds an unreadable one."""
+
+
+@dataclasses.dataclass
+class ReportConfig:
+    """``pluralign report``: rebuild a run folder's report.html from its metrics.json and PNGs.
+
+    Attributes:
+        output_dir: the run folder.
+    """
+
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            raise RunFolderError("report needs --output-dir RUN_FOLDER")
 
 
 def plain(value: Any) -> Any:

@@ -182,6 +182,6 @@ def test_cli_diagnose_and_report(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["diagnosis"]["fit"]["family"] == "gamma"
     assert (out / "fig4_beta_variance.png").is_file()
-    assert main(["report", str(out)]) == 0
+    assert main(["report", "--output-dir", str(out)]) == 0
     assert main(["diagnose", "--output-dir", str(out)]) == 2
     assert "nothing to diagnose" in capsys.readouterr().err

@@ -57,13 +57,14 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ report
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = """Examples:
-  pluralign report runs/demo          # rebuild runs/demo/report.html from metrics.json + PNGs"""
-    parser.add_argument("run_dir", help="run folder holding metrics.json")
+    from pluralign.runs import ReportConfig
+
+    add_config_arguments(parser, ReportConfig, """Examples:
+  pluralign report --output-dir runs/demo    # rebuild runs/demo/report.html from metrics.json""")
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from pluralign.runs import build_report
+    from pluralign.runs import ReportConfig, build_report
 
-    print(f"wrote {build_report(args.run_dir)}")
+    print(f"wrote {build_report(config_from_args(ReportConfig, args)[0].output_dir)}")
     return 0

@@ -21,7 +21,7 @@ share floor). The run folder gets config.yaml, metrics.json, questions.csv (rank
 reward, NBC and DPO's infinite-data optimum, disagreement, min TV to flip), options.csv
 (per-option average reward, NBC before/after the flip, DPO's induced reward),
 bump.png (Fig. 1), min_tv_cdf.png (Fig. 2) and report.html (all of it on one page;
-`pluralign report RUN` rebuilds it).
+`pluralign report --output-dir RUN` rebuilds it).
 """
 
 
