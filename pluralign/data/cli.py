@@ -21,7 +21,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from pluralign.config import apply_overrides, build_config
+from pluralign.config import apply_overrides, build_config, describe_fields
 from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
@@ -62,8 +62,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--min-pairs", type=int, default=50,
                          help="warn about subgroups with fewer pairs (default 50)")
     inspect.add_argument("--examples", type=int, default=2, help="example pairs to show")
+    fields = "\nPopulationConfig fields (key=value or --config):\n" + "\n".join(
+        describe_fields(PopulationConfig))
     synth = sub.add_parser(
-        "synthetic", help="write a synthetic population with ground truth", epilog=_EPILOG,
+        "synthetic", help="write a synthetic population with ground truth",
+        epilog=_EPILOG + fields,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate a synthetic population (pluralign.data.synthetic) into a folder.")
     synth.add_argument("--output-dir", required=True,

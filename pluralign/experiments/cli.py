@@ -34,8 +34,15 @@ report.html (all of it on one page; `pluralign report --output-dir RUN` rebuilds
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     """``pluralign experiment NAME [--config FILE] [key=value ...] --output-dir DIR``."""
-    parser.epilog = "Shipped experiments:\n" + "\n".join(
-        f"  {name:<14} {e.help}" for name, e in EXPERIMENTS.items())
+    parser.epilog = """Examples:
+  pluralign experiment                               # list the shipped experiments
+  pluralign experiment demo --output-dir runs/demo
+  pluralign experiment dahp --config configs/dahp_env.yaml --output-dir runs/dahp_env
+  pluralign experiment pal_benchmark --config configs/pal_benchmark.yaml --output-dir runs/pal
+  pluralign experiment composition --help            # every field of its config
+
+Shipped experiments:
+""" + "\n".join(f"  {name:<14} {e.help}" for name, e in EXPERIMENTS.items())
     sub = parser.add_subparsers(dest="experiment", metavar="NAME")
     for name, experiment in EXPERIMENTS.items():
         cmd = sub.add_parser(name, help=experiment.help, description=experiment.help)

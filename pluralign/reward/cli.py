@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pluralign.config import apply_overrides
+from pluralign.config import apply_overrides, describe_fields
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, read_yaml_mapping, write_json
 from pluralign.reward.encoders import DEFAULT_CACHE_DIR
@@ -60,8 +60,14 @@ def add_pal_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="pal_command", metavar="ACTION")
     fmt = argparse.RawDescriptionHelpFormatter
 
+    from pluralign.reward.bradley_terry import BradleyTerryConfig
+    from pluralign.reward.pal import PALConfig
+
+    fields = "".join(f"\n{cls.__name__} fields (--kind {kind}; key=value or --config):\n"
+                     + "\n".join(describe_fields(cls))
+                     for kind, cls in (("pal", PALConfig), ("bt", BradleyTerryConfig)))
     train = sub.add_parser("train", help="train a PAL or Bradley-Terry reward model",
-                           epilog=_EPILOG, formatter_class=fmt)
+                           epilog=_EPILOG + fields, formatter_class=fmt)
     _data_args(train)
     train.add_argument("--output-dir", required=True,
                        help="run folder for the model and metrics")
