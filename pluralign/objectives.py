@@ -126,6 +126,11 @@ class Objective(nn.Module):
         """Names of the settings this objective reads for ``settings`` (default: all)."""
         return {f.name for f in fields(settings)}
 
+    @classmethod
+    def choice(cls, settings: Any) -> str:
+        """The choice that decides :meth:`used`, for error messages (default: none)."""
+        return ""
+
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         raise NotImplementedError
 
@@ -224,6 +229,10 @@ class MixDPOObjective(Objective):
         return {"strength", *STRENGTH_SETTINGS[settings.strength]}
 
     @classmethod
+    def choice(cls, settings: MixDPOSettings) -> str:
+        return f" with strength={settings.strength!r}"
+
+    @classmethod
     def from_settings(cls, s: MixDPOSettings) -> Objective:
         if s.strength == "lognormal":
             return cls(LogNormal(mu=s.strength_mu, sigma=s.strength_sigma,
@@ -288,7 +297,7 @@ def build_objective(name: str, **settings: Any) -> Objective:
     check_settings(values)
     unused = sorted(set(settings) - cls.used(values))
     if unused:
-        raise ConfigError(f"objective {name!r} with these settings does not use "
+        raise ConfigError(f"objective {name!r}{cls.choice(values)} does not use "
                           f"{', '.join(unused)}; remove it. {cls.hint}".rstrip())
     return cls.from_settings(values)
 
