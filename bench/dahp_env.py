@@ -39,8 +39,13 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])    # one-time torch.optim imports
-    from pluralign.envs import ExperimentConfig, ProximityEnv, run_experiment
-    from pluralign.envs.experiment import aggregate, all_margins
+    from pluralign.envs import ProximityEnv
+    from pluralign.experiments.dahp import (
+        ExperimentConfig,
+        aggregate,
+        all_margins,
+        run_experiment,
+    )
     from pluralign.objectives import dpo_loss
     print(f"imports and torch.optim warm-up: {time.perf_counter() - start:.2f}s (once per process)")
 

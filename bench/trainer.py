@@ -84,7 +84,7 @@ def worker(name: str, steps: int, warmup: int) -> dict:
     else:
         from pluralign.training import PreferenceConfig, PreferenceTrainer
 
-        objective = {"ours_dpo": {}, "ours_precompute": {"precompute_ref_logps": True},
+        objective = {"ours_dpo": {}, "ours_precompute": {"precompute_ref_log_probs": True},
                      "ours_gamma": {"objective": "mixdpo", "strength": "gamma"},
                      "ours_lognormal": {"objective": "mixdpo", "strength": "lognormal"}}[name]
         args = PreferenceConfig(max_length=MAX_LENGTH, max_prompt_length=64,

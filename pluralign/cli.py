@@ -1,8 +1,10 @@
 """The ``pluralign`` command: a thin dispatcher.
 
-Each command lives beside the library code it drives (``pluralign/<layer>/cli.py``) and
-exposes ``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int``. Only the module of
-the command being run is imported, so ``pluralign --help`` is instant.
+Every command has one grammar, ``pluralign COMMAND [--config FILE] [key=value ...] --output-dir
+DIR`` (:mod:`pluralign.config`). Each lives beside the code it drives (``pluralign/<layer>/cli.py``,
+``pluralign/experiments/cli.py``) and exposes ``add_<name>_arguments(parser)`` and
+``run_<name>(args) -> int``. Only the module of the command being run is imported, so
+``pluralign --help`` is instant.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pluralign.errors import PluralignError
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pluralign.evaluation.cli", "run the embedded end-to-end demo on a laptop CPU"),
+    "demo": ("pluralign.experiments.cli", "run the embedded end-to-end demo on a laptop CPU"),
+    "experiment": ("pluralign.experiments.cli", "list the shipped experiments or run one"),
     "data": ("pluralign.data.cli", "inspect preference datasets (pairs, annotators, subgroups)"),
     "sft": ("pluralign.training.cli", "supervised fine-tuning on prompt + chosen"),
     "train": ("pluralign.training.cli", "train a policy: DPO, MixDPO, corrected DPO, agreement"),
@@ -24,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("pluralign.evaluation.cli", "preference-strength heterogeneity diagnostic"),
     "report": ("pluralign.evaluation.cli", "build report.html from a run folder"),
     "nbc": ("pluralign.social_choice.cli", "normalized Borda count vs average reward on surveys"),
-    "simulate": ("pluralign.envs.cli", "DAHP discrete proximity environment experiments"),
+    "simulate": ("pluralign.experiments.cli", "DAHP discrete proximity environment experiments"),
     "pal": ("pluralign.reward.cli", "PAL pluralistic reward models: train, eval, adapt, benchmark"),
 }
 
@@ -52,7 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser(argv)
-    args = parser.parse_args(argv)
+    # key=value overrides may come after an option (`--output-dir DIR a=1`), where argparse
+    # leaves them over: they join the command's overrides, in order.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
         return 0

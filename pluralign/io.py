@@ -90,23 +90,9 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YAML12FloatLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``["n=3", "strength=gamma"]`` → ``{"n": 3, "strength": "gamma"}`` (values parsed as YAML).
-
-    ``flag`` names the command-line option in the error, e.g. ``--set expects KEY=VALUE``.
-    """
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key] = parse_yaml_value(value, f"{flag} {item}")
-    return out
-
-
 def parse_yaml_value(text: str, where: str) -> Any:
     """:func:`parse_yaml` for one command-line value; invalid YAML raises :class:`ConfigError`
-    naming ``where`` (e.g. ``"--option pairs=[0"``) instead of a multi-line parser error."""
+    naming ``where`` (e.g. ``"override 'pairs=[0'"``) instead of a multi-line parser error."""
     try:
         return parse_yaml(text)
     except yaml.YAMLError as exc:

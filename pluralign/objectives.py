@@ -7,14 +7,17 @@ caller chooses the mean, a weighted mean or a per-subgroup sum.
 Objectives are ``nn.Module`` objects (they may own learnable strength parameters that the
 optimiser must see) with ``forward(margin, batch=None) -> per-pair loss`` and
 ``metrics() -> dict[str, float]``.
-:func:`build_objective` turns a config name into one; the registry :data:`OBJECTIVES` maps each
-name to a builder and is extended further down this file by the DAHP objectives.
+:func:`build_objective` turns a config name and its settings into one; the registry
+:data:`OBJECTIVES` maps each name to its class, which declares its settings and the per-pair
+columns it reads; the DAHP objectives extend it further down this file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +25,14 @@ from torch import Tensor, nn
 
 from pluralign.errors import ConfigError
 from pluralign.numerics import log_point_expected_sigmoid
-from pluralign.strength import PointMass, StrengthDistribution, build_strength
+from pluralign.strength import (
+    LOGNORMAL_METHODS,
+    STRENGTHS,
+    Gamma,
+    LogNormal,
+    PointMass,
+    StrengthDistribution,
+)
 from pluralign.validation import check_number
 
 # ----------------------------------------------------------------------------------------------
@@ -63,6 +73,40 @@ def mixdpo_loss(margin: Tensor, strength: StrengthDistribution) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
+# Settings: what each objective declares
+# ----------------------------------------------------------------------------------------------
+
+
+def setting(default: Any, help: str, *, positive: bool = False,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field for an objective setting: its default, its help and its valid range.
+
+    ``positive`` asks for a finite value > 0, ``choices`` for one of the given strings; both are
+    checked by :func:`check_settings` when the objective is built, with a message naming the
+    setting. ``PreferenceConfig`` derives its objective fields (same name, same help) from these.
+    """
+    return field(default=default,
+                 metadata={"help": help, "positive": positive, "choices": choices})
+
+
+def _beta() -> Any:
+    return setting(0.1, "Preference strength beta of the log-ratio reward (paper: 0.1).",
+                   positive=True)
+
+
+def check_settings(settings: Any) -> None:
+    """Raise :class:`ConfigError` naming the first setting of ``settings`` out of its range."""
+    for f in fields(settings):
+        value, meta = getattr(settings, f.name), f.metadata
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{f.name}={value!r} is unknown; use one of "
+                              f"{', '.join(meta['choices'])}")
+        if meta.get("positive") and not (isinstance(value, int | float)
+                                         and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{f.name}={value!r} is out of range; it must be > 0")
+
+
+# ----------------------------------------------------------------------------------------------
 # Objective objects
 # ----------------------------------------------------------------------------------------------
 
@@ -73,9 +117,32 @@ class Objective(nn.Module):
     Subclasses implement ``forward(margin, batch=None) -> Tensor`` (per-pair losses, same shape as
     ``margin``) and ``metrics() -> dict[str, float]`` (what the trainer logs every step).
     ``batch`` carries per-pair side information some objectives need (e.g. ``pair_variance``).
+
+    Each registered subclass declares what it is built from: ``Settings`` (a dataclass of
+    :func:`setting` fields: name, type, default, help), ``columns`` (the per-pair dataset columns
+    that ``batch`` must carry) and ``from_settings``; :meth:`used` names the settings a given
+    choice reads (MixDPO's depend on its strength family).
     """
 
     name: str = "objective"
+    Settings: type = object
+    columns: tuple[str, ...] = ()
+    #: Appended to the error for a setting this objective does not use.
+    hint: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Objective:
+        raise NotImplementedError
+
+    @classmethod
+    def used(cls, settings: Any) -> set[str]:
+        """Names of the settings this objective reads for ``settings`` (default: all)."""
+        return {f.name for f in fields(settings)}
+
+    @classmethod
+    def choice(cls, settings: Any) -> str:
+        """The choice that decides :meth:`used`, for error messages (default: none)."""
+        return ""
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         raise NotImplementedError
@@ -84,16 +151,29 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
+@dataclass
+class DPOSettings:
+    """Settings of :class:`DPOObjective`."""
+
+    beta: float = _beta()
+
+
 class DPOObjective(Objective):
     """DPO with a fixed preference strength ``beta`` (seeds/001 Eq. 1)."""
 
     name = "dpo"
+    Settings = DPOSettings
+    hint = "DPO has a fixed beta; use objective 'mixdpo' for a strength distribution."
 
     def __init__(self, beta: float = 0.1) -> None:
         super().__init__()
         if not beta > 0:
             raise ConfigError(f"DPO beta must be > 0, got {beta!r}")
         self.beta = float(beta)
+
+    @classmethod
+    def from_settings(cls, settings: DPOSettings) -> Objective:
+        return cls(settings.beta)
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         return dpo_loss(margin, self.beta)
@@ -105,6 +185,39 @@ class DPOObjective(Objective):
         return f"beta={self.beta:g}"
 
 
+@dataclass
+class MixDPOSettings:
+    """Settings of :class:`MixDPOObjective`; which ones it reads depends on ``strength``."""
+
+    strength: str = setting("point", "Preference-strength family: 'point' (a fixed beta, equals "
+                            "DPO), 'lognormal' or 'gamma'.", choices=tuple(STRENGTHS))
+    learnable_strength: bool = setting(True, "Learn the strength distribution's parameters "
+                                       "jointly with the policy; false gives the paper's "
+                                       "'fixed parameters' baseline (lognormal, gamma).")
+    beta: float = _beta()
+    strength_mu: float = setting(-2.3, "Initial LogNormal location mu of log beta (paper: -2.3).")
+    strength_sigma: float = setting(0.6, "Initial LogNormal scale sigma > 0 of log beta "
+                                    "(paper: 0.6).", positive=True)
+    lognormal_method: str = setting("quadrature", "How E[sigma(beta*margin)] is computed for "
+                                    "LogNormal beta: 'quadrature' (deterministic Gauss-Hermite) "
+                                    "or 'monte_carlo' (the paper's K reparameterised samples).",
+                                    choices=LOGNORMAL_METHODS)
+    lognormal_num_points: int = setting(16, "Quadrature nodes or Monte Carlo samples K for "
+                                        "LogNormal beta (paper: K = 16).", positive=True)
+    strength_shape: float = setting(2.0, "Initial Gamma shape k > 0 (paper: 2.0).", positive=True)
+    strength_rate: float = setting(16.7, "Initial Gamma rate lambda > 0 (paper: 16.7).",
+                                   positive=True)
+
+
+#: strength family -> the MixDPO settings it reads (besides ``strength``).
+STRENGTH_SETTINGS: dict[str, tuple[str, ...]] = {
+    "point": ("beta",),
+    "lognormal": ("learnable_strength", "strength_mu", "strength_sigma", "lognormal_method",
+                  "lognormal_num_points"),
+    "gamma": ("learnable_strength", "strength_shape", "strength_rate"),
+}
+
+
 class MixDPOObjective(Objective):
     """MixDPO: DPO marginalised over a preference-strength distribution (seeds/001 Eq. 3).
 
@@ -113,6 +226,8 @@ class MixDPOObjective(Objective):
     """
 
     name = "mixdpo"
+    Settings = MixDPOSettings
+    hint = "Each strength family reads only its own settings (see `pluralign train --help`)."
 
     def __init__(self, strength: StrengthDistribution) -> None:
         super().__init__()
@@ -121,6 +236,25 @@ class MixDPOObjective(Objective):
                 f"MixDPOObjective needs a StrengthDistribution, got {type(strength).__name__}"
             )
         self.strength = strength
+
+    @classmethod
+    def used(cls, settings: MixDPOSettings) -> set[str]:
+        return {"strength", *STRENGTH_SETTINGS[settings.strength]}
+
+    @classmethod
+    def choice(cls, settings: MixDPOSettings) -> str:
+        return f" with strength={settings.strength!r}"
+
+    @classmethod
+    def from_settings(cls, s: MixDPOSettings) -> Objective:
+        if s.strength == "lognormal":
+            return cls(LogNormal(mu=s.strength_mu, sigma=s.strength_sigma,
+                                 learnable=s.learnable_strength, method=s.lognormal_method,
+                                 num_points=s.lognormal_num_points))
+        if s.strength == "gamma":
+            return cls(Gamma(shape=s.strength_shape, rate=s.strength_rate,
+                             learnable=s.learnable_strength))
+        return cls(PointMass(beta=s.beta, learnable=False))
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         return mixdpo_loss(margin, self.strength)
@@ -136,51 +270,25 @@ class MixDPOObjective(Objective):
 
 
 # ----------------------------------------------------------------------------------------------
-# Factory
+# Registry and factory
 # ----------------------------------------------------------------------------------------------
 
-
-def _build_dpo(
-    strength: str = "point", learnable_strength: bool = True, beta: float = 0.1, **params: Any
-) -> Objective:
-    if strength != "point" or params:
-        raise ConfigError(
-            f"objective 'dpo' has a fixed beta; got strength={strength!r} and extra parameters "
-            f"{sorted(params)}. Use objective 'mixdpo' for a strength distribution."
-        )
-    return DPOObjective(beta)
-
-
-def _build_mixdpo(
-    strength: str = "point", learnable_strength: bool = True, beta: float = 0.1, **params: Any
-) -> Objective:
-    if strength == "point":
-        return MixDPOObjective(PointMass(beta=params.pop("beta", beta), learnable=False))
-    return MixDPOObjective(build_strength(strength, learnable=learnable_strength, **params))
-
-
-#: name -> builder(strength=..., learnable_strength=..., beta=..., **params) -> Objective.
-#: Other objective families register themselves here (see the DAHP section below).
-OBJECTIVES: dict[str, Callable[..., Objective]] = {
-    "dpo": _build_dpo,
-    "mixdpo": _build_mixdpo,
+#: name -> Objective subclass. Other objective families register themselves here (see the DAHP
+#: section below).
+OBJECTIVES: dict[str, type[Objective]] = {
+    "dpo": DPOObjective,
+    "mixdpo": MixDPOObjective,
 }
 
 
-def build_objective(
-    name: str,
-    strength: str = "point",
-    learnable_strength: bool = True,
-    beta: float = 0.1,
-    **params: Any,
-) -> Objective:
-    """Build the objective called ``name`` (one of :data:`OBJECTIVES`).
+def build_objective(name: str, **settings: Any) -> Objective:
+    """Build the objective called ``name`` (one of :data:`OBJECTIVES`) from its settings.
 
-    ``strength`` names the preference-strength family for MixDPO (``"point"``, ``"lognormal"``,
-    ``"gamma"``) and ``params`` its parameters (``mu``/``sigma``, ``shape``/``rate``, ``method``,
-    ``num_points``); paper defaults apply to anything left out. ``beta`` is DPO's fixed strength
-    (and the base β of objectives that have one). Unknown names or parameters raise
-    :class:`~pluralign.errors.ConfigError`.
+    ``settings`` are the fields of the objective's ``Settings`` dataclass (the same names as in
+    ``PreferenceConfig`` and the YAML recipes, e.g. ``strength``, ``strength_shape``,
+    ``correction_alpha``); paper defaults apply to anything left out. An unknown name, a setting
+    the objective does not use (e.g. ``strength_mu`` with ``strength="gamma"``) or a value out of
+    range raises :class:`~pluralign.errors.ConfigError` naming it.
 
     Example::
 
@@ -188,12 +296,38 @@ def build_objective(
         loss = objective(margins).mean()
     """
     try:
-        builder = OBJECTIVES[name]
+        cls = OBJECTIVES[name]
     except KeyError:
         raise ConfigError(
             f"unknown objective {name!r}; valid objectives: {', '.join(sorted(OBJECTIVES))}"
         ) from None
-    return builder(strength=strength, learnable_strength=learnable_strength, beta=beta, **params)
+    declared = {f.name for f in fields(cls.Settings)}
+    unknown = sorted(set(settings) - declared)
+    if unknown:
+        raise ConfigError(f"objective {name!r} does not use {', '.join(unknown)} (it takes "
+                          f"{', '.join(sorted(declared))}). {cls.hint}".rstrip())
+    values = cls.Settings(**settings)
+    check_settings(values)
+    unused = sorted(set(settings) - cls.used(values))
+    if unused:
+        raise ConfigError(f"objective {name!r}{cls.choice(values)} does not use "
+                          f"{', '.join(unused)}; remove it. {cls.hint}".rstrip())
+    return cls.from_settings(values)
+
+
+def objective_settings() -> dict[str, tuple[Any, Any, str, list[str]]]:
+    """Every setting some registered objective declares: name -> (type, default, help, users).
+
+    One entry per name (``beta`` is shared by several objectives); ``users`` lists the objectives
+    that declare it. ``PreferenceConfig`` builds its objective fields from this.
+    """
+    out: dict[str, tuple[Any, Any, str, list[str]]] = {}
+    for name, cls in OBJECTIVES.items():
+        hints = get_type_hints(cls.Settings)
+        for f in fields(cls.Settings):
+            entry = out.setdefault(f.name, (hints[f.name], f.default, f.metadata["help"], []))
+            entry[3].append(name)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,10 +476,26 @@ def _batch_field(batch: Mapping[str, Any] | None, key: str, owner: str) -> Tenso
     return torch.as_tensor(batch[key])
 
 
+@dataclass
+class CorrectedDPOSettings:
+    """Settings of :class:`CorrectedDPOObjective`."""
+
+    beta: float = _beta()
+    correction_alpha: float = setting(1.0, "Weight alpha >= 0 of the first-order variance "
+                                      "correction (1 = the theory's value, 0 = DPO).")
+
+
 class CorrectedDPOObjective(Objective):
     """First-order-corrected DPO reading ``batch["pair_variance"]`` (:func:`corrected_dpo_loss`)."""
 
     name = "corrected_dpo"
+    Settings = CorrectedDPOSettings
+    columns = ("pair_variance",)
+    hint = "Corrected DPO has a fixed beta."
+
+    @classmethod
+    def from_settings(cls, settings: CorrectedDPOSettings) -> Objective:
+        return cls(alpha=settings.correction_alpha, beta=settings.beta)
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.1) -> None:
         super().__init__()
@@ -364,10 +514,29 @@ class CorrectedDPOObjective(Objective):
         return f"alpha={self.alpha:g}, beta={self.beta:g}"
 
 
+@dataclass
+class AgreementSettings:
+    """Settings of :class:`AgreementObjective`."""
+
+    beta: float = _beta()
+    agreement_num_types: int | None = setting(None, "Number of user types K that label every "
+                                              "item (required by the agreement objective).")
+
+
 class AgreementObjective(Objective):
     """Agreement-only consistent loss reading ``batch["agreement"]`` (:func:`agreement_loss`)."""
 
     name = "agreement"
+    Settings = AgreementSettings
+    columns = ("agreement",)
+    hint = "The agreement loss has a fixed beta."
+
+    @classmethod
+    def from_settings(cls, settings: AgreementSettings) -> Objective:
+        if settings.agreement_num_types is None:
+            raise ConfigError("objective 'agreement' needs agreement_num_types (the number of "
+                              "user types that label every item)")
+        return cls(num_types=settings.agreement_num_types, beta=settings.beta)
 
     def __init__(self, num_types: int, beta: float = 0.1) -> None:
         super().__init__()
@@ -387,32 +556,8 @@ class AgreementObjective(Objective):
         return f"num_types={self.num_types}, beta={self.beta:g}"
 
 
-def _point_only(name: str, strength: str) -> None:
-    if strength != "point":
-        raise ConfigError(f"objective {name!r} has a fixed beta; got strength={strength!r}")
-
-
-def _build_corrected_dpo(strength: str = "point", learnable_strength: bool = True,
-                         beta: float = 0.1, alpha: float = 1.0, **params: Any) -> Objective:
-    _point_only("corrected_dpo", strength)
-    if params:
-        raise ConfigError(f"objective 'corrected_dpo' takes alpha only; got {sorted(params)}")
-    return CorrectedDPOObjective(alpha=alpha, beta=beta)
-
-
-def _build_agreement(strength: str = "point", learnable_strength: bool = True,
-                     beta: float = 0.1, num_types: int | None = None,
-                     **params: Any) -> Objective:
-    _point_only("agreement", strength)
-    if num_types is None or params:
-        raise ConfigError("objective 'agreement' takes num_types (the number of user types that "
-                          f"label every item) and nothing else; got num_types={num_types!r}, "
-                          f"extra {sorted(params)}")
-    return AgreementObjective(num_types=num_types, beta=beta)
-
-
-OBJECTIVES["corrected_dpo"] = _build_corrected_dpo
-OBJECTIVES["agreement"] = _build_agreement
+OBJECTIVES["corrected_dpo"] = CorrectedDPOObjective
+OBJECTIVES["agreement"] = AgreementObjective
 
 
 def repeat_label_variance(

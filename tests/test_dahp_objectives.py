@@ -203,13 +203,13 @@ def test_repeat_label_variance_is_unbiased():
 
 
 def test_objectives_are_registered_and_read_their_batch():
-    corrected = build_objective("corrected_dpo", beta=0.2, alpha=2.0)
+    corrected = build_objective("corrected_dpo", beta=0.2, correction_alpha=2.0)
     assert isinstance(corrected, CorrectedDPOObjective)
     assert corrected.metrics() == {"beta_mean": 0.2, "beta_var": 0.0, "alpha": 2.0}
     margin = torch.tensor([0.5, -1.0])
     np.testing.assert_allclose(corrected(margin, {"pair_variance": torch.tensor([0.1, 0.0])}),
                                corrected_dpo_loss(margin, torch.tensor([0.1, 0.0]), 2.0, 0.2))
-    agreement = build_objective("agreement", beta=0.2, num_types=4)
+    agreement = build_objective("agreement", beta=0.2, agreement_num_types=4)
     assert isinstance(agreement, AgreementObjective)
     np.testing.assert_allclose(agreement(margin, {"agreement": torch.tensor([1, 0])}),
                                agreement_loss(margin, torch.tensor([1, 0]), 4, 0.2))

@@ -23,7 +23,7 @@ def test_inspect_prism_prints_counts_subgroups_and_small_group_warnings(capsys):
 
 
 def test_inspect_passes_loader_options_and_reports_anonymous_data(capsys):
-    assert main(["data", "inspect", str(FIXTURES / "prism"), "--option", "pairs=by_score",
+    assert main(["data", "inspect", str(FIXTURES / "prism"), "pairs=by_score",
                  "--examples", "0"]) == 0
     assert "21 │" in capsys.readouterr().out
     assert main(["data", "inspect", str(FIXTURES / "hh_rlhf"), "--split", "test"]) == 0
@@ -34,17 +34,17 @@ def test_inspect_passes_loader_options_and_reports_anonymous_data(capsys):
 def test_inspect_errors_are_one_line_exit_2(capsys):
     assert main(["data", "inspect", str(FIXTURES / "missing.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert main(["data", "inspect", str(FIXTURES / "prism"), "--option", "oops"]) == 2
-    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["data", "inspect", str(FIXTURES / "prism"), "oops"]) == 2
+    assert "key=value" in capsys.readouterr().err
 
 
 def test_synthetic_writes_population_that_inspect_reads(tmp_path, capsys):
     out = tmp_path / "pop"
-    assert main(["data", "synthetic", str(out), "--set", "n_annotators=12",
-                 "--set", "pairs_per_annotator=3", "--homogeneous"]) == 0
+    assert main(["data", "synthetic", "--output-dir", str(out), "n_annotators=12",
+                 "pairs_per_annotator=3", "--homogeneous"]) == 0
     population = load_population(out)
     assert len(population.dataset) == 36 and population.truth.n_types == 1
     assert main(["data", "inspect", str(out), "--by", "gender"]) == 0
     assert "36 │" in capsys.readouterr().out
-    assert main(["data", "synthetic", str(tmp_path / "x"), "--set", "n_bananas=3"]) == 2
+    assert main(["data", "synthetic", "--output-dir", str(tmp_path / "x"), "n_bananas=3"]) == 2
     assert "n_bananas" in capsys.readouterr().err

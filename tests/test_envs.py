@@ -8,9 +8,14 @@ import torch
 import yaml
 
 from pluralign.cli import main
-from pluralign.envs import ExperimentConfig, ProximityConfig, ProximityEnv, run_experiment
-from pluralign.envs.experiment import policy_metrics, tabular_variance
+from pluralign.envs import ProximityConfig, ProximityEnv
 from pluralign.errors import ConfigError
+from pluralign.experiments.dahp import (
+    ExperimentConfig,
+    policy_metrics,
+    run_experiment,
+    tabular_variance,
+)
 
 torch.set_num_threads(1)
 
@@ -148,7 +153,7 @@ def test_simulate_cli(tmp_path, capsys):
                              "methods": ["dpo", "agreement"]}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
-    assert main(["simulate", "--config", str(tmp_path / "c.yaml"), "--out", str(out)]) == 0
+    assert main(["simulate", "--config", str(tmp_path / "c.yaml"), "--output-dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"dpo", "agreement", "reference", "timings_s"}
     assert (out / "policies.png").stat().st_size > 0
@@ -158,7 +163,8 @@ def test_simulate_cli(tmp_path, capsys):
     assert f"Spearman vs NBC {metrics['agreement']['spearman_nbc']:.3f}" in page
     assert yaml.safe_load((out / "config.yaml").read_text())["experiment"]["num_pairs"] == 100_000
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"experiment": {"nmu_pairs": 3}}))
-    assert main(["simulate", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
+    assert main(["simulate", "--config", str(tmp_path / "bad.yaml"), "--output-dir",
+                 str(out)]) == 2
     assert "nmu_pairs" in capsys.readouterr().err
 
 

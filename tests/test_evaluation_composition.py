@@ -6,9 +6,10 @@ import torch
 
 from pluralign.data.splits import attribute_values, train_test_split_pairs
 from pluralign.data.synthetic import PopulationConfig, make_population
-from pluralign.evaluation.composition import composition_matrix, tiny_dpo_functions
+from pluralign.evaluation.composition import composition_matrix
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.evaluation.plots import plot_composition
+from pluralign.experiments.composition import tiny_dpo_functions
 
 
 def _splits(**kw):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from pluralign.cli import main
+from pluralign.config import build_config
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
-from pluralign.evaluation.demo import DemoConfig
 from pluralign.evaluation.margins import preference_margins
+from pluralign.experiments.demo import DemoConfig
 from pluralign.training import build_tokenizer, tiny_gpt_neox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def test_preference_margins_match_hand_computed_logps():
 
 
 def test_shipped_demo_config_matches_the_documented_defaults():
-    shipped = DemoConfig.from_yaml(REPO / "configs" / "demo.yaml")
+    shipped = build_config(DemoConfig, REPO / "configs" / "demo.yaml")
     assert dataclasses.asdict(shipped) == dataclasses.asdict(DemoConfig())
     assert shipped.output_dir == "runs/demo"
 
@@ -62,7 +63,7 @@ def test_demo_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("n_bootstrap: 3\n")
     with pytest.raises(ConfigError, match="n_bootstrap"):
-        DemoConfig.from_yaml(bad)
+        build_config(DemoConfig, bad)
     with pytest.raises(ConfigError, match="DPO"):
         DemoConfig(methods={"MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"}})
 
@@ -131,11 +132,11 @@ def test_evaluate_command_with_margins_gains_and_reward_model_judge(tmp_path, ca
         num_attention_heads=2, intermediate_size=64, num_labels=1)).save_pretrained(
         tmp_path / "judge")
     judge_tok.save_pretrained(tmp_path / "judge")
-    base = ["evaluate", "--model", str(tmp_path / "policy"), "--ref-model", str(tmp_path / "sft"),
-            "--data", str(data), "--by", "attr.gender", "--n-boot", "50"]
+    base = ["evaluate", f"model={tmp_path / 'policy'}", f"ref_model={tmp_path / 'sft'}",
+            f"data={data}", "by=[attr.gender]", "n_boot=50"]
     assert main(base + ["--output-dir", str(tmp_path / "dpo")]) == 0
-    assert main(base + ["--baseline-margins", str(tmp_path / "dpo" / "margins.csv"),
-                        "--judge-model", str(tmp_path / "judge"), "--n-prompts", "6",
+    assert main(base + [f"baseline_margins={tmp_path / 'dpo' / 'margins.csv'}",
+                        f"judge_model={tmp_path / 'judge'}", "n_prompts=6",
                         "--output-dir", str(tmp_path / "mix")]) == 0
     metrics = json.loads((tmp_path / "mix" / "metrics.json").read_text())
     assert metrics["differences"]["policy − baseline (macro)"]["mean"] == pytest.approx(0, abs=1e-9)

@@ -17,9 +17,9 @@ from pluralign.evaluation.plots import (
     plot_subgroup_margins,
     plot_variance_trajectories,
 )
-from pluralign.evaluation.report import build_report, write_report
 from pluralign.evaluation.subgroups import margin_gains, subgroup_table
 from pluralign.evaluation.winrate import win_rate_stats
+from pluralign.runs import RunFolderError, build_report, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -156,7 +156,7 @@ def test_plots_and_report_files(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["title"] == "t"
     (tmp_path / "report.html").unlink()
     assert build_report(tmp_path).is_file()
-    with pytest.raises(EvaluationError, match="metrics.json"):
+    with pytest.raises(RunFolderError, match="metrics.json"):
         build_report(tmp_path / "nowhere")
     with pytest.raises(ValueError):  # NaN can never reach metrics.json
         write_report(tmp_path, {"x": float("nan")})
@@ -175,13 +175,13 @@ def test_cli_diagnose_and_report(tmp_path, capsys):
     (run / "trainer_state.json").write_text(json.dumps({"log_history": [
         {"step": i, "beta_var": 0.007 * 0.7 ** i, "beta_mean": 0.1} for i in range(12)]}))
     out = tmp_path / "diag"
-    assert main(["diagnose", "--margins", str(tmp_path / "m.csv"), "--by", "attr.g",
-                 "--runs", str(run), "--n-boot", "3", "--output-dir", str(out)]) == 0
+    assert main(["diagnose", f"margins={tmp_path / 'm.csv'}", "by=[attr.g]",
+                 f"runs=[{run}]", "n_boot=3", "--output-dir", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fitted gamma strength" in text and "collapsed" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["diagnosis"]["fit"]["family"] == "gamma"
     assert (out / "fig4_beta_variance.png").is_file()
-    assert main(["report", str(out)]) == 0
+    assert main(["report", "--output-dir", str(out)]) == 0
     assert main(["diagnose", "--output-dir", str(out)]) == 2
     assert "nothing to diagnose" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`pluralign evaluate --composition`: the seeds/004 composition matrix from the command line."""
+"""`pluralign experiment composition`: the seeds/004 composition matrix from the command line."""
 
 import json
 
@@ -33,16 +33,16 @@ def setup(tmp_path_factory):
 
 
 def _composition_args(root, out, *extra):
-    return ["evaluate", "--composition", "attr.gender", "--model", str(root / "sft"),
-            "--population", str(root / "population"), "--output-dir", str(out),
-            "--n-boot", "50", "--max-length", "48", "--max-prompt-length", "32",
-            "--train-option", "learning_rate=3.0e-3", "--train-option", "use_cpu=true",
-            "--train-option", "per_device_train_batch_size=16", *extra]
+    return ["experiment", "composition", "attribute=attr.gender", f"model={root / 'sft'}",
+            f"population={root / 'population'}", "--output-dir", str(out),
+            "n_boot=50", "max_length=48", "max_prompt_length=32",
+            "training.learning_rate=3.0e-3", "training.use_cpu=true",
+            "training.per_device_train_batch_size=16", *extra]
 
 
 def test_evaluate_composition_writes_matrix_heatmaps_and_report(setup, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_composition_args(setup, out, "--n-per-group", "24")) == 0
+    assert main(_composition_args(setup, out, "n_per_group=24")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     cells = pd.read_csv(out / "composition.csv")
     margin = pd.read_csv(out / "composition_margin.csv", index_col=0)
@@ -75,12 +75,12 @@ def test_evaluate_composition_writes_matrix_heatmaps_and_report(setup, tmp_path,
 
 def test_evaluate_composition_bad_input_gets_clear_errors(setup, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_composition_args(setup, out, "--ref-model", str(setup / "sft"))) == 2
-    assert "--ref-model" in capsys.readouterr().err
-    assert main(_composition_args(setup, out, "--train-option", "lerning_rate=1")) == 2
+    assert main(_composition_args(setup, out, f"ref_model={setup / 'sft'}")) == 2
+    assert "ref_model" in capsys.readouterr().err
+    assert main(_composition_args(setup, out, "training.lerning_rate=1")) == 2
     assert "lerning_rate" in capsys.readouterr().err
-    assert main(_composition_args(setup, out, "--n-per-group", "100000")) == 2
+    assert main(_composition_args(setup, out, "n_per_group=100000")) == 2
     assert "n=100000" in capsys.readouterr().err
-    assert main(_composition_args(setup, out, "--data", "x.jsonl")) == 2
-    assert "exactly one of --data" in capsys.readouterr().err
+    assert main(_composition_args(setup, out, "data=x.jsonl")) == 2
+    assert "exactly one of data" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()

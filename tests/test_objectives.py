@@ -70,7 +70,7 @@ def test_loss_and_gradients_finite_for_margins_up_to_1e4(strength, dtype):
 
 
 def test_mixdpo_objective_metrics_and_parameters():
-    objective = build_objective("mixdpo", strength="gamma", shape=3.0, rate=10.0)
+    objective = build_objective("mixdpo", strength="gamma", strength_shape=3.0, strength_rate=10.0)
     assert isinstance(objective, MixDPOObjective)
     assert {n for n, _ in objective.named_parameters()} == {
         "strength.raw_shape",
@@ -106,7 +106,8 @@ def test_build_objective_defaults_and_names():
     assert build_objective("dpo", beta=0.3).beta == 0.3
     point = build_objective("mixdpo")
     assert isinstance(point.strength, PointMass) and point.strength.params() == {"beta": 0.1}
-    ln = build_objective("mixdpo", strength="lognormal", method="monte_carlo", num_points=8)
+    ln = build_objective("mixdpo", strength="lognormal", lognormal_method="monte_carlo",
+                         lognormal_num_points=8)
     assert ln.strength.method == "monte_carlo" and ln.strength.num_points == 8
     assert ln.strength.learnable
     assert {"dpo", "mixdpo"} <= set(OBJECTIVES)
@@ -117,9 +118,10 @@ def test_build_objective_defaults_and_names():
     [
         ({"name": "ppo"}, "unknown objective 'ppo'; valid objectives: .*dpo.*mixdpo"),
         ({"name": "dpo", "strength": "gamma"}, "fixed beta"),
-        ({"name": "dpo", "beta": -1.0}, "beta must be > 0, got -1.0"),
-        ({"name": "mixdpo", "strength": "gamma", "shape": 0.0}, "shape must be finite and > 0"),
-        ({"name": "mixdpo", "strength": "cauchy"}, "unknown strength family 'cauchy'"),
+        ({"name": "dpo", "beta": -1.0}, "beta=-1.0 is out of range; it must be > 0"),
+        ({"name": "mixdpo", "strength": "gamma", "strength_shape": 0.0},
+         "strength_shape=0.0 is out of range; it must be > 0"),
+        ({"name": "mixdpo", "strength": "cauchy"}, "strength='cauchy' is unknown"),
     ],
 )
 def test_build_objective_rejects_bad_config(kwargs, message):

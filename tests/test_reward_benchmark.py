@@ -7,9 +7,13 @@ import pytest
 from pluralign.cli import main
 from pluralign.data.splits import split_by_annotator
 from pluralign.data.synthetic import make_population
-from pluralign.evaluation.report import write_report
-from pluralign.reward.benchmark import DEFAULT_POPULATION, BenchmarkConfig, run_benchmark
-from pluralign.reward.cli import _benchmark_report
+from pluralign.experiments.pal_benchmark import (
+    DEFAULT_POPULATION,
+    BenchmarkConfig,
+    benchmark_report,
+    run_benchmark,
+)
+from pluralign.runs import write_report
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def test_benchmark_must_show_claims(tmp_path, cache_dir):
     assert (tmp_path / "sample_efficiency.png").stat().st_size > 1000
     assert (tmp_path / "config.yaml").is_file()
     # What `pluralign pal benchmark` adds: a report page with the figure and the headline numbers.
-    page = write_report(tmp_path, _benchmark_report(m)).read_text()
+    page = write_report(tmp_path, benchmark_report(m)).read_text()
     assert page.count("data:image/png") == 1
     assert f"PAL {at20['pal']:.3f}" in page and "PAL (adapted)" in page
 
@@ -56,8 +60,8 @@ def test_pal_train_eval_adapt_commands(tmp_path, cache_dir, capsys):
     split["test"].to_parquet(unseen)
     common = ["--cache-dir", str(cache_dir), "--quiet"]
     model, adapted = tmp_path / "pal", tmp_path / "pal-adapted"
-    assert main(["pal", "train", "--data", str(seen), "--out", str(model), "--set",
-                 "n_prototypes=3", "--set", "epochs=5", *common]) == 0
+    assert main(["pal", "train", "--data", str(seen), "--output-dir", str(model),
+                 "n_prototypes=3", "epochs=5", *common]) == 0
     metrics = json.loads((model / "metrics.json").read_text())
     assert 0.5 <= metrics["train_accuracy"] <= 1.0
     assert {p.name for p in model.iterdir()} >= {"model.safetensors", "config.json",
@@ -67,11 +71,11 @@ def test_pal_train_eval_adapt_commands(tmp_path, cache_dir, capsys):
     assert main(["pal", "eval", "--model", str(model), "--data", str(unseen),
                  "--unknown", "average", *common]) == 0
     assert main(["pal", "adapt", "--model", str(model), "--data", str(unseen), "--n", "10",
-                 "--out", str(adapted), *common]) == 0
+                 "--output-dir", str(adapted), *common]) == 0
     groups = json.loads((adapted / "adapted_users.json").read_text())
     assert sorted(groups) == sorted(set(split["test"]["annotator_id"]))
     assert main(["pal", "eval", "--model", str(adapted), "--data", str(unseen),
-                 "--out", str(tmp_path / "eval"), *common]) == 0
+                 "--output-dir", str(tmp_path / "eval"), *common]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["pairs"] == len(
         split["test"])
 
@@ -79,7 +83,7 @@ def test_pal_train_eval_adapt_commands(tmp_path, cache_dir, capsys):
 def test_shipped_configs_parse():
     import yaml
 
-    from pluralign.reward.base import config_from_dict
+    from pluralign.config import config_from_dict
     from pluralign.reward.pal import PALConfig
 
     bench = config_from_dict(BenchmarkConfig,

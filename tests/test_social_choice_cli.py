@@ -79,7 +79,7 @@ def test_cli_writes_run_folder(tmp_path, capsys):
     table = survey(40, seed=1)
     table.to_csv(tmp_path / "survey.csv", index=False)
     out = tmp_path / "run"
-    assert main(["nbc", str(tmp_path / "survey.csv"), "--out", str(out)]) == 0
+    assert main(["nbc", f"table={tmp_path / 'survey.csv'}", "--output-dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     questions = pd.read_csv(out / "questions.csv")
     assert metrics["num_questions"] == 40 == len(questions)
@@ -103,7 +103,8 @@ def test_cli_reports_bad_rows(tmp_path, capsys):
     table = survey(2)
     table.loc[5, "weight"] = -2.0
     table.to_csv(tmp_path / "bad.csv", index=False)
-    assert main(["nbc", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "run")]) == 2
+    assert main(["nbc", f"table={tmp_path / 'bad.csv'}", "--output-dir",
+                 str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "row 5 field 'weight'" in err and "bad.csv" in err
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -113,9 +114,9 @@ def test_cli_skip_incomplete(tmp_path, capsys):
     table = survey(3)
     table = table[~((table["question"] == "Q2") & (table["type"] == "Rep"))]
     table.to_csv(tmp_path / "s.csv", index=False)
-    assert main(["nbc", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r")]) == 2
-    assert main(["nbc", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r"),
-                 "--skip-incomplete"]) == 0
+    assert main(["nbc", f"table={tmp_path / 's.csv'}", "--output-dir", str(tmp_path / "r")]) == 2
+    assert main(["nbc", f"table={tmp_path / 's.csv'}", "--output-dir", str(tmp_path / "r"),
+                 "skip_incomplete=true"]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["num_questions"] == 2
 
 
@@ -123,7 +124,8 @@ def test_cli_skip_incomplete(tmp_path, capsys):
 def test_cli_paper_scale_survey(tmp_path, capsys):
     """1,500 questions × 3 types × 3-5 options, as in the paper's Pew analysis."""
     survey(1500, seed=2).to_parquet(tmp_path / "pew.parquet")
-    assert main(["nbc", str(tmp_path / "pew.parquet"), "--out", str(tmp_path / "run")]) == 0
+    assert main(["nbc", f"table={tmp_path / 'pew.parquet'}", "--output-dir",
+                 str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["num_questions"] == 1500
     assert 0 < metrics["num_flippable"] <= 1500
@@ -133,13 +135,14 @@ def test_cli_shares_table_and_options_file(tmp_path, capsys):
     shares = pd.DataFrame({"question": ["q1"] * 6, "type": ["a"] * 3 + ["b"] * 3,
                            "option": ["x", "y", "z"] * 2, "share": [0.7, 0.2, 0.1, 0.1, 0.3, 0.6]})
     shares.to_json(tmp_path / "shares.jsonl", orient="records", lines=True)
-    assert main(["nbc", str(tmp_path / "shares.jsonl"), "--out", str(tmp_path / "r1")]) == 0
+    assert main(["nbc", f"table={tmp_path / 'shares.jsonl'}", "--output-dir",
+                 str(tmp_path / "r1")]) == 0
     options = pd.read_csv(tmp_path / "r1" / "options.csv")
     assert list(options["option"]) == ["x", "y", "z"]
     table = survey(2)
     table.to_csv(tmp_path / "s.csv", index=False)
     pd.DataFrame({"question": ["Q0", "Q0"], "option": ["A", "B"]}).to_csv(tmp_path / "o.csv",
                                                                           index=False)
-    assert main(["nbc", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r2"),
-                 "--options", str(tmp_path / "o.csv")]) == 2
+    assert main(["nbc", f"table={tmp_path / 's.csv'}", "--output-dir", str(tmp_path / "r2"),
+                 f"options={tmp_path / 'o.csv'}"]) == 2
     assert "question 'Q1' has no declared options" in capsys.readouterr().err

@@ -138,10 +138,15 @@ def test_sequence_logps_chunked_head_is_exact_and_differentiable(model, tokenize
     ({"objective": "ppo"}, "objective='ppo' is unknown"),
     ({"learning_rate": -1e-5}, "learning_rate=-1e-05 is negative"),
     ({"strength_learning_rate": -1.0}, "strength_learning_rate=-1.0 is negative"),
-    ({"strength": "gamma", "strength_rate": 0.0}, "strength_rate=0.0 is out of range"),
-    ({"strength": "lognormal", "strength_sigma": -0.6}, "strength_sigma=-0.6 is out of range"),
+    ({"objective": "mixdpo", "strength": "gamma", "strength_rate": 0.0},
+     "strength_rate=0.0 is out of range"),
+    ({"objective": "mixdpo", "strength": "lognormal", "strength_sigma": -0.6},
+     "strength_sigma=-0.6 is out of range"),
     ({"beta": 0.0}, "beta=0.0 is out of range"),
-    ({"strength": "cauchy"}, "strength='cauchy' is unknown"),
+    ({"strength": "gamma"}, "objective 'dpo' does not use strength"),
+    ({"objective": "mixdpo", "strength": "gamma", "strength_mu": -2.3},
+     "does not use strength_mu"),
+    ({"objective": "mixdpo", "strength": "cauchy"}, "strength='cauchy' is unknown"),
     ({"max_prompt_length": 128}, "max_prompt_length=128 must be in"),
 ])
 def test_bad_configs_fail_before_training(tmp_path, kwargs, message):
@@ -236,7 +241,9 @@ def test_mixdpo_with_point_mass_equals_dpo_exactly(tmp_path, model, tokenizer):
     losses = {}
     for objective in ("dpo", "mixdpo"):
         trainer = PreferenceTrainer(copy.deepcopy(policy), ref_model=copy.deepcopy(model),
-                                    args=_config(tmp_path, objective=objective, strength="point"),
+                                    args=_config(tmp_path, objective=objective,
+                                                 **({"strength": "point"} if objective == "mixdpo"
+                                                    else {})),
                                     train_dataset=datasets.Dataset.from_list(PAIRS),
                                     processing_class=tokenizer)
         with torch.no_grad():
@@ -255,7 +262,7 @@ def test_precomputed_reference_logps_give_the_same_loss(tmp_path, model, tokeniz
     live = PreferenceTrainer(copy.deepcopy(policy), ref_model=copy.deepcopy(model),
                              args=_config(tmp_path), train_dataset=ds, processing_class=tokenizer)
     pre = PreferenceTrainer(copy.deepcopy(policy), ref_model=copy.deepcopy(model),
-                            args=_config(tmp_path, precompute_ref_logps=True), train_dataset=ds,
+                            args=_config(tmp_path, precompute_ref_log_probs=True), train_dataset=ds,
                             processing_class=tokenizer)
     assert pre.ref_model is None
     rows = [pre.train_dataset[i] for i in range(len(PAIRS))]

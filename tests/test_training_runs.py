@@ -20,10 +20,10 @@ from pluralign.cli import main
 from pluralign.training import PreferenceConfig, PreferenceTrainer, build_tokenizer, tiny_gpt_neox
 
 RECIPE = {
-    "model": "tiny",
-    "model_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "intermediate_size": 64},
-    "tokenizer_vocab_size": 300,
+    "model": {"name_or_path": "tiny",
+              "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                         "intermediate_size": 64},
+              "tokenizer_vocab_size": 300},
     "data": {"source": "synthetic", "seed": 0,
              "population": {"n_annotators": 12, "pairs_per_annotator": 8, "n_prompts": 20,
                             "text_style": "compact", "seed": 0}},
@@ -68,11 +68,11 @@ def test_two_process_ddp_reproduces_single_process_loss_curve(tmp_path, launcher
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(RECIPE))
     single, double = tmp_path / "single", tmp_path / "ddp"
-    assert main(["train", str(recipe_path), f"--output_dir={single}",
-                 "--per_device_train_batch_size=8"]) == 0
+    assert main(["train", "--config", str(recipe_path), "--output-dir", str(single),
+                 "training.per_device_train_batch_size=8"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [*_launcher(launcher), "train", str(recipe_path), f"--output_dir={double}",
-           "--per_device_train_batch_size=4"]
+    cmd = [*_launcher(launcher), "train", "--config", str(recipe_path), "--output-dir",
+           str(double), "training.per_device_train_batch_size=4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _history(single), _history(double)

@@ -13,7 +13,6 @@ with a warning for subgroups that are too small to estimate anything per group.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from typing import Any
 
@@ -22,22 +21,22 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from pluralign.config import apply_overrides, build_config, describe_fields
 from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
-from pluralign.errors import ConfigError
-from pluralign.io import parse_key_values, read_yaml_mapping
+from pluralign.runs import write_config, write_metrics
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
 
 _EPILOG = """Examples:
   pluralign data inspect tests/fixtures/prism
-  pluralign data inspect tests/fixtures/prism --by age religion.simplified --option pairs=by_score
-  pluralign data inspect community_alignment.csv --option language=en --min-annotators 20
-  pluralign data inspect hh-rlhf/helpful-base --split test --limit 1000
+  pluralign data inspect tests/fixtures/prism --by age religion.simplified pairs=by_score
+  pluralign data inspect community_alignment.csv language=en --min-annotators 20
+  pluralign data inspect hh-rlhf/helpful-base --split test --limit 1000 --output-dir runs/hh
   pluralign data inspect HannahRoseKirk/prism-alignment      # Hub id (needs network)
-  pluralign data synthetic runs/pop --set n_annotators=500 --set strength=gamma
-  pluralign data synthetic runs/pop-control --config pop.yaml --homogeneous
+  pluralign data synthetic n_annotators=500 strength=gamma --output-dir runs/pop
+  pluralign data synthetic --config pop.yaml --homogeneous --output-dir runs/pop-control
 """
 
 
@@ -55,20 +54,25 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--limit", type=int, help="read at most this many pairs")
     inspect.add_argument("--by", nargs="+", metavar="ATTR",
                          help="attributes or context keys to count subgroups of")
-    inspect.add_argument("--option", action="append", metavar="KEY=VALUE",
+    inspect.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                          help="loader option, e.g. pairs=by_score, language=en, chat=true")
+    inspect.add_argument("--output-dir", help="also record config.yaml and metrics.json here")
     inspect.add_argument("--min-annotators", type=int, default=10,
                          help="warn about subgroups with fewer annotators (default 10)")
     inspect.add_argument("--min-pairs", type=int, default=50,
                          help="warn about subgroups with fewer pairs (default 50)")
     inspect.add_argument("--examples", type=int, default=2, help="example pairs to show")
+    fields = "\nPopulationConfig fields (key=value or --config):\n" + "\n".join(
+        describe_fields(PopulationConfig))
     synth = sub.add_parser(
-        "synthetic", help="write a synthetic population with ground truth", epilog=_EPILOG,
+        "synthetic", help="write a synthetic population with ground truth",
+        epilog=_EPILOG + fields,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate a synthetic population (pluralign.data.synthetic) into a folder.")
-    synth.add_argument("output", help="folder to write (pairs.parquet, truth.json, ...)")
+    synth.add_argument("--output-dir", required=True,
+                       help="folder to write (config.yaml, pairs.parquet, truth.json, ...)")
     synth.add_argument("--config", help="YAML file of PopulationConfig fields")
-    synth.add_argument("--set", action="append", metavar="FIELD=VALUE",
+    synth.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                        help="override one PopulationConfig field (YAML value)")
     synth.add_argument("--homogeneous", action="store_true",
                        help="write the homogeneous control of the configuration")
@@ -103,7 +107,7 @@ def _subgroup_table(df: pd.DataFrame, column: str, name: str, args: argparse.Nam
 
 
 def _inspect(args: argparse.Namespace, console: Console) -> int:
-    options = parse_key_values(args.option, "--option")
+    options = apply_overrides({}, args.overrides)
     fmt = args.format or detect_format(args.source)
     ds = load_preferences(args.source, format=fmt, split=args.split, limit=args.limit, **options)
     df = to_pandas(ds)
@@ -128,6 +132,12 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
              ("prompt", "chosen", "rejected", "annotator_id", "attributes", "context", "item_id")]
     summary.add_row("extra columns", ", ".join(extra) or "-")
     console.print(summary)
+    if args.output_dir:
+        write_config(args.output_dir, {"source": args.source, "format": fmt, "split": args.split,
+                                       "limit": args.limit, "options": options})
+        write_metrics(args.output_dir, {
+            "pairs": len(ds), "annotators": int(per_annotator.size), "prompts": distinct_prompts,
+            "items": int(df["item_id"].nunique()), "extra_columns": extra})
 
     examples = Table(title="example pairs", show_lines=True)
     for header in ("prompt", "chosen", "rejected"):
@@ -157,19 +167,12 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def _synthetic(args: argparse.Namespace, console: Console) -> int:
-    fields: dict[str, Any] = {}
-    if args.config:
-        fields.update(read_yaml_mapping(args.config, "PopulationConfig fields"))
-    fields.update(parse_key_values(args.set, "--set"))
-    known = {f.name for f in dataclasses.fields(PopulationConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ConfigError(f"unknown PopulationConfig fields {unknown}; valid: {sorted(known)}")
-    config = PopulationConfig(**fields)
+    config = build_config(PopulationConfig, args.config, args.overrides)
     if args.homogeneous:
         config = config.homogeneous_control()
     population = make_population(config)
-    out = population.save(args.output)
+    out = population.save(args.output_dir)
+    write_config(out, config)
     console.print(f"wrote {len(population.dataset)} pairs from {config.n_annotators} annotators "
                   f"({population.truth.n_types} types, β {population.truth.strength}) to {out}")
     return 0

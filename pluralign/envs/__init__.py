@@ -1,6 +1,8 @@
-"""Simulation environments with heterogeneous annotators (seeds/003 §7.2)."""
+"""Simulation environments with heterogeneous annotators (seeds/003 §7.2).
 
-from pluralign.envs.experiment import ExperimentConfig, ExperimentResult, run_experiment
+The §7.2 experiment that trains policies in them is :mod:`pluralign.experiments.dahp`.
+"""
+
 from pluralign.envs.policies import MLPPolicy, TabularPolicy, build_policy
 from pluralign.envs.proximity import (
     FullInformation,
@@ -11,8 +13,6 @@ from pluralign.envs.proximity import (
 )
 
 __all__ = [
-    "ExperimentConfig",
-    "ExperimentResult",
     "FullInformation",
     "MLPPolicy",
     "PairedPairs",
@@ -21,5 +21,4 @@ __all__ = [
     "ProximityEnv",
     "TabularPolicy",
     "build_policy",
-    "run_experiment",
 ]

@@ -30,7 +30,6 @@ _EXPORTS = {
     "judge_pairs": "judges",
     "generate_responses": "generation",
     "composition_matrix": "composition",
-    "write_report": "report",
 }
 
 __all__ = sorted(_EXPORTS)

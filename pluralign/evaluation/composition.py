@@ -10,7 +10,6 @@ the model trained on group ``a`` evaluated on group ``b``, with a bootstrap CI o
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -136,27 +135,3 @@ def composition_matrix(
                              margin_ci_high=matrix(2), accuracy=matrix(3),
                              train_size=len(next(iter(subsets.values()))),
                              test_counts={g: len(d) for g, d in tests.items()})
-
-
-def tiny_dpo_functions(sft_model: Any, tokenizer: Any, config: Any,
-                       margin_kwargs: dict[str, Any] | None = None) -> tuple[TrainFn, ScoreFn]:
-    """``(train_fn, score_fn)`` that fine-tune copies of ``sft_model`` with
-    :class:`~pluralign.training.PreferenceTrainer` under ``config`` (a ``PreferenceConfig``) and
-    score held-out margins against ``sft_model`` as reference."""
-    from pluralign.evaluation.margins import preference_margins
-    from pluralign.training import PreferenceTrainer
-
-    kwargs = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
-              "progress": False, **(margin_kwargs or {})}
-
-    def train_fn(subset: datasets.Dataset) -> Any:
-        policy = copy.deepcopy(sft_model).requires_grad_(True)
-        PreferenceTrainer(policy, ref_model=sft_model, args=copy.deepcopy(config),
-                          train_dataset=subset, processing_class=tokenizer).train()
-        return policy
-
-    def score_fn(policy: Any, pairs: datasets.Dataset) -> np.ndarray:
-        return preference_margins(policy, sft_model, pairs, tokenizer, **kwargs)[
-            "margin"].to_numpy()
-
-    return train_fn, score_fn

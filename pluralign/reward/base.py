@@ -7,12 +7,11 @@ both written atomically.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +25,6 @@ from pluralign.io import atomic_path, write_text
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-C = TypeVar("C")
-
 
 class CheckpointError(PluralignError):
     """A saved reward model is missing, unreadable or of another kind."""
@@ -118,17 +114,6 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(fraction * n))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def config_from_dict(cls: type[C], values: Mapping[str, Any] | None, where: str = "config") -> C:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys with a message listing valid
-    ones."""
-    values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(names)}")
-    return cls(**values)
 
 
 def save_checkpoint(directory: str | os.PathLike[str], module: nn.Module,

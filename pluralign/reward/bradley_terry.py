@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pluralign.config import config_from_dict
 from pluralign.errors import ConfigError
 from pluralign.reward.base import (
     bradley_terry_loss,
-    config_from_dict,
     fit_minibatch,
     holdout_split,
     load_checkpoint,

@@ -1,4 +1,4 @@
-"""``pluralign pal train | eval | adapt | benchmark``: pluralistic reward models.
+"""``pluralign pal train | eval | adapt``: pluralistic reward models.
 
 * ``train``: fit a PAL (or homogeneous Bradley–Terry) reward model on frozen MiniLM embeddings of
   any preference source :func:`~pluralign.data.load_preferences` reads; writes the model,
@@ -6,40 +6,33 @@
 * ``eval``: pairwise accuracy of a saved model on a dataset (PAL: each pair scored for its
   annotator).
 * ``adapt``: few-shot fit of new users' mixture weights (everything else frozen); saves the model.
-* ``benchmark``: the synthetic benchmark of :mod:`pluralign.reward.benchmark`.
+
+The synthetic PAL benchmark is an experiment: ``pluralign experiment pal_benchmark``
+(:mod:`pluralign.experiments.pal_benchmark`). Every action records its config as ``config.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pluralign.config import apply_overrides, describe_fields
 from pluralign.errors import ConfigError
-from pluralign.evaluation.report import write_report
-from pluralign.io import (
-    atomic_path,
-    parse_key_values,
-    read_yaml_mapping,
-    write_json,
-    write_text,
-)
+from pluralign.io import atomic_path, read_yaml_mapping, write_json
+from pluralign.reward.encoders import DEFAULT_CACHE_DIR
+from pluralign.runs import write_config, write_metrics
 
 _EPILOG = """Examples:
-  pluralign pal benchmark --out runs/pal-bench
-  pluralign pal benchmark --out runs/pal-bench --config configs/pal_benchmark.yaml --threads 2
-  pluralign data synthetic runs/pop --set n_annotators=300 --set pairs_per_annotator=50
-  pluralign pal train --data runs/pop/pairs.parquet --out runs/pal --set n_prototypes=3
-  pluralign pal train --data pairs.parquet --out runs/pal --config configs/pal_train.yaml
-  pluralign pal train --data pairs.jsonl --kind bt --out runs/bt
-  pluralign pal eval --model runs/pal --data heldout.jsonl --unknown average
-  pluralign pal adapt --model runs/pal --data new_users.jsonl --n 20 --out runs/pal-adapted
+  pluralign data synthetic n_annotators=300 pairs_per_annotator=50 --output-dir runs/pop
+  pluralign pal train --data runs/pop/pairs.parquet n_prototypes=3 --output-dir runs/pal
+  pluralign pal train --data pairs.parquet --config configs/pal_train.yaml --output-dir runs/pal
+  pluralign pal train --data pairs.jsonl --kind bt --output-dir runs/bt
+  pluralign pal eval --model runs/pal --data heldout.jsonl --unknown average --output-dir runs/e
+  pluralign pal adapt --model runs/pal --data new_users.jsonl --n 20 --output-dir runs/adapted
+  pluralign experiment pal_benchmark --config configs/pal_benchmark.yaml --output-dir runs/bench
 """
-DEFAULT_CACHE = Path(".cache") / "pluralign" / "embeddings"
 
 
 def _read_yaml(path: str | None) -> dict[str, Any]:
@@ -49,7 +42,7 @@ def _read_yaml(path: str | None) -> dict[str, Any]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE),
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
                         help="embedding cache folder (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
@@ -62,20 +55,27 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pal_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``pluralign pal`` (subcommands train, eval, adapt, benchmark)."""
+    """Arguments of ``pluralign pal`` (subcommands train, eval, adapt)."""
     parser.epilog = _EPILOG
     sub = parser.add_subparsers(dest="pal_command", metavar="ACTION")
     fmt = argparse.RawDescriptionHelpFormatter
 
+    from pluralign.reward.bradley_terry import BradleyTerryConfig
+    from pluralign.reward.pal import PALConfig
+
+    fields = "".join(f"\n{cls.__name__} fields (--kind {kind}; key=value or --config):\n"
+                     + "\n".join(describe_fields(cls))
+                     for kind, cls in (("pal", PALConfig), ("bt", BradleyTerryConfig)))
     train = sub.add_parser("train", help="train a PAL or Bradley-Terry reward model",
-                           epilog=_EPILOG, formatter_class=fmt)
+                           epilog=_EPILOG + fields, formatter_class=fmt)
     _data_args(train)
-    train.add_argument("--out", required=True, help="run folder for the model and metrics")
+    train.add_argument("--output-dir", required=True,
+                       help="run folder for the model and metrics")
     train.add_argument("--kind", choices=("pal", "bt"), default="pal",
                        help="PAL mixture model or homogeneous Bradley-Terry (default: pal)")
     train.add_argument("--config", help="YAML with PALConfig / BradleyTerryConfig fields")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override one config field (repeatable)")
+    train.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                       help="override a PALConfig / BradleyTerryConfig field (YAML values)")
     train.add_argument("--eval-fraction", type=float, default=0.1,
                        help="share of pairs held out for accuracy (default: %(default)s)")
     _common(train)
@@ -87,7 +87,7 @@ def add_pal_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--unknown", choices=("error", "average"), default="error",
                           help="PAL: unknown annotators raise (error) or get the population-"
                                "average mixture (average)")
-    evaluate.add_argument("--out", help="write metrics.json here")
+    evaluate.add_argument("--output-dir", help="write config.yaml and metrics.json here")
     _common(evaluate)
 
     adapt = sub.add_parser("adapt", help="fit new users' mixture weights (few-shot)",
@@ -95,14 +95,8 @@ def add_pal_arguments(parser: argparse.ArgumentParser) -> None:
     _data_args(adapt)
     adapt.add_argument("--model", required=True, help="PAL folder written by `pal train`")
     adapt.add_argument("--n", type=int, default=None, help="pairs per new user (default: all)")
-    adapt.add_argument("--out", required=True, help="folder for the adapted model")
+    adapt.add_argument("--output-dir", required=True, help="folder for the adapted model")
     _common(adapt)
-
-    bench = sub.add_parser("benchmark", help="synthetic benchmark: PAL vs BT vs per-type oracle",
-                           epilog=_EPILOG, formatter_class=fmt)
-    bench.add_argument("--out", required=True, help="folder for metrics.json and plots")
-    bench.add_argument("--config", help="YAML with BenchmarkConfig fields")
-    _common(bench)
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -150,13 +144,13 @@ def _plot_loss(history: list[float], path: Path) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pluralign.config import config_from_dict
     from pluralign.data.splits import train_test_split_pairs
-    from pluralign.reward.base import config_from_dict
     from pluralign.reward.bradley_terry import BradleyTerryConfig, BradleyTerryRewardModel
     from pluralign.reward.encoders import MiniLMEncoder, embed_pairs
     from pluralign.reward.pal import PALConfig, PALRewardModel
 
-    values = {**_read_yaml(args.config), **parse_key_values(args.set, "--set"),
+    values = {**apply_overrides(_read_yaml(args.config), args.overrides),
               "show_progress": not args.quiet}
     encoder = MiniLMEncoder(cache_dir=args.cache_dir, show_progress=not args.quiet)
     split = train_test_split_pairs(_load(args), test_size=args.eval_fraction, seed=0)
@@ -179,14 +173,12 @@ def _train(args: argparse.Namespace) -> int:
                    "heldout_accuracy": model.accuracy(test_pairs),
                    "parameter_counts": sum(p.numel() for p in model.parameters())}
     metrics["loss_history"] = history
-    out = Path(args.out)
+    out = Path(args.output_dir)
     model.save_pretrained(out)
-    write_text(out / "config.yaml", yaml.safe_dump(
-        {"kind": args.kind, "data": str(args.data), "format": args.format,
-         "eval_fraction": args.eval_fraction, "model": dataclasses.asdict(model.config)},
-        sort_keys=False))
+    write_config(out, {"kind": args.kind, "data": str(args.data), "format": args.format,
+                       "eval_fraction": args.eval_fraction, "model": model.config})
     _plot_loss(history, out / "loss.png")
-    write_json(out / "metrics.json", metrics)
+    write_metrics(out, metrics)
     print(f"train accuracy {metrics['train_accuracy']:.3f}, held-out pairs "
           f"{metrics['heldout_accuracy']:.3f}; model in {out}")
     return 0
@@ -203,8 +195,10 @@ def _eval(args: argparse.Namespace) -> int:
         accuracy = model.accuracy(data)
     metrics = {"accuracy": accuracy, "pairs": len(data), "model": str(args.model),
                "data": str(args.data)}
-    if args.out:
-        write_json(Path(args.out) / "metrics.json", metrics)
+    if args.output_dir:
+        write_config(args.output_dir, {"model": str(args.model), "data": str(args.data),
+                                       "format": args.format, "unknown": args.unknown})
+        write_metrics(args.output_dir, metrics)
     print(f"pairwise accuracy {accuracy:.4f} on {len(data)} pairs")
     return 0
 
@@ -216,67 +210,21 @@ def _adapt(args: argparse.Namespace) -> int:
     if not isinstance(model, PALRewardModel):
         raise ConfigError(f"{args.model} is not a PAL model; only PAL adapts to new users")
     users = model.adapt(_load(args), n=args.n)
-    model.save_pretrained(args.out)
+    model.save_pretrained(args.output_dir)
+    write_config(args.output_dir, {"model": str(args.model), "data": str(args.data),
+                                   "format": args.format, "n": args.n})
     groups = model.user_groups()
-    write_json(Path(args.out) / "adapted_users.json", {u: groups[u] for u in users})
+    write_json(Path(args.output_dir) / "adapted_users.json", {u: groups[u] for u in users})
     print(f"adapted {len(users)} new user(s); dominant prototypes in "
-          f"{Path(args.out) / 'adapted_users.json'}")
+          f"{Path(args.output_dir) / 'adapted_users.json'}")
     return 0
-
-
-def _benchmark(args: argparse.Namespace) -> int:
-    from pluralign.reward.base import config_from_dict
-    from pluralign.reward.benchmark import BenchmarkConfig, run_benchmark
-
-    config = config_from_dict(BenchmarkConfig, _read_yaml(args.config), where="benchmark config")
-    m = run_benchmark(config, out_dir=args.out, cache_dir=args.cache_dir,
-                      show_progress=not args.quiet)
-    u, h = m["unseen_accuracy_at_20"], m.get("homogeneous_accuracy")
-    print(f"unseen users @20 pairs: PAL {u['pal']:.3f}  BT {u['bt']:.3f}  oracle {u['oracle']:.3f}")
-    print(f"adjusted Rand index (dominant prototype vs true type): "
-          f"{m['adjusted_rand_index']:.3f}")
-    if h is not None:
-        print(f"homogeneous control @20: PAL {h['pal']:.3f}  BT {h['bt']:.3f}")
-    r = m["relabel"]
-    print(f"relabeling: agreement with the true average reward {r['agreement_original']:.3f} -> "
-          f"{r['agreement_relabeled']:.3f} ({r['swapped']} of {r['pairs']} pairs swapped)")
-    if args.out is not None:
-        write_report(args.out, _benchmark_report(m))
-        print(f"wrote {Path(args.out) / 'report.html'} in {m['wall_time_s']:.0f} s")
-    return 0
-
-
-def _benchmark_report(m: dict[str, Any]) -> dict[str, Any]:
-    """``metrics`` plus what :func:`~pluralign.evaluation.report.render_html` shows."""
-    u, h, r = m["unseen_accuracy_at_20"], m.get("homogeneous_accuracy"), m["relabel"]
-    summary = [
-        f"Unseen users with 20 pairs each: PAL {u['pal']:.3f}, homogeneous Bradley–Terry "
-        f"{u['bt']:.3f}, per-type oracle {u['oracle']:.3f}.",
-        f"Adjusted Rand index of dominant prototypes vs true types: "
-        f"{m['adjusted_rand_index']:.3f}.",
-        f"Relabeling with averaged per-type rewards: agreement with the true average reward "
-        f"{r['agreement_original']:.3f} -> {r['agreement_relabeled']:.3f}.",
-    ]
-    if h is not None:
-        summary.append(f"Homogeneous control, unseen users @20: PAL {h['pal']:.3f}, "
-                       f"Bradley–Terry {h['bt']:.3f}.")
-    curve = m["sample_efficiency"]
-    table = {"title": "Unseen-user accuracy by number of pairs per new user",
-             "columns": ["model", *map(str, curve["n_pairs"])],
-             "rows": [["PAL (adapted)", *(f"{a:.3f}" for a in curve["pal"])],
-                      *([name, *[f"{curve[name]:.3f}"] * len(curve["n_pairs"])]
-                        for name in ("bt", "oracle") if name in curve)]}
-    return {**m, "title": "PAL benchmark on a synthetic population", "summary": summary,
-            "tables": [table],
-            "figures": [{"file": "sample_efficiency.png",
-                         "caption": "Few-shot adaptation of unseen users (seeds/002)"}]}
 
 
 def run_pal(args: argparse.Namespace) -> int:
     """Dispatch ``pluralign pal ACTION``."""
-    actions = {"train": _train, "eval": _eval, "adapt": _adapt, "benchmark": _benchmark}
+    actions = {"train": _train, "eval": _eval, "adapt": _adapt}
     if getattr(args, "pal_command", None) not in actions:
-        raise ConfigError("choose an action: pluralign pal train|eval|adapt|benchmark "
+        raise ConfigError("choose an action: pluralign pal train|eval|adapt "
                           "(see pluralign pal --help)")
     _setup(args)
     return actions[args.pal_command](args)

@@ -42,6 +42,8 @@ from pluralign.io import atomic_path
 logger = logging.getLogger(__name__)
 
 MINILM_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+#: Where the commands cache embeddings unless told otherwise (relative to the working folder).
+DEFAULT_CACHE_DIR = Path(".cache") / "pluralign" / "embeddings"
 POOLINGS = ("mean", "cls", "last")
 
 

@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pluralign.config import config_from_dict
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.reward.base import (
     bradley_terry_loss,
-    config_from_dict,
     fit_minibatch,
     hinge_loss,
     holdout_split,

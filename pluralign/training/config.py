@@ -13,21 +13,31 @@ rate of 1e-4 (the paper's recommended value, §5.2 and Appendix F). Invalid valu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Optional
 
 from transformers import TrainingArguments
 
 from pluralign.errors import ConfigError
+from pluralign.objectives import OBJECTIVES, build_objective, objective_settings
 
-OBJECTIVE_NAMES = ("dpo", "mixdpo", "corrected_dpo", "agreement")
-STRENGTH_FAMILIES = ("point", "lognormal", "gamma")
-LOGNORMAL_METHODS = ("quadrature", "monte_carlo")
 REFERENCE_DTYPES = ("float32", "bfloat16", "float16")
 
 
+def _objective_fields() -> type:
+    """A dataclass with one optional field per objective setting, named and documented as the
+    objectives declare it (:func:`pluralign.objectives.objective_settings`); ``None`` means "not
+    set", so the objective's own default applies and an unused setting can be told apart."""
+    specs = []
+    for name, (type_, default, help_text, users) in objective_settings().items():
+        note = f" [objective: {', '.join(users)}; default: {default}]"
+        specs.append((name, Optional[type_],  # noqa: UP045 - HfArgumentParser reads Optional
+                      field(default=None, metadata={"help": help_text + note})))
+    return make_dataclass("ObjectiveSettings", specs)
+
+
 @dataclass
-class PreferenceConfig(TrainingArguments):
+class PreferenceConfig(TrainingArguments, _objective_fields()):
     """Training arguments for :class:`~pluralign.training.PreferenceTrainer` (paper defaults)."""
 
     objective: str = field(
@@ -36,51 +46,7 @@ class PreferenceConfig(TrainingArguments):
             "help": "Loss on the policy's reward margins: 'dpo' (fixed beta), 'mixdpo' (beta "
             "drawn from the `strength` distribution, seeds/001 Eq. 3), 'corrected_dpo' "
             "(first-order-corrected DPO, needs a `pair_variance` column) or 'agreement' "
-            "(needs an `agreement` column)."
-        },
-    )
-    strength: str = field(
-        default="point",
-        metadata={
-            "help": "Preference-strength family for mixdpo: 'point' (equals DPO), 'lognormal' "
-            "or 'gamma'."
-        },
-    )
-    learnable_strength: bool = field(
-        default=True,
-        metadata={
-            "help": "Learn the strength distribution's parameters jointly with the policy; "
-            "false gives the paper's 'fixed parameters' baseline."
-        },
-    )
-    beta: float = field(
-        default=0.1, metadata={"help": "DPO's fixed preference strength (paper: 0.1)."}
-    )
-    strength_mu: float = field(
-        default=-2.3, metadata={"help": "Initial LogNormal location mu of log beta (paper: -2.3)."}
-    )
-    strength_sigma: float = field(
-        default=0.6,
-        metadata={"help": "Initial LogNormal scale sigma > 0 of log beta (paper: 0.6)."},
-    )
-    strength_shape: float = field(
-        default=2.0, metadata={"help": "Initial Gamma shape k > 0 (paper: 2.0)."}
-    )
-    strength_rate: float = field(
-        default=16.7, metadata={"help": "Initial Gamma rate lambda > 0 (paper: 16.7)."}
-    )
-    lognormal_method: str = field(
-        default="quadrature",
-        metadata={
-            "help": "How E[sigma(beta*margin)] is computed for LogNormal beta: 'quadrature' "
-            "(deterministic Gauss-Hermite) or 'monte_carlo' (the paper's K "
-            "reparameterised samples)."
-        },
-    )
-    lognormal_num_points: int = field(
-        default=16,
-        metadata={
-            "help": "Quadrature nodes or Monte Carlo samples K for LogNormal beta (paper: K = 16)."
+            "(needs an `agreement` column). Its settings are the fields marked [objective]."
         },
     )
     strength_learning_rate: float = field(
@@ -89,17 +55,6 @@ class PreferenceConfig(TrainingArguments):
             "help": "Learning rate of the strength parameters, in their own optimizer group "
             "(paper: 1e-4)."
         },
-    )
-    correction_alpha: float | None = field(
-        default=None,
-        metadata={
-            "help": "corrected_dpo only: weight of the first-order variance correction "
-            "(objective default if unset)."
-        },
-    )
-    agreement_num_types: int | None = field(
-        default=None,
-        metadata={"help": "agreement only: number of user types K (objective default if unset)."},
     )
     max_length: int = field(
         default=128, metadata={"help": "Maximum prompt + completion length in tokens (paper: 128)."}
@@ -110,7 +65,7 @@ class PreferenceConfig(TrainingArguments):
             "help": "Maximum prompt length in tokens; longer prompts keep their end (paper: 64)."
         },
     )
-    precompute_ref_logps: bool = field(
+    precompute_ref_log_probs: bool = field(
         default=False,
         metadata={
             "help": "Compute the reference log-probs once before training and drop the "
@@ -160,26 +115,29 @@ class PreferenceConfig(TrainingArguments):
         self.validate()
         super().__post_init__()
 
+    def objective_settings(self) -> dict[str, Any]:
+        """The objective settings this config sets (fields left at ``None`` are not set)."""
+        return {name: getattr(self, name) for name in objective_settings()
+                if getattr(self, name) is not None}
+
+    def build_objective(self) -> Any:
+        """The :class:`~pluralign.objectives.Objective` this config describes."""
+        return build_objective(self.objective, **self.objective_settings())
+
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the field and the fix for any invalid value."""
+        """Raise :class:`ConfigError` naming the field and the fix for any invalid value.
+
+        The objective's settings are validated by building the objective (once, here)."""
 
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ConfigError(message)
 
         need(
-            self.objective in OBJECTIVE_NAMES,
-            f"objective={self.objective!r} is unknown; use one of {', '.join(OBJECTIVE_NAMES)}",
+            self.objective in OBJECTIVES,
+            f"objective={self.objective!r} is unknown; use one of {', '.join(OBJECTIVES)}",
         )
-        need(
-            self.strength in STRENGTH_FAMILIES,
-            f"strength={self.strength!r} is unknown; use one of {', '.join(STRENGTH_FAMILIES)}",
-        )
-        need(
-            self.lognormal_method in LOGNORMAL_METHODS,
-            f"lognormal_method={self.lognormal_method!r} is unknown; use one of "
-            f"{', '.join(LOGNORMAL_METHODS)}",
-        )
+        self.build_objective()
         need(
             self.reference_dtype in REFERENCE_DTYPES,
             f"reference_dtype={self.reference_dtype!r} is unknown; use one of "
@@ -192,44 +150,9 @@ class PreferenceConfig(TrainingArguments):
                 f"{name}={value!r} is negative; learning rates must be >= 0 "
                 f"(the paper uses learning_rate=5e-7 and strength_learning_rate=1e-4)",
             )
-        for name in ("beta", "strength_sigma", "strength_shape", "strength_rate"):
-            value = getattr(self, name)
-            need(value > 0, f"{name}={value!r} is out of range; it must be > 0")
-        need(
-            self.lognormal_num_points >= 1,
-            f"lognormal_num_points={self.lognormal_num_points!r} must be >= 1 (paper: 16)",
-        )
         need(self.max_length >= 2, f"max_length={self.max_length!r} must be >= 2 (paper: 128)")
         need(
             0 <= self.max_prompt_length < self.max_length,
             f"max_prompt_length={self.max_prompt_length!r} must be in [0, max_length="
             f"{self.max_length}) so completions keep at least one token",
         )
-        need(
-            self.correction_alpha is None or self.correction_alpha >= 0,
-            f"correction_alpha={self.correction_alpha!r} must be >= 0",
-        )
-        need(
-            self.agreement_num_types is None or self.agreement_num_types >= 1,
-            f"agreement_num_types={self.agreement_num_types!r} must be >= 1",
-        )
-
-    def objective_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`pluralign.objectives.build_objective` for this config."""
-        kwargs: dict[str, Any] = {"beta": self.beta}
-        if self.objective == "mixdpo":
-            kwargs.update(strength=self.strength, learnable_strength=self.learnable_strength)
-            if self.strength == "lognormal":
-                kwargs.update(
-                    mu=self.strength_mu,
-                    sigma=self.strength_sigma,
-                    method=self.lognormal_method,
-                    num_points=self.lognormal_num_points,
-                )
-            elif self.strength == "gamma":
-                kwargs.update(shape=self.strength_shape, rate=self.strength_rate)
-        elif self.objective == "corrected_dpo" and self.correction_alpha is not None:
-            kwargs["alpha"] = self.correction_alpha
-        elif self.objective == "agreement" and self.agreement_num_types is not None:
-            kwargs["num_types"] = self.agreement_num_types
-        return kwargs

@@ -43,7 +43,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
-from pluralign.objectives import Objective, build_objective
+from pluralign.objectives import Objective
 from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.config import PreferenceConfig
 from pluralign.training.logps import sequence_logps, supports_completion_head
@@ -57,8 +57,6 @@ from pluralign.training.tokenization import (
 )
 
 STRENGTH_FILE = "strength.safetensors"
-#: Per-pair columns an objective reads from the batch (see pluralign.objectives).
-OBJECTIVE_COLUMNS = {"corrected_dpo": ("pair_variance",), "agreement": ("agreement",)}
 _NUMERIC = (
     "int8",
     "int16",
@@ -127,7 +125,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
     Args:
         model: the policy (a ``PreTrainedModel`` or a peft model), normally an SFT checkpoint.
         ref_model: frozen reference. If None: the base model with adapters disabled for a peft
-            policy; the precomputed log-probs with ``args.precompute_ref_logps``; else a frozen
+            policy; the precomputed log-probs with ``args.precompute_ref_log_probs``; else a frozen
             copy of ``model`` (in ``args.reference_dtype``).
         args: a :class:`PreferenceConfig`.
         train_dataset / eval_dataset: ``datasets.Dataset`` with ``prompt``, ``chosen``,
@@ -155,12 +153,8 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
             raise ConfigError(
                 "PreferenceTrainer needs processing_class=<tokenizer> to tokenise pairs"
             )
-        self.objective = (
-            objective
-            if objective is not None
-            else build_objective(args.objective, **args.objective_kwargs())
-        )
-        needed = OBJECTIVE_COLUMNS.get(args.objective, ())
+        self.objective = objective if objective is not None else args.build_objective()
+        needed = self.objective.columns
         for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
             if dataset is not None:
                 check_pair_columns(dataset, name, required=(*REQUIRED_COLUMNS, *needed))
@@ -174,7 +168,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
         if eval_dataset is not None:
             eval_dataset = tokenize_dataset(eval_dataset, name="eval", **tok_kwargs)
         ref_dtype = getattr(torch, args.reference_dtype)
-        if ref_model is None and not _is_peft(model) and not args.precompute_ref_logps:
+        if ref_model is None and not _is_peft(model) and not args.precompute_ref_log_probs:
             ref_model = copy.deepcopy(model)
         if ref_model is not None:
             ref_model = ref_model.to(dtype=ref_dtype).eval().requires_grad_(False)
@@ -192,7 +186,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
         )
         if self.is_deepspeed_enabled and ref_model is not None:
             raise ConfigError(
-                "with DeepSpeed, use precompute_ref_logps: true or a peft adapter "
+                "with DeepSpeed, use precompute_ref_log_probs: true or a peft adapter "
                 "instead of a separate reference model"
             )
         if ref_model is not None and self.is_fsdp_enabled:
@@ -203,7 +197,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
         self.objective.to(self.args.device)
         self.add_callback(_ZeroStrengthGrads(self.objective))
         self._stats: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
-        if args.precompute_ref_logps:
+        if args.precompute_ref_log_probs:
             self.train_dataset = self._with_ref_logps(self.train_dataset, "train")
             self.eval_dataset = self._with_ref_logps(self.eval_dataset, "eval")
             self.ref_model = None
@@ -231,7 +225,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
                 policy = self.accelerator.unwrap_model(self.model)
                 if not _is_peft(policy):
                     raise ConfigError(
-                        "no reference: pass ref_model, a peft model, or precompute_ref_logps"
+                        "no reference: pass ref_model, a peft model, or precompute_ref_log_probs"
                     )
                 with policy.disable_adapter():
                     logps = sequence_logps(policy, *args)

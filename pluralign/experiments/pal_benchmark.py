@@ -30,20 +30,28 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pluralign.config import config_from_dict
 from pluralign.data.splits import split_by_annotator
 from pluralign.data.synthetic import Population, PopulationConfig, make_population
 from pluralign.errors import ConfigError
-from pluralign.io import atomic_path, write_json, write_text
-from pluralign.reward.base import config_from_dict, pairwise_accuracy
+from pluralign.io import atomic_path
+from pluralign.reward.base import pairwise_accuracy
 from pluralign.reward.bradley_terry import (
     BradleyTerryConfig,
     BradleyTerryRewardModel,
     train_per_group,
 )
 from pluralign.reward.clustering import adjusted_rand_index
-from pluralign.reward.encoders import ItemEncoder, MiniLMEncoder, PairEmbeddings, embed_pairs
+from pluralign.reward.encoders import (
+    DEFAULT_CACHE_DIR,
+    ItemEncoder,
+    MiniLMEncoder,
+    PairEmbeddings,
+    embed_pairs,
+)
 from pluralign.reward.pal import PALConfig, PALRewardModel
 from pluralign.reward.relabel import relabel_with_average_reward
+from pluralign.runs import write_config, write_report
 
 DEFAULT_POPULATION: dict[str, Any] = {
     "n_types": 3, "type_spread": 10.0, "seed": 143, "reward_scale": 12.0, "n_annotators": 160,
@@ -70,6 +78,11 @@ class BenchmarkConfig:
         compare_adapt_methods: also measure unseen@20 under other adaptation recipes (the
             authors' AdamW lr 5e-3 / batch 4 / 20 epochs without prior, and full-batch Adam).
         seed: seed of the annotator split.
+        output_dir: run folder of :func:`main` (config.yaml, metrics.json,
+            sample_efficiency.png, report.html).
+        cache_dir: embedding cache folder.
+        threads: torch CPU threads (default: torch's choice).
+        progress: show progress bars.
     """
 
     population: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_POPULATION))
@@ -81,6 +94,10 @@ class BenchmarkConfig:
     homogeneous_control: bool = True
     compare_adapt_methods: bool = True
     seed: int = 0
+    output_dir: str = "runs/pal_benchmark"
+    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    threads: int | None = None
+    progress: bool = True
 
     def population_config(self) -> PopulationConfig:
         return config_from_dict(PopulationConfig, self.population, where="benchmark population")
@@ -293,8 +310,8 @@ def _plot(metrics: Mapping[str, Any], path: Path) -> None:
 def run_benchmark(config: BenchmarkConfig | None = None, out_dir: str | Path | None = None,
                   encoder: ItemEncoder | None = None, cache_dir: str | Path | None = None,
                   show_progress: bool = True) -> dict[str, Any]:
-    """Run the synthetic PAL benchmark; when ``out_dir`` is given write ``metrics.json``,
-    ``config.yaml`` and ``sample_efficiency.png`` there. Returns the metrics.
+    """Run the synthetic PAL benchmark; when ``out_dir`` is given write ``config.yaml``,
+    ``sample_efficiency.png``, ``metrics.json`` and ``report.html`` there. Returns the metrics.
 
     Headline keys: ``unseen_accuracy_at_20`` = {pal, bt, oracle}, ``homogeneous_accuracy`` = {pal,
     bt} (unseen@20 on the homogeneous control), ``adjusted_rand_index`` (seen users' dominant
@@ -325,10 +342,53 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir: str | Path | N
         metrics["homogeneous_accuracy"] = metrics["homogeneous"]["unseen_accuracy_at_20"]
     metrics["wall_time_s"] = time.perf_counter() - start
     if out_dir is not None:
-        import yaml
-
-        out = Path(out_dir)
-        write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        _plot(metrics, out / "sample_efficiency.png")
-        write_json(out / "metrics.json", metrics)
+        write_config(out_dir, config)
+        _plot(metrics, Path(out_dir) / "sample_efficiency.png")
+        write_report(out_dir, benchmark_report(metrics))
     return metrics
+
+
+def main(config: BenchmarkConfig) -> dict[str, Any]:
+    """Run the benchmark into ``config.output_dir`` and print its headline numbers."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    m = run_benchmark(config, out_dir=config.output_dir, cache_dir=config.cache_dir,
+                      show_progress=config.progress)
+    u, h = m["unseen_accuracy_at_20"], m.get("homogeneous_accuracy")
+    print(f"unseen users @20 pairs: PAL {u['pal']:.3f}  BT {u['bt']:.3f}  oracle {u['oracle']:.3f}")
+    print(f"adjusted Rand index (dominant prototype vs true type): "
+          f"{m['adjusted_rand_index']:.3f}")
+    if h is not None:
+        print(f"homogeneous control @20: PAL {h['pal']:.3f}  BT {h['bt']:.3f}")
+    r = m["relabel"]
+    print(f"relabeling: agreement with the true average reward {r['agreement_original']:.3f} -> "
+          f"{r['agreement_relabeled']:.3f} ({r['swapped']} of {r['pairs']} pairs swapped)")
+    print(f"wrote {Path(config.output_dir) / 'report.html'} in {m['wall_time_s']:.0f} s")
+    return m
+
+
+def benchmark_report(m: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` plus what :func:`~pluralign.runs.render_html` shows."""
+    u, h, r = m["unseen_accuracy_at_20"], m.get("homogeneous_accuracy"), m["relabel"]
+    summary = [
+        f"Unseen users with 20 pairs each: PAL {u['pal']:.3f}, homogeneous Bradley–Terry "
+        f"{u['bt']:.3f}, per-type oracle {u['oracle']:.3f}.",
+        f"Adjusted Rand index of dominant prototypes vs true types: "
+        f"{m['adjusted_rand_index']:.3f}.",
+        f"Relabeling with averaged per-type rewards: agreement with the true average reward "
+        f"{r['agreement_original']:.3f} -> {r['agreement_relabeled']:.3f}.",
+    ]
+    if h is not None:
+        summary.append(f"Homogeneous control, unseen users @20: PAL {h['pal']:.3f}, "
+                       f"Bradley–Terry {h['bt']:.3f}.")
+    curve = m["sample_efficiency"]
+    table = {"title": "Unseen-user accuracy by number of pairs per new user",
+             "columns": ["model", *map(str, curve["n_pairs"])],
+             "rows": [["PAL (adapted)", *(f"{a:.3f}" for a in curve["pal"])],
+                      *([name, *[f"{curve[name]:.3f}"] * len(curve["n_pairs"])]
+                        for name in ("bt", "oracle") if name in curve)]}
+    return {**m, "title": "PAL benchmark on a synthetic population", "summary": summary,
+            "tables": [table],
+            "figures": [{"file": "sample_efficiency.png",
+                         "caption": "Few-shot adaptation of unseen users (seeds/002)"}]}
+

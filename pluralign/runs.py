@@ -1,8 +1,14 @@
-"""Run-folder reports: ``metrics.json`` (the machine-readable record) and a self-contained
-``report.html`` that embeds the run's PNG figures (base64), so the file can be mailed or archived.
+"""The run-folder contract every command follows: ``config.yaml``, ``metrics.json``, tables,
+figures and ``report.html``, each written atomically (:mod:`pluralign.io`).
+
+* :func:`write_config` records the config a run was built from (a dataclass or the mapping read);
+* :func:`write_table` writes a pandas table (csv or parquet by suffix);
+* :func:`write_metrics` writes ``metrics.json`` alone, :func:`write_report` writes it once together
+  with a self-contained ``report.html`` that embeds the run's PNG figures (base64), so the file
+  can be mailed or archived.
 
 The HTML is rendered from ``metrics.json`` alone (plus the PNGs it lists), so ``pluralign report
-RUN_DIR`` rebuilds it at any time. Recognised top-level keys, each optional:
+--output-dir RUN_DIR`` rebuilds it at any time. Recognised top-level keys, each optional:
 
 ``title``, ``summary`` (list of lines), ``methods`` (name -> {micro, macro} estimates),
 ``differences`` (name -> estimate of a paired difference), ``learned_beta_variance``,
@@ -15,6 +21,7 @@ RUN_DIR`` rebuilds it at any time. Recognised top-level keys, each optional:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import os
@@ -22,11 +29,91 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pluralign.evaluation.errors import EvaluationError
-from pluralign.io import write_json, write_text
+import numpy as np
+import yaml
 
+from pluralign.errors import PluralignError
+from pluralign.io import atomic_path, write_json, write_text
+
+CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
+
+
+class RunFolderError(PluralignError):
+    """A run folder lacks the file asked for, or holds an unreadable one."""
+
+
+@dataclasses.dataclass
+class ReportConfig:
+    """``pluralign report``: rebuild a run folder's report.html from its metrics.json and PNGs.
+
+    Attributes:
+        output_dir: the run folder.
+    """
+
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            raise RunFolderError("report needs --output-dir RUN_FOLDER")
+
+
+def plain(value: Any) -> Any:
+    """``value`` with dataclasses, tuples, paths and numpy scalars turned into YAML/JSON types."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_config(run_dir: str | os.PathLike[str], config: Any) -> Path:
+    """Record the config of a run as ``config.yaml`` (a dataclass or the mapping read)."""
+    text = yaml.safe_dump(plain(config), sort_keys=False, allow_unicode=True)
+    return write_text(Path(run_dir) / CONFIG_FILE, text)
+
+
+def write_metrics(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -> Path:
+    """Write ``metrics.json`` alone (runs without a report page, e.g. training)."""
+    return write_json(Path(run_dir) / METRICS_FILE, plain(metrics))
+
+
+def write_table(run_dir: str | os.PathLike[str], name: str, frame: Any,
+                index: bool = False) -> Path:
+    """Write a pandas DataFrame as ``name`` (``.parquet`` or ``.csv``) inside the run folder."""
+    path = Path(run_dir) / name
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=index)
+        else:
+            frame.to_csv(tmp, index=index)
+    return path
+
+
+def read_table(path: str | os.PathLike[str]) -> Any:
+    """Read a csv, parquet or jsonl table (by suffix) as a pandas DataFrame; a missing,
+    unsupported or unreadable file raises :class:`RunFolderError` naming it."""
+    import pandas as pd
+
+    p = Path(path)
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
+               ".jsonl": lambda f: pd.read_json(f, lines=True)}
+    if p.suffix.lower() not in readers:
+        raise RunFolderError(f"{path}: unsupported table format {p.suffix!r}; use .csv, "
+                             ".parquet or .jsonl")
+    if not p.is_file():
+        raise RunFolderError(f"{path}: no such file")
+    try:
+        return readers[p.suffix.lower()](p)
+    except (ValueError, OSError) as exc:
+        raise RunFolderError(f"{path}: cannot read table: {exc}") from exc
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -39,21 +126,28 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }
 """
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
+def _fmt(x: Any, spec: str = ".4g") -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
-        return f"{x:.{digits}g}"
+        return f"{x:{spec}}"
     return html.escape(str(x))
 
 
-def _estimate(e: Mapping[str, Any] | None) -> str:
+def format_interval(interval: tuple[float, float] | None, spec: str = ".4g") -> str:
+    """``[low, high]`` with each end formatted by ``spec``; ``n/a`` without an interval."""
+    if interval is None:
+        return "n/a"
+    return f"[{_fmt(interval[0], spec)}, {_fmt(interval[1], spec)}]"
+
+
+def format_estimate(e: Mapping[str, Any] | None, spec: str = ".4g") -> str:
+    """``mean [ci_low, ci_high]`` of an estimate dict (the CI only when both ends exist)."""
     if not e:
         return "–"
-    ci = ""
-    if e.get("ci_low") is not None and e.get("ci_high") is not None:
-        ci = f" [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}]"
-    return f"{_fmt(e.get('mean'))}{ci}"
+    has_ci = e.get("ci_low") is not None and e.get("ci_high") is not None
+    ci = f" {format_interval((e['ci_low'], e['ci_high']), spec)}" if has_ci else ""
+    return f"{_fmt(e.get('mean'), spec)}{ci}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -94,15 +188,16 @@ def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
     if metrics.get("learned_beta_variance"):
         lbv = metrics["learned_beta_variance"]
         parts.append("<h3>Learned β variance (Gamma MixDPO, final step)</h3>"
-                     + _table(["population", "Var[β]"], [[html.escape(k), _fmt(v, 6)]
+                     + _table(["population", "Var[β]"], [[html.escape(k), _fmt(v, ".6g")]
                                                          for k, v in lbv.items()]))
     if metrics.get("methods"):
-        rows = [[html.escape(name), _estimate(m.get("micro")), _estimate(m.get("macro"))]
-                for name, m in metrics["methods"].items()]
+        rows = [[html.escape(name), format_estimate(m.get("micro")),
+                 format_estimate(m.get("macro"))] for name, m in metrics["methods"].items()]
         parts.append("<h2>Preference margins (95% bootstrap CIs)</h2>"
                      + _table(["method", "micro", "macro"], rows))
     if metrics.get("differences"):
-        rows = [[html.escape(name), _estimate(d)] for name, d in metrics["differences"].items()]
+        rows = [[html.escape(name), format_estimate(d)]
+                for name, d in metrics["differences"].items()]
         parts.append("<h3>Paired differences (95% paired-bootstrap CIs)</h3>"
                      + _table(["difference", "estimate [CI]"], rows))
     if metrics.get("diagnostics"):
@@ -111,11 +206,12 @@ def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
     if metrics.get("win_rates"):
         rows = []
         for name, w in metrics["win_rates"].items():
-            rows.append([html.escape(name), _estimate({"mean": w.get("win_rate"),
-                                                       "ci_low": w.get("ci_low"),
-                                                       "ci_high": w.get("ci_high")}),
-                         _estimate({"mean": w.get("lc_win_rate"), "ci_low": w.get("lc_ci_low"),
-                                    "ci_high": w.get("lc_ci_high")}),
+            rows.append([html.escape(name),
+                         format_estimate({"mean": w.get("win_rate"), "ci_low": w.get("ci_low"),
+                                          "ci_high": w.get("ci_high")}),
+                         format_estimate({"mean": w.get("lc_win_rate"),
+                                          "ci_low": w.get("lc_ci_low"),
+                                          "ci_high": w.get("lc_ci_high")}),
                          _fmt(w.get("p_value")), _fmt(w.get("n"))])
         parts.append("<h2>Win rates vs baseline (%)</h2>"
                      + _table(["policy", "WR [CI]", "LC-WR [CI]", "sign-flip p", "n"], rows))
@@ -139,7 +235,7 @@ def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
         parts.append("<h2>Notes</h2><ul>" + "".join(
             f"<li>{html.escape(str(s))}</li>" for s in metrics["notes"]) + "</ul>")
     if metrics.get("runtime_seconds") is not None:
-        parts.append(f"<p>Runtime: {_fmt(float(metrics['runtime_seconds']), 3)} s</p>")
+        parts.append(f"<p>Runtime: {_fmt(float(metrics['runtime_seconds']), '.3g')} s</p>")
     parts.append("<details><summary>metrics.json</summary><pre>"
                  + html.escape(json.dumps(metrics, indent=2, sort_keys=True)) + "</pre></details>")
     parts.append("</body></html>")
@@ -149,7 +245,7 @@ def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
 def write_report(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -> Path:
     """Write ``metrics.json`` and ``report.html`` into ``run_dir`` (atomically); return the HTML."""
     run_dir = Path(run_dir)
-    write_json(run_dir / METRICS_FILE, metrics)
+    write_metrics(run_dir, metrics)
     return write_text(run_dir / REPORT_FILE, render_html(metrics, run_dir))
 
 
@@ -157,13 +253,13 @@ def build_report(run_dir: str | os.PathLike[str]) -> Path:
     """Re-render ``report.html`` from a run folder's ``metrics.json`` and PNGs."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        raise EvaluationError(f"{path} not found; pass a run folder written by `pluralign demo`, "
+        raise RunFolderError(f"{path} not found; pass a run folder written by `pluralign demo`, "
                               "`evaluate`, `diagnose`, `nbc` or `simulate`")
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise EvaluationError(f"{path}: invalid JSON ({exc})") from exc
+        raise RunFolderError(f"{path}: invalid JSON ({exc})") from exc
     if not isinstance(metrics, dict):
-        raise EvaluationError(f"{path}: expected a JSON object (keys such as 'title', "
+        raise RunFolderError(f"{path}: expected a JSON object (keys such as 'title', "
                               f"'figures'), got a {type(metrics).__name__}")
     return write_text(Path(run_dir) / REPORT_FILE, render_html(metrics, run_dir))

@@ -24,7 +24,6 @@ import copy
 import dataclasses
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +47,8 @@ from pluralign.evaluation.plots import (
     plot_subgroup_margins,
     plot_variance_trajectories,
 )
-from pluralign.evaluation.report import write_report
 from pluralign.evaluation.subgroups import SubgroupTable, margin_gains, subgroup_table
-from pluralign.io import read_yaml_mapping
+from pluralign.runs import format_estimate, format_interval, write_config, write_report
 from pluralign.training import (
     PreferenceConfig,
     PreferenceTrainer,
@@ -74,7 +72,7 @@ def _default_population() -> dict[str, Any]:
 
 
 def _default_methods() -> dict[str, dict[str, Any]]:
-    return {"DPO": {"objective": "dpo"},
+    return {"DPO": {"objective": "dpo", "beta": 0.1},
             "MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"},
             "MixDPO-LogNormal": {"objective": "mixdpo", "strength": "lognormal"}}
 
@@ -115,7 +113,7 @@ class DemoConfig:
         "learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16})
     preference: dict[str, Any] = field(default_factory=lambda: {
         "learning_rate": 3e-4, "strength_learning_rate": 3e-2, "num_train_epochs": 2,
-        "per_device_train_batch_size": 16, "logging_steps": 5, "beta": 0.1})
+        "per_device_train_batch_size": 16, "logging_steps": 5})
     methods: dict[str, dict[str, Any]] = field(default_factory=_default_methods)
     subgroups: list[str] = field(default_factory=lambda: [
         "attr.education", "attr.age", "attr.gender", "attr.employment_status", "ctx.domain"])
@@ -133,17 +131,6 @@ class DemoConfig:
             PopulationConfig(**self.population)
         except TypeError as exc:
             raise ConfigError(f"demo population: {exc}") from exc
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> DemoConfig:
-        """Load a YAML file (``parse_yaml``); unknown keys raise :class:`ConfigError`."""
-        raw = read_yaml_mapping(path, "demo settings")
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown demo setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**raw)
 
 
 @dataclass
@@ -245,7 +232,7 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
         f = fits.fits[k]
         diagnostics[f"{k} / fit on true margins"] = (
             f"Gamma fit: mean {f.mean:.3g}, Var {f.variance:.3g} "
-            f"(CI {_ci(f.variance_ci)}), CV² {f.cv2:.3g}, point-mass test p = "
+            f"(CI {format_interval(f.variance_ci, '.3g')}), CV² {f.cv2:.3g}, point-mass test p = "
             f"{f.heterogeneity_pvalue:.3g}")
     figures = []
     for k in POPULATIONS:
@@ -304,13 +291,33 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
         "config": dataclasses.asdict(cfg),
         "runtime_seconds": runtime,
     }
+    write_config(out, cfg)
     write_report(out, metrics)
+    return metrics
+
+
+def main(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the demo and print its headline table, the summary and where the report is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = run_demo(cfg)
+    console = Console()
+    table = Table(title="Held-out preference margins, heterogeneous population (95% CI)")
+    for col in ("method", "micro", "macro", "final Var[β] het / hom"):
+        table.add_column(col)
+    for name, m in metrics["methods"].items():
+        var = [metrics["final_strength"][p][name].get("beta_var") for p in POPULATIONS]
+        table.add_row(name, format_estimate(m["micro"], "+.3f"),
+                      format_estimate(m["macro"], "+.3f"), " / ".join(f"{v:.3g}" for v in var))
+    console.print(table)
+    for line in metrics["summary"]:
+        console.print(f"• {line}")
+    # soft_wrap: a path must stay copy-pasteable at any terminal width (rich wraps at 80 in CI).
+    console.print(f"Report: {Path(cfg.output_dir) / 'report.html'}", soft_wrap=True,
+                  markup=False, highlight=False)
     return metrics
 
 
 def _g(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3g}"
-
-
-def _ci(ci: tuple[float, float] | None) -> str:
-    return "n/a" if ci is None else f"[{ci[0]:.3g}, {ci[1]:.3g}]"

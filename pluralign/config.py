@@ -1,0 +1,234 @@
+"""The one config reader and the one command-line grammar of every ``pluralign`` command.
+
+Every command is described by one dataclass (its *config*; sections are nested dataclasses) and
+reads it the same way::
+
+    pluralign COMMAND [--config FILE] [key=value ...] --output-dir DIR
+
+``--config`` is a YAML mapping of the dataclass's fields; each ``key=value`` override (dotted keys
+for sections, values parsed as YAML: ``training.learning_rate=1e-5``) is applied on top; and
+``--output-dir`` sets the field ``output_dir``. The result is built once by :func:`build_config`,
+which refuses unknown keys naming them, and ``COMMAND --help`` lists every field with its help
+(:func:`describe_fields`, in the spirit of ``transformers.HfArgumentParser``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import inspect
+import os
+import re
+import textwrap
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pluralign.errors import ConfigError
+from pluralign.io import parse_yaml_value, read_yaml_mapping
+
+C = TypeVar("C")
+
+#: Unknown-key errors list the valid fields only when there are at most this many.
+_LIST_LIMIT = 30
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # a forward reference that cannot be resolved: no nesting
+        return {}
+
+
+def _dataclass_type(hint: Any) -> type | None:
+    """The dataclass inside ``hint`` (``X`` or ``X | None``), else ``None``."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            return _dataclass_type(inner[0])
+    return None
+
+
+def config_from_dict(cls: type[C], values: Mapping[str, Any] | None, where: str = "config") -> C:
+    """Build dataclass ``cls`` from a mapping, sections (nested dataclass fields) included.
+
+    Unknown keys raise :class:`ConfigError` naming them and ``where``; a section given as a
+    scalar fills the section's ``SHORTHAND`` field if it declares one (``model: PATH`` means
+    ``model: {name_or_path: PATH}``). Invalid values raise the dataclass's own ``ConfigError``;
+    a ``ValueError`` of a foreign dataclass (``TrainingArguments``) becomes one.
+    """
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        shorthand = getattr(cls, "SHORTHAND", None)
+        if shorthand is None:
+            raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, "
+                              f"got {values!r}")
+        values = {shorthand: values}
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        valid = (f"valid: {', '.join(sorted(names))}" if len(names) <= _LIST_LIMIT
+                 else "`--help` lists the valid fields")
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; {valid}")
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        section = _dataclass_type(hints.get(key))
+        if section is not None and not dataclasses.is_dataclass(value) and value is not None:
+            value = config_from_dict(section, value, f"{where}.{key}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``values[a][b]... = value`` for the dotted ``key`` ``a.b...`` (sections are created)."""
+    *parents, last = key.split(".")
+    node = values
+    for part in parents:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part!r} is not a section")
+    node[last] = value
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """A copy of ``values`` with ``key=value`` overrides applied (dotted keys reach sections,
+    values are parsed as YAML, so ``lr=3e-3`` is a number and ``methods=[dpo]`` a list)."""
+    out = copy.deepcopy(dict(values))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        set_dotted(out, key, parse_yaml_value(raw, f"override {item!r}"))
+    return out
+
+
+def _sections_as_mappings(cls: type, values: Any) -> Any:
+    """``values`` with every scalar section written as a mapping of its ``SHORTHAND`` field, so
+    that a dotted override can reach into it."""
+    if not isinstance(values, Mapping):
+        return values
+    hints = _hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        section = _dataclass_type(hints.get(key))
+        if section is None or value is None:
+            continue
+        if not isinstance(value, Mapping) and getattr(section, "SHORTHAND", None):
+            value = {section.SHORTHAND: value}
+        out[key] = _sections_as_mappings(section, value)
+    return out
+
+
+def read_config(cls: type, path: str | os.PathLike[str] | None = None,
+                overrides: list[str] | None = None,
+                output_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The mapping a command's config is built from: ``path`` (YAML, optional) with ``overrides``
+    applied and ``output_dir`` set (at ``cls.OUTPUT_DIR``, default ``output_dir``)."""
+    values = read_yaml_mapping(path, f"{cls.__name__} fields") if path is not None else {}
+    values = apply_overrides(_sections_as_mappings(cls, values), overrides)
+    if output_dir is not None:
+        set_dotted(values, getattr(cls, "OUTPUT_DIR", "output_dir"), os.fspath(output_dir))
+    return values
+
+
+def build_config(cls: type[C], path: str | os.PathLike[str] | None = None,
+                 overrides: list[str] | None = None,
+                 output_dir: str | os.PathLike[str] | None = None) -> C:
+    """Read ``path`` (YAML, optional), apply ``overrides`` and ``output_dir``, build ``cls``."""
+    values = read_config(cls, path, overrides, output_dir)
+    return config_from_dict(cls, values, str(path or cls.__name__))
+
+
+# ------------------------------------------------------------------------------------ help
+def _docstring_help(cls: type) -> dict[str, str]:
+    """``name: text`` entries of the Google-style ``Attributes:`` docstring sections of ``cls``
+    and its bases (the nearest class wins)."""
+    out: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        out.update(_own_docstring_help(base))
+    return out
+
+
+def _own_docstring_help(cls: type) -> dict[str, str]:
+    doc = cls.__dict__.get("__doc__") or ""
+    doc = inspect.cleandoc(doc)
+    out: dict[str, str] = {}
+    current = None
+    for line in doc.splitlines():
+        match = re.match(r"^ {4}(\w+)(?: \([^)]*\))?: (.*)$", line)
+        if match:
+            current = match.group(1)
+            out[current] = match.group(2).strip()
+        elif current and line.startswith("        "):
+            out[current] += " " + line.strip()
+        else:
+            current = None
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return "required"
+
+
+def describe_fields(cls: type, prefix: str = "") -> list[str]:
+    """One help line per field of dataclass ``cls`` (sections recursively, as dotted keys):
+    ``name = default  help`` with the help from the field's ``metadata["help"]`` or the class
+    docstring."""
+    documented = _docstring_help(cls)
+    hints = _hints(cls)
+    lines: list[str] = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init or f.name.startswith("_"):
+            continue
+        section = _dataclass_type(hints.get(f.name))
+        if section is not None:
+            lines.append(f"  {prefix}{f.name}.*   ({section.__name__}) "
+                         f"{documented.get(f.name, '')}".rstrip())
+            lines += describe_fields(section, f"{prefix}{f.name}.")
+            continue
+        text = f.metadata.get("help") or documented.get(f.name, "")
+        lines.append(f"  {prefix}{f.name} = {_default(f)!r}")
+        lines += textwrap.wrap(text, width=96, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6)
+    return lines
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, examples: str = "",
+                         config_default: str | None = None) -> None:
+    """Give ``parser`` the grammar ``[--config FILE] [key=value ...] --output-dir DIR`` for
+    config dataclass ``cls``; its ``--help`` ends with every field of ``cls`` and its help."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--config", default=config_default, metavar="FILE",
+                        help=f"YAML file of {cls.__name__} fields"
+                        + (" (default: %(default)s)" if config_default else ""))
+    parser.add_argument("--output-dir", default=None, metavar="DIR",
+                        help="run folder to write (sets output_dir)")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                        help="override a field (dotted keys for sections; YAML values)")
+    fields_help = "\n".join(describe_fields(cls))
+    parser.epilog = (f"{examples.rstrip()}\n\n" if examples else "") + (
+        f"{cls.__name__} fields (set as key=value or in --config):\n{fields_help}")
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> tuple[C, dict[str, Any]]:
+    """The config of a command parsed with :func:`add_config_arguments`, and the mapping it was
+    built from (what the run folder records as ``config.yaml``)."""
+    values = read_config(cls, args.config, args.overrides, args.output_dir)
+    return config_from_dict(cls, values, str(args.config or cls.__name__)), values

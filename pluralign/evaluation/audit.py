@@ -1,0 +1,266 @@
+"""The ``evaluate`` and ``diagnose`` runs: a config dataclass each and one function that
+writes the run folder (:mod:`pluralign.runs`); ``pluralign evaluate|diagnose`` parse into them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pluralign.evaluation.errors import EvaluationError
+from pluralign.runs import read_table
+
+
+@dataclass
+class PairSource:
+    """Preference pairs from a file/folder/Hub name or from a saved synthetic population.
+
+    Attributes:
+        data: preference data (file, folder or Hub name); exactly one of data and population.
+        format: loader format of ``data`` (detected when omitted; see ``pluralign data``).
+        population: saved synthetic population folder (instead of ``data``).
+    """
+
+    data: str | None = None
+    format: str | None = None
+    population: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.population is None):
+            raise EvaluationError("pass exactly one of data (preference data) and population "
+                                  "(a saved synthetic population folder)")
+
+    def load(self) -> Any:
+        """The pairs as a ``datasets.Dataset``."""
+        if self.population is not None:
+            from pluralign.data.synthetic import load_population
+
+            return load_population(self.population).dataset
+        from pluralign.data import load_preferences
+
+        return load_preferences(self.data, format=self.format)
+
+
+@dataclass
+class EvaluateConfig(PairSource):
+    """``pluralign evaluate``: held-out preference margins by subgroup, and win rates.
+
+    Attributes:
+        model: local folder of the policy.
+        ref_model: reference (SFT) model folder; margins are log-ratios against it.
+        tokenizer: tokenizer folder (default: ``model``).
+        by: subgroup columns (``attr.*`` / ``ctx.*``).
+        baseline_margins: margins.csv of a baseline run, for per-subgroup margin gains.
+        judge_model: local sequence-classification reward model folder (judge).
+        judge_bt: folder of a pluralign Bradley-Terry reward model (MiniLM) as judge.
+        judge_url: OpenAI-compatible base URL (opt-in).
+        judge_name: model name at ``judge_url``.
+        judge_key_env: env var holding the judge API key (never logged).
+        n_prompts: prompts for win rates.
+        max_length: prompt + completion token limit.
+        max_prompt_length: prompt token limit.
+        batch_size: scoring batch size.
+        n_boot: bootstrap resamples.
+        seed: seed of the bootstrap and the generations.
+        output_dir: run folder.
+    """
+
+    model: str | None = None
+    ref_model: str | None = None
+    tokenizer: str | None = None
+    by: list[str] = field(default_factory=list)
+    baseline_margins: str | None = None
+    judge_model: str | None = None
+    judge_bt: str | None = None
+    judge_url: str | None = None
+    judge_name: str | None = None
+    judge_key_env: str = "OPENAI_API_KEY"
+    n_prompts: int = 200
+    max_length: int = 128
+    max_prompt_length: int = 64
+    batch_size: int = 32
+    n_boot: int = 1000
+    seed: int = 0
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is None or self.output_dir is None:
+            raise EvaluationError("evaluate needs model=FOLDER and --output-dir DIR")
+        super().__post_init__()
+
+
+@dataclass
+class DiagnoseConfig:
+    """``pluralign diagnose``: the preference-strength heterogeneity diagnostic.
+
+    Attributes:
+        margins: CSV/parquet with one margin per pair.
+        population: saved synthetic population folder (its true margins).
+        column: margin column (default: margin; true_margin for ``population``).
+        family: fitted strength family, gamma or lognormal.
+        by: subgroup columns for the posterior-strength profiles.
+        cluster: resampling unit of the bootstrap, e.g. annotator_id.
+        runs: MixDPO run folders whose logged Var[beta] gets a trajectory verdict.
+        compare: name -> margins file, to rank several datasets by heterogeneity.
+        n_boot: bootstrap refits.
+        seed: bootstrap seed.
+        output_dir: run folder.
+    """
+
+    margins: str | None = None
+    population: str | None = None
+    column: str | None = None
+    family: str = "gamma"
+    by: list[str] = field(default_factory=list)
+    cluster: str | None = None
+    runs: list[str] = field(default_factory=list)
+    compare: dict[str, str] = field(default_factory=dict)
+    n_boot: int = 100
+    seed: int = 0
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            raise EvaluationError("diagnose needs --output-dir DIR")
+        if self.family not in ("gamma", "lognormal"):
+            raise EvaluationError(f"family={self.family!r} is unknown; use gamma or lognormal")
+
+
+def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
+    """Score ``config.model`` on the pairs, tabulate by subgroup, judge win rates if asked, and
+    write the run folder (config.yaml, margins.csv, figures, metrics.json, report.html)."""
+
+    from pluralign.evaluation.plots import plot_margin_gains, plot_subgroup_margins
+    from pluralign.evaluation.subgroups import margin_gains, subgroup_table
+    from pluralign.runs import write_config, write_report, write_table
+    from pluralign.training import load_causal_lm, load_tokenizer
+
+    out = Path(config.output_dir)
+    dataset = config.load()
+    model = load_causal_lm(config.model)
+    ref = load_causal_lm(config.ref_model) if config.ref_model else None
+    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    from pluralign.evaluation.margins import preference_margins
+
+    df = preference_margins(model, ref, dataset, tokenizer, batch_size=config.batch_size,
+                            max_length=config.max_length,
+                            max_prompt_length=config.max_prompt_length)
+    write_config(out, config)
+    write_table(out, "margins.csv", df)
+    metrics: dict[str, Any] = {"title": f"pluralign evaluate: {config.model}", "figures": [],
+                               "failed_items": [], "notes": []}
+    if config.by:
+        table = subgroup_table(df, config.by, n_boot=config.n_boot, seed=config.seed)
+        metrics["methods"] = {"policy": {"micro": table.micro.to_dict(),
+                                         "macro": table.macro.to_dict()}}
+        metrics["subgroup_table"] = table.to_dict()
+        metrics["failed_items"] += [{"row": r, "error": "NaN/inf margin"}
+                                    for r in table.excluded_rows]
+        metrics["notes"] += table.notes
+        plot_subgroup_margins(table, out / "fig2_subgroup_margins.png")
+        metrics["figures"].append({"file": "fig2_subgroup_margins.png",
+                                   "caption": "Subgroup mean margins with micro/macro lines"})
+        if config.baseline_margins:
+            base = read_table(config.baseline_margins)
+            gains = margin_gains(df, base, config.by, n_boot=config.n_boot, seed=config.seed)
+            metrics["differences"] = {"policy − baseline (macro)": gains.macro.to_dict(),
+                                      "policy − baseline (micro)": gains.micro.to_dict()}
+            plot_margin_gains({"policy": gains}, out / "fig3_margin_gains.png", "baseline")
+            metrics["figures"].append({"file": "fig3_margin_gains.png",
+                                       "caption": "Margin gains over the baseline"})
+    else:
+        metrics["methods"] = {"policy": {"micro": {"mean": float(df["margin"].mean())}}}
+    if config.judge_model or config.judge_bt or config.judge_url:
+        _win_rates(config, dataset, model, ref, tokenizer, metrics)
+    write_report(out, metrics)
+    print(f"wrote {out / 'report.html'}, {out / 'metrics.json'}, {out / 'margins.csv'}")
+    return metrics
+
+
+def _win_rates(config: EvaluateConfig, dataset: Any, model: Any, ref: Any, tokenizer: Any,
+               metrics: dict[str, Any]) -> None:
+    import numpy as np
+
+    from pluralign.evaluation.generation import generate_responses
+    from pluralign.evaluation.judges import (
+        HTTPJudge,
+        RewardModelJudge,
+        SequenceClassifierScorer,
+        judge_pairs,
+    )
+    from pluralign.evaluation.winrate import win_rate_stats
+
+    if ref is None:
+        raise EvaluationError("win rates compare the policy with its SFT baseline: set "
+                              "ref_model")
+    if config.judge_url:
+        if not config.judge_name:
+            raise EvaluationError("judge_url needs judge_name (the judge model)")
+        judge: Any = HTTPJudge(config.judge_url, config.judge_name,
+                               api_key_env=config.judge_key_env)
+    elif config.judge_bt:
+        from pluralign.reward.bradley_terry import BradleyTerryRewardModel
+
+        judge = RewardModelJudge(BradleyTerryRewardModel.from_pretrained(config.judge_bt),
+                                 name="bradley-terry")
+    else:
+        judge = RewardModelJudge(SequenceClassifierScorer(config.judge_model))
+    prompts = list(dict.fromkeys(dataset["prompt"]))[: config.n_prompts]
+    ours = generate_responses(model, tokenizer, prompts, seed=config.seed)
+    base = generate_responses(ref, tokenizer, prompts, seed=config.seed)
+    texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+    judged = judge_pairs(judge, texts, ours, base)
+    ok = judged.ok
+    lengths = np.array([len(a) - len(b) for a, b in zip(ours, base, strict=True)], dtype=float)
+    metrics["win_rates"] = {"policy vs SFT": win_rate_stats(judged.outcomes[ok], lengths[ok],
+                                                            seed=config.seed).to_dict()}
+    metrics["failed_items"] += [{**f, "stage": "judge"} for f in judged.failed]
+
+
+def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
+    """Fit, profile and verdict as asked; write the run folder (config.yaml, figures,
+    metrics.json, report.html)."""
+    import numpy as np
+
+    from pluralign.evaluation.diagnose import compare_heterogeneity, diagnose
+    from pluralign.evaluation.plots import plot_variance_trajectories
+    from pluralign.runs import write_config, write_report
+
+    out = Path(config.output_dir)
+    column = config.column or ("true_margin" if config.population else "margin")
+    df = None
+    if config.population:
+        from pluralign.data import to_pandas
+        from pluralign.data.synthetic import load_population
+
+        df = to_pandas(load_population(config.population).dataset)
+    elif config.margins:
+        df = read_table(config.margins)
+    runs = {Path(r).name or r: r for r in config.runs}
+    metrics: dict[str, Any] = {"title": "pluralign diagnose", "figures": [], "diagnostics": {}}
+    if df is not None or runs:
+        d = diagnose(df, margin=column, family=config.family, by=config.by, runs=runs,
+                     cluster=config.cluster, n_boot=config.n_boot, seed=config.seed)
+        metrics["summary"] = d.summary
+        metrics["diagnosis"] = d.to_dict()
+        metrics["diagnostics"].update({k: v.explanation for k, v in d.trajectories.items()})
+        if d.trajectories:
+            plot_variance_trajectories(d.trajectories, out / "fig4_beta_variance.png")
+            metrics["figures"].append({"file": "fig4_beta_variance.png",
+                                       "caption": "Learned Var[beta] during training"})
+    if config.compare:
+        cmp = compare_heterogeneity({n: np.asarray(read_table(f)[column], dtype=float)
+                                     for n, f in config.compare.items()}, config.family,
+                                    n_boot=config.n_boot,
+                                    seed=config.seed)
+        metrics["comparison"] = cmp.to_dict()
+        metrics["diagnostics"]["ranking by Var[β]"] = " > ".join(cmp.ranking)
+    if len(metrics) == 3 and not metrics["diagnostics"]:
+        raise EvaluationError("nothing to diagnose: set margins, population, runs or compare")
+    write_config(out, config)
+    path = write_report(out, metrics)
+    for line in metrics.get("summary", []) + [f"{k}: {v}" for k, v in
+                                               metrics["diagnostics"].items()]:
+        print(line)
+    print(f"wrote {path}")
+    return metrics

@@ -1,0 +1,228 @@
+"""Recipes of ``pluralign sft`` and ``pluralign train``: model, data and trainer in one config.
+
+A recipe (see ``configs/*.yaml``) has three sections, each a documented dataclass::
+
+    model: {name_or_path: tiny, config: {hidden_size: 64}, tokenizer_vocab_size: 512}
+    # or just   model: runs/sft_prism_llama1b
+    data: {source: synthetic, population: {...}, test_size: 0.1, seed: 0}
+    #  or {source: PATH, format: jsonl|csv|parquet|prism|..., options: {...}, test_size: 0.1}
+    training: {...}             # PreferenceConfig (train) / SFTConfig (sft) fields
+
+:func:`run_recipe` writes the run folder (``training.output_dir``): ``config.yaml`` (the recipe as
+read, overrides applied), ``checkpoint-N/`` folders (with ``strength.safetensors``), the final
+model, ``trainer_state.json`` (with the per-step ``log_history``) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+
+from pluralign.data.synthetic import PopulationConfig
+from pluralign.errors import ConfigError
+from pluralign.io import atomic_path
+from pluralign.runs import write_config, write_metrics
+from pluralign.training.config import PreferenceConfig
+from pluralign.training.sft import SFTConfig
+
+
+@dataclass
+class ModelConfig:
+    """The policy and its tokenizer (``model: PATH`` is short for ``{name_or_path: PATH}``).
+
+    Attributes:
+        name_or_path: 'tiny' (a GPT-NeoX built from ``config``, no download), a registered name
+            (``smollm2-135m-instruct``) or a local Hugging Face model folder.
+        config: GPTNeoXConfig overrides for 'tiny' (hidden_size, num_hidden_layers, ...).
+        tokenizer: local tokenizer folder; default: the model folder, or for 'tiny' a byte-level
+            BPE trained on the training texts.
+        tokenizer_vocab_size: vocabulary size of that BPE ('tiny' only).
+        ref_model: local folder of the reference model (default: a frozen copy of the policy).
+        lora: peft ``LoraConfig`` fields, e.g. {r: 8, lora_alpha: 16}; the reference is then
+            the base model with adapters disabled.
+    """
+
+    SHORTHAND = "name_or_path"
+
+    name_or_path: str = "tiny"
+    config: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    tokenizer_vocab_size: int = 512
+    ref_model: str | None = None
+    lora: dict[str, Any] | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where the preference pairs come from and how many are held out.
+
+    Attributes:
+        source: 'synthetic' (a population built from ``population``) or a path / Hub id that
+            :func:`pluralign.data.load_preferences` reads.
+        format: loader format (jsonl, csv, parquet, prism, community_alignment, hh_rlhf, hf);
+            detected when omitted.
+        options: loader keyword options (e.g. split, limit).
+        population: PopulationConfig fields of the synthetic population.
+        test_size: held-out fraction (0 = no evaluation split).
+        seed: seed of the train/test split.
+    """
+
+    source: str | None = None
+    format: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    population: PopulationConfig | None = None
+    test_size: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            raise ConfigError("data.source is missing: use 'synthetic' or a path to preference "
+                              "data")
+        if self.source != "synthetic" and self.population is not None:
+            raise ConfigError("data.population is only read with data.source: synthetic")
+
+
+@dataclass
+class _Recipe:
+    """Sections every recipe has.
+
+    Attributes:
+        model: the model to train and its tokenizer.
+        data: the preference pairs and the held-out split.
+        resume: continue from the last complete checkpoint in the run folder.
+    """
+
+    OUTPUT_DIR = "training.output_dir"
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="synthetic"))
+    resume: bool = False
+
+
+@dataclass
+class TrainRecipe(_Recipe):
+    """``pluralign train``: preference optimisation (DPO, MixDPO, corrected DPO, agreement).
+
+    Attributes:
+        training: PreferenceConfig fields (the objective and its settings among them).
+    """
+
+    training: PreferenceConfig = field(default_factory=PreferenceConfig)
+
+
+@dataclass
+class SFTRecipe(_Recipe):
+    """``pluralign sft``: supervised fine-tuning on prompt + chosen.
+
+    Attributes:
+        training: SFTConfig fields.
+    """
+
+    training: SFTConfig = field(default_factory=SFTConfig)
+
+
+def load_data(spec: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Train and (optional) held-out split described by ``spec``."""
+    if spec.source == "synthetic":
+        from pluralign.data.synthetic import make_population
+
+        dataset = make_population(spec.population or PopulationConfig()).dataset
+    else:
+        from pluralign.data import load_preferences
+
+        dataset = load_preferences(spec.source, format=spec.format, **spec.options)
+    if not spec.test_size:
+        return dataset, None
+    split = dataset.train_test_split(test_size=spec.test_size, seed=spec.seed)
+    return split["train"], split["test"]
+
+
+def _texts(dataset: datasets.Dataset) -> list[str]:
+    out = []
+    for column in ("prompt", "chosen", "rejected"):
+        for value in dataset[column] if column in dataset.column_names else []:
+            out.append(
+                value if isinstance(value, str) else "\n".join(m.get("content", "") for m in value)
+            )
+    return out
+
+
+def build_model_and_tokenizer(spec: ModelConfig, train: datasets.Dataset, seed: int):
+    """The policy and tokenizer ``spec`` names ('tiny' builds both without any download)."""
+    from pluralign.training.models import (
+        build_tokenizer,
+        load_causal_lm,
+        load_tokenizer,
+        tiny_gpt_neox,
+    )
+
+    if spec.tokenizer is not None:
+        tokenizer = load_tokenizer(spec.tokenizer)
+    elif spec.name_or_path == "tiny":
+        tokenizer = build_tokenizer(_texts(train), vocab_size=spec.tokenizer_vocab_size)
+    else:
+        tokenizer = load_tokenizer(spec.name_or_path)
+    if spec.name_or_path == "tiny":
+        model = tiny_gpt_neox(len(tokenizer), seed=seed, **spec.config)
+    else:
+        model = load_causal_lm(spec.name_or_path)
+    if spec.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **spec.lora))
+    return model, tokenizer
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+
+
+def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """Train as ``recipe`` says and write its run folder; ``recorded`` is the recipe as read
+    (saved as ``config.yaml``). Returns the metrics written to ``metrics.json``."""
+    from pluralign.training.tokenization import check_pair_columns
+
+    train, test = load_data(recipe.data)
+    args = recipe.training
+    extra: Callable[[], dict[str, Any]] = dict
+    if isinstance(recipe, SFTRecipe):
+        from pluralign.training.sft import build_sft_trainer
+
+        check_pair_columns(train, "train", required=("prompt", "chosen"))
+        model, tokenizer = build_model_and_tokenizer(recipe.model, train, args.seed)
+        trainer = build_sft_trainer(model, tokenizer, train, args, eval_dataset=test)
+    else:
+        from pluralign.training.models import load_causal_lm
+        from pluralign.training.trainer import PreferenceTrainer
+
+        check_pair_columns(train, "train")
+        if test is not None:
+            check_pair_columns(test, "eval")
+        model, tokenizer = build_model_and_tokenizer(recipe.model, train, args.seed)
+        ref = load_causal_lm(recipe.model.ref_model) if recipe.model.ref_model else None
+        trainer = PreferenceTrainer(model, ref_model=ref, args=args, train_dataset=train,
+                                    eval_dataset=test, processing_class=tokenizer)
+
+        def extra() -> dict[str, Any]:
+            return {"strength": trainer.objective.metrics()}
+
+    output_dir = args.output_dir
+    if trainer.is_world_process_zero():
+        write_config(output_dir, recorded)
+    checkpoint = _last_checkpoint(output_dir) if recipe.resume else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics: dict[str, Any] = {"train": result.metrics, **extra()}
+    if test is not None:
+        metrics["eval"] = trainer.evaluate()
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        with atomic_path(os.path.join(output_dir, "trainer_state.json")) as tmp:
+            trainer.state.save_to_json(str(tmp))
+        write_metrics(output_dir, metrics)
+    return metrics

@@ -1,0 +1,119 @@
+"""The one config reader and CLI grammar: overrides, sections, help, layering, one name."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pluralign.cli import COMMANDS, main
+from pluralign.config import apply_overrides, build_config, config_from_dict
+from pluralign.errors import ConfigError
+from pluralign.objectives import OBJECTIVES, build_objective
+from pluralign.training import PreferenceConfig
+from pluralign.training.recipe import ModelConfig, TrainRecipe
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pluralign"
+
+key = st.from_regex(r"[a-z][a-z_]{0,6}", fullmatch=True)
+
+
+@given(st.lists(key, min_size=1, max_size=4), st.integers())
+def test_a_dotted_override_sets_exactly_that_leaf(parts, value):
+    out = apply_overrides({"other": 1}, [f"{'.'.join(parts)}={value}"])
+    node = out
+    for part in parts:
+        node = node[part]
+    assert node == value
+    if parts[0] != "other":
+        assert out["other"] == 1
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=1", "--key=1"])
+def test_overrides_not_of_the_form_key_value_are_refused(bad):
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, [bad])
+
+
+def test_sections_are_built_as_dataclasses_and_unknown_keys_are_named(tmp_path):
+    recipe = config_from_dict(TrainRecipe, {"model": "runs/sft", "data": {"source": "x.jsonl"},
+                                            "training": {"objective": "mixdpo",
+                                                         "strength": "gamma"}})
+    assert recipe.model == ModelConfig(name_or_path="runs/sft")
+    assert isinstance(recipe.training, PreferenceConfig)
+    with pytest.raises(ConfigError, match=r"TrainRecipe\.model: unknown option\(s\) sise"):
+        config_from_dict(TrainRecipe, {"model": {"sise": 1}}, "TrainRecipe")
+    path = tmp_path / "r.yaml"
+    path.write_text("model: runs/sft\ndata: {source: synthetic}\n")
+    # a dotted override reaches into a section written as a scalar
+    recipe = build_config(TrainRecipe, path, ["model.tokenizer=tok"], output_dir=tmp_path / "o")
+    assert (recipe.model.name_or_path, recipe.model.tokenizer) == ("runs/sft", "tok")
+    assert recipe.training.output_dir == str(tmp_path / "o")
+
+
+def test_strength_shape_reaches_gamma_under_one_name():
+    """YAML `training.strength_shape` -> PreferenceConfig.strength_shape -> MixDPOSettings
+    .strength_shape -> Gamma(shape=...): three hops, and nothing renames it on the way."""
+    recipe = config_from_dict(TrainRecipe, {"training": {"objective": "mixdpo",
+                                                         "strength": "gamma",
+                                                         "strength_shape": 3.5}})
+    strength = recipe.training.build_objective().strength
+    assert strength.params()["shape"] == pytest.approx(3.5)
+    with pytest.raises(ConfigError, match="does not use strength_mu"):
+        PreferenceConfig(objective="mixdpo", strength="gamma", strength_mu=-2.3)
+
+
+def test_every_objective_setting_is_a_documented_preference_config_field():
+    fields = {f.name: f for f in dataclasses.fields(PreferenceConfig)}
+    for name, cls in OBJECTIVES.items():
+        for f in dataclasses.fields(cls.Settings):
+            assert f.name in fields and fields[f.name].metadata["help"], (name, f.name)
+            assert name in fields[f.name].metadata["help"]
+        assert isinstance(cls.columns, tuple)
+    assert OBJECTIVES["corrected_dpo"].columns == ("pair_variance",)
+    assert build_objective("agreement", agreement_num_types=3).columns == ("agreement",)
+
+
+def test_train_help_lists_the_preference_config_fields(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in ("training.strength_shape", "training.learning_rate", "training.objective",
+                 "training.precompute_ref_log_probs", "model.name_or_path", "data.source"):
+        assert name in text, name
+    assert "Initial Gamma shape k > 0" in text
+
+
+@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"pal", "data"}))
+def test_every_command_takes_config_and_output_dir(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    if command != "experiment":
+        assert "--config FILE" in text and "--output-dir DIR" in text and "key=value" in text
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def test_library_layers_never_import_experiments_and_reports_live_in_runs():
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith("experiments/") or rel == "cli.py":
+            continue
+        imported = _imports(path)
+        assert not any(m.startswith("pluralign.experiments") for m in imported), rel
+        if rel.split("/")[0] in ("reward", "envs", "social_choice", "data", "training"):
+            assert not any(m.startswith("pluralign.evaluation") for m in imported), rel
