@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from pluralign.errors import ConfigError
 from pluralign.io import (
     atomic_path,
-    parse_key_values,
     parse_yaml,
     read_yaml_mapping,
     write_json,
@@ -89,10 +88,13 @@ def test_atomic_files_follow_the_umask_like_open(tmp_path, umask):
 
 
 @pytest.mark.parametrize("value", ["[0", "!0", '"', "{a: 1", "!!python/name:os.system"])
-def test_key_value_options_with_invalid_yaml_name_the_option(value):
-    """Issue 15 #9: 'data inspect --option pairs=[0' raised a raw yaml ParserError."""
-    with pytest.raises(ConfigError, match=re.escape(f"--option pairs={value}: invalid YAML value")):
-        parse_key_values([f"pairs={value}"], "--option")
+def test_overrides_with_invalid_yaml_name_the_override(value):
+    """Issue 15 #9: 'data inspect --option pairs=[0' raised a raw yaml ParserError; overrides
+    are now ``key=value`` for every command and go through one parser."""
+    from pluralign.config import apply_overrides
+
+    with pytest.raises(ConfigError, match=re.escape(f"override 'pairs={value}': invalid YAML")):
+        apply_overrides({}, [f"pairs={value}"])
 
 
 def test_non_utf8_config_names_the_file(tmp_path):

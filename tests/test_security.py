@@ -12,7 +12,7 @@ import pytest
 
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.evaluation.judges import HTTPJudge
-from pluralign.evaluation.report import build_report, write_report
+from pluralign.runs import RunFolderError, build_report, write_report
 
 KEY = "sk-test-secret-value"
 
@@ -109,7 +109,7 @@ def test_report_embeds_no_file_outside_the_run_folder(tmp_path, kind):
 def test_report_refuses_metrics_json_that_is_not_a_mapping(tmp_path):
     """Issue 15 #9: a metrics.json holding a list used to raise AttributeError in render_html."""
     (tmp_path / "metrics.json").write_text("[1, 2]")
-    with pytest.raises(EvaluationError, match="metrics.json.*JSON object"):
+    with pytest.raises(RunFolderError, match="metrics.json.*JSON object"):
         build_report(tmp_path)
 
 

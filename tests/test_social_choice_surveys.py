@@ -6,8 +6,9 @@ import pytest
 
 pyreadstat = pytest.importorskip("pyreadstat")
 
+from pluralign.runs import read_table  # noqa: E402
 from pluralign.social_choice import SocialChoiceError, shares_from_respondents  # noqa: E402
-from pluralign.social_choice.cli import analyse, read_table  # noqa: E402
+from pluralign.social_choice.analysis import analyse  # noqa: E402
 from pluralign.social_choice.surveys import read_survey  # noqa: E402
 
 PARTY = {1.0: "Rep/Lean Rep", 2.0: "Dem/Lean Dem", 9.0: "DK/Refused/No lean"}

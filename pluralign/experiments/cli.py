@@ -1,6 +1,6 @@
-"""``pluralign experiment [NAME]`` and its aliases ``pluralign demo`` (``experiment demo``) and
-``pluralign simulate`` (``experiment dahp``): argument parsing plus one call of the experiment's
-run function (:data:`pluralign.experiments.EXPERIMENTS`)."""
+"""``pluralign experiment NAME`` (no NAME lists them) and its aliases ``pluralign demo``
+(``experiment demo``) and ``pluralign simulate`` (``experiment dahp``): argument parsing plus one
+call of the experiment's run function (:data:`pluralign.experiments.EXPERIMENTS`)."""
 
 from __future__ import annotations
 
