@@ -4,6 +4,7 @@ Training: the rows of :class:`PreferenceTrainer`'s own train dataloader (prompt 
 the completion mask). Margins: the batches :func:`preference_margins` hands to ``sequence_logps``.
 Generation: the ``input_ids`` that reach ``model.generate`` (left padding removed by the attention
 mask). Each is returned as a sorted list of tuples (one per pair; the trainer shuffles).
+:func:`template_prompt_ids` is the independent reference they are compared with.
 """
 
 from __future__ import annotations
@@ -58,3 +59,12 @@ def prompt_ids_by_consumer(model, tokenizer, pairs: datasets.Dataset, tmp_path, 
     generate_responses(model, tokenizer, list(pairs["prompt"]), max_new_tokens=1,
                        max_prompt_length=max_prompt_length, progress=False)
     return {"training": sorted(training), "margins": sorted(seen), "generation": sorted(generated)}
+
+
+def template_prompt_ids(tokenizer, prompts, max_prompt_length: int) -> list[tuple]:
+    """Reference: each prompt rendered as text by the tokenizer's own chat template with the
+    generation prompt, tokenised without special tokens, its last ``max_prompt_length`` kept."""
+    rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                for p in prompts]
+    return sorted(tuple(tokenizer(text, add_special_tokens=False)["input_ids"][-max_prompt_length:])
+                  for text in rendered)

@@ -305,7 +305,7 @@ def test_peft_reference_is_the_base_model_with_adapters_disabled(tmp_path, model
 def test_chat_prompt_ids_are_the_same_for_training_margins_and_generation(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from prompt_paths import prompt_ids_by_consumer
+    from prompt_paths import prompt_ids_by_consumer, template_prompt_ids
 
     from pluralign.data import load_preferences
     from pluralign.data.synthetic import make_population
@@ -321,11 +321,7 @@ def test_chat_prompt_ids_are_the_same_for_training_margins_and_generation(tmp_pa
     for pairs, max_prompt_length in ((synthetic, 100), (multi_turn, 24)):
         seen = prompt_ids_by_consumer(model, tok, pairs, tmp_path, monkeypatch,
                                       max_length=200, max_prompt_length=max_prompt_length)
-        # independent reference: the template's rendering with the generation prompt, tokenised
-        expected = sorted(tuple(tok(tok.apply_chat_template(p, tokenize=False,
-                                                            add_generation_prompt=True),
-                                    add_special_tokens=False)["input_ids"][-max_prompt_length:])
-                          for p in pairs["prompt"])
+        expected = template_prompt_ids(tok, pairs["prompt"], max_prompt_length)
         assert seen == {"training": expected, "margins": expected, "generation": expected}
     whole = tok.apply_chat_template(multi_turn[0]["prompt"], add_generation_prompt=True)
     assert len(expected[0]) == 24 < len(whole["input_ids"])  # the truncation was exercised
