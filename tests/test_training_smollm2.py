@@ -297,3 +297,23 @@ def test_smollm2_chat_prompt_ids_are_the_same_for_training_margins_and_generatio
                                       max_length=112, max_prompt_length=80)
         expected = template_prompt_ids(smol_tokenizer, pairs["prompt"], 80)
         assert seen == {"training": expected, "margins": expected, "generation": expected}
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_synthetic_chat_pairs_tokenise_as_trl_renders_them(smol_tokenizer):
+    from trl.data_utils import apply_chat_template
+
+    from pluralign.data.synthetic import make_population
+
+    pairs = make_population(n_annotators=2, pairs_per_annotator=3, chat=True).dataset
+    for example in pairs:
+        rendered = apply_chat_template(
+            {k: example[k] for k in ("prompt", "chosen", "rejected")}, smol_tokenizer)
+        out = tokenize_pair(example, smol_tokenizer, max_length=4096, max_prompt_length=4096)
+        assert smol_tokenizer.decode(out["prompt_ids"]) == rendered["prompt"]
+        for name in ("chosen", "rejected"):
+            # TRL keeps the template's "\n" after the end-of-turn token; we stop at the token
+            assert rendered[name].endswith(END_OF_TURN + "\n")
+            text = rendered[name][:-1]
+            assert out[f"{name}_ids"] == smol_tokenizer(text, add_special_tokens=False)["input_ids"]
