@@ -273,6 +273,11 @@ class Population:
         """Shortcut for ``truth.type_rewards``."""
         return self.truth.type_rewards(response_ids)
 
+    def text_arrays(self) -> tuple[pa.Array, pa.Array]:
+        """Arrow arrays of the prompt and response texts (index = prompt id / response id) in the
+        dataset's form: strings, or with ``config.chat`` one-message lists."""
+        return _text_arrays(self.prompts, self.responses, self.config.chat)
+
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``pairs.parquet`` (the dataset), ``responses.parquet``, ``prompts.parquet``,
         ``annotators.parquet`` and ``truth.json`` (config, type weights and shares, strength).
@@ -468,12 +473,16 @@ def _pair_chunk(config: PopulationConfig, start: int, stop: int, rewards: np.nda
             "beta": b, "margin": np.where(a_wins, diff, -diff)}
 
 
-def _text_column(texts: list[str], role: str, chat: bool) -> pa.Array:
-    """``texts`` as an Arrow string array, or (``chat``) as one-message lists
-    ``[{"role": role, "content": text}]`` with surrounding whitespace removed."""
+def _text_arrays(prompts: list[str], responses: list[str], chat: bool
+                 ) -> tuple[pa.Array, pa.Array]:
+    """Prompts and responses as Arrow string arrays, or (``chat``) as one-message lists
+    ``[{"role": "user" | "assistant", "content": text}]`` with surrounding whitespace removed."""
     if not chat:
-        return pa.array(texts)
-    return pa.array([[{"role": role, "content": t.strip()}] for t in texts])
+        return pa.array(prompts), pa.array(responses)
+    def messages(role: str, texts: list[str]) -> pa.Array:
+        return pa.array([[{"role": role, "content": t.strip()}] for t in texts])
+
+    return messages("user", prompts), messages("assistant", responses)
 
 
 def _chunk_table(c: dict[str, np.ndarray], texts: dict[str, pa.Array]) -> pa.Table:
@@ -519,8 +528,8 @@ def make_population(config: PopulationConfig | None = None, **overrides: Any) ->
     beta = _sample_beta(config)
     annotator_ids = [f"a{i:05d}" for i in range(config.n_annotators)]
     rewards = weights @ features.T
-    texts = {"prompts": _text_column(prompts, "user", config.chat),
-             "responses": _text_column(responses, "assistant", config.chat),
+    prompt_texts, response_texts = _text_arrays(prompts, responses, config.chat)
+    texts = {"prompts": prompt_texts, "responses": response_texts,
              "annotators": pa.array(annotator_ids),
              "attributes": mapping_array(attributes), "contexts": mapping_array(contexts)}
     tables = [
