@@ -121,6 +121,16 @@ def test_full_information_until_consensus_all_agree():
     assert all(set(lab) == {1.0} for lab in items["type_labels"])
 
 
+def test_full_information_items_of_a_chat_population_are_chat_messages():
+    strings = full_information_items(make_population(n_annotators=10, seed=1), seed=0)
+    chat = full_information_items(make_population(n_annotators=10, seed=1, chat=True), seed=0)
+    assert chat["type_labels"] == strings["type_labels"]
+    for s, c in zip(strings, chat, strict=True):
+        assert c["prompt"] == [{"role": "user", "content": s["prompt"]}]
+        assert c["chosen"] == [{"role": "assistant", "content": s["chosen"].strip()}]
+        assert c["rejected"] == [{"role": "assistant", "content": s["rejected"].strip()}]
+
+
 def test_full_information_from_dataset_groups_by_attribute():
     rows = []
     # item i1: group A (2 voters) prefers x, group B prefers x -> agreement

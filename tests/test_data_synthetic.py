@@ -145,9 +145,40 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.truth.strength_params == {"shape": 2.0, "rate": 2.0}
 
 
+_TEXT = ["prompt", "chosen", "rejected"]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"text_style": "compact", "seed": 5},
+                                       {"homogeneous": True, "strength": "gamma"}])
+def test_chat_form_is_the_string_form_as_trl_messages_with_the_same_labels(overrides):
+    from trl.data_utils import is_conversational
+
+    strings = make_population(n_annotators=15, pairs_per_annotator=4, **overrides)
+    chat = make_population(n_annotators=15, pairs_per_annotator=4, chat=True, **overrides)
+    validate(chat.dataset, source="test")
+    plain, messages = to_pandas(strings.dataset), to_pandas(chat.dataset)
+    # labels, true margins, β, types, ids, attributes: all identical
+    assert plain.drop(columns=_TEXT).equals(messages.drop(columns=_TEXT))
+    for s, c in zip(strings.dataset, chat.dataset, strict=True):
+        assert is_conversational(c)  # TRL's own test of its conversational format
+        assert c["prompt"] == [{"role": "user", "content": s["prompt"]}]
+        for name in ("chosen", "rejected"):
+            assert s[name].startswith(" ") and not s[name].startswith("  ")
+            assert c[name] == [{"role": "assistant", "content": s[name][1:]}]
+    np.testing.assert_array_equal(chat.truth.type_weights, strings.truth.type_weights)
+
+
+def test_chat_population_saves_and_loads(tmp_path):
+    pop = make_population(n_annotators=6, pairs_per_annotator=3, chat=True)
+    pop.save(tmp_path / "pop")
+    back = load_population(tmp_path / "pop")
+    assert back.config.chat and back.dataset.data.table.equals(pop.dataset.data.table)
+    assert back.dataset[0]["chosen"][0]["role"] == "assistant"
+
+
 @pytest.mark.parametrize("bad", [dict(n_types=0), dict(strength="weibull"), dict(sigma=0.0),
                                  dict(type_probs=[1.0]), dict(responses_per_prompt=1),
-                                 dict(text_style="fancy")])
+                                 dict(text_style="fancy"), dict(chat="yes")])
 def test_bad_config_raises_config_error(bad):
     with pytest.raises(ConfigError):
         PopulationConfig(**bad)

@@ -307,3 +307,28 @@ def test_peft_reference_is_the_base_model_with_adapters_disabled(tmp_path, model
         b = explicit.compute_loss(explicit.model, dict(batch))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert float(a) != pytest.approx(0.6931471805599453, abs=1e-4)
+
+
+def test_chat_prompt_ids_are_the_same_for_training_margins_and_generation(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from prompt_paths import prompt_ids_by_consumer, template_prompt_ids
+
+    from pluralign.data import load_preferences
+    from pluralign.data.synthetic import make_population
+
+    synthetic = make_population(n_annotators=2, pairs_per_annotator=2, chat=True).dataset
+    prism = load_preferences(Path(__file__).parent / "fixtures" / "prism", format="prism",
+                             chat=True)
+    multi_turn = prism.select([max(range(len(prism)), key=lambda i: len(prism[i]["prompt"]))])
+    texts = [m["content"] for ds in (synthetic, multi_turn) for row in ds
+             for m in row["prompt"] + row["chosen"] + row["rejected"]]
+    tok = build_tokenizer(texts, vocab_size=400)
+    model = tiny_gpt_neox(len(tok), seed=2)
+    for pairs, max_prompt_length in ((synthetic, 100), (multi_turn, 24)):
+        seen = prompt_ids_by_consumer(model, tok, pairs, tmp_path, monkeypatch,
+                                      max_length=200, max_prompt_length=max_prompt_length)
+        expected = template_prompt_ids(tok, pairs["prompt"], max_prompt_length)
+        assert seen == {"training": expected, "margins": expected, "generation": expected}
+    whole = tok.apply_chat_template(multi_turn[0]["prompt"], add_generation_prompt=True)
+    assert len(expected[0]) == 24 < len(whole["input_ids"])  # the truncation was exercised

@@ -32,7 +32,9 @@ from pluralign.training import (
 from pluralign.training.tokenization import PreferenceCollator
 
 NAME = "smollm2-135m-instruct"
-PRISM = Path(__file__).parent / "fixtures" / "prism"
+FIXTURES = Path(__file__).parent / "fixtures"
+PRISM = FIXTURES / "prism"
+COMMUNITY_ALIGNMENT = FIXTURES / "community_alignment.csv"
 END_OF_TURN = "<|im_end|>"
 
 try:
@@ -150,6 +152,16 @@ def chat_pairs():
     return pairs.select([0, longest])
 
 
+@pytest.fixture(scope="session", params=[(PRISM, "prism"),
+                                          (COMMUNITY_ALIGNMENT, "community_alignment")],
+                ids=["prism", "community_alignment"])
+def loader_chat_pairs(request):
+    """Every chat-form pair of a loader's fixture; some prompts have assistant turns."""
+    pairs = load_preferences(request.param[0], format=request.param[1], chat=True)
+    assert any(m["role"] == "assistant" for prompt in pairs["prompt"] for m in prompt)
+    return pairs
+
+
 def _reference_ids(tokenizer, example, name):
     """Independent token ids: the template's prompt with the generation prompt, and the
     completion = the assistant text followed by the end-of-turn token."""
@@ -176,8 +188,8 @@ def test_smollm2_by_name_loads_offline_from_one_cache_folder(smollm2_cache, smol
 
 @needs_smollm2
 @pytest.mark.slow
-def test_chat_pair_tokenisation_equals_apply_chat_template(smol_tokenizer, chat_pairs):
-    for example in chat_pairs:
+def test_chat_pair_tokenisation_equals_apply_chat_template(smol_tokenizer, loader_chat_pairs):
+    for example in loader_chat_pairs:
         out = tokenize_pair(example, smol_tokenizer, max_length=4096, max_prompt_length=4096)
         for name in ("chosen", "rejected"):
             prompt, completion = _reference_ids(smol_tokenizer, example, name)
@@ -266,3 +278,42 @@ def test_generation_answers_a_chat_prompt(smollm2_cache, smol_tokenizer, one_thr
     [text] = generate_responses(model, smol_tokenizer, [prompt], max_new_tokens=8,
                                 progress=False)
     assert text.strip()
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_smollm2_chat_prompt_ids_are_the_same_for_training_margins_and_generation(
+        smollm2_cache, smol_tokenizer, loader_chat_pairs, tmp_path, monkeypatch, one_thread):
+    from prompt_paths import prompt_ids_by_consumer, template_prompt_ids
+
+    from pluralign.data.synthetic import make_population
+
+    synthetic = make_population(n_annotators=1, pairs_per_annotator=2, chat=True).dataset
+    multi_turn = loader_chat_pairs.select([max(range(len(loader_chat_pairs)),
+                                               key=lambda i: len(loader_chat_pairs[i]["prompt"]))])
+    model = load_causal_lm(NAME)
+    for pairs in (synthetic, multi_turn):
+        seen = prompt_ids_by_consumer(model, smol_tokenizer, pairs, tmp_path, monkeypatch,
+                                      max_length=112, max_prompt_length=80)
+        expected = template_prompt_ids(smol_tokenizer, pairs["prompt"], 80)
+        assert seen == {"training": expected, "margins": expected, "generation": expected}
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_synthetic_chat_pairs_tokenise_as_trl_renders_them(smol_tokenizer):
+    from trl.data_utils import apply_chat_template
+
+    from pluralign.data.synthetic import make_population
+
+    pairs = make_population(n_annotators=2, pairs_per_annotator=3, chat=True).dataset
+    for example in pairs:
+        rendered = apply_chat_template(
+            {k: example[k] for k in ("prompt", "chosen", "rejected")}, smol_tokenizer)
+        out = tokenize_pair(example, smol_tokenizer, max_length=4096, max_prompt_length=4096)
+        assert smol_tokenizer.decode(out["prompt_ids"]) == rendered["prompt"]
+        for name in ("chosen", "rejected"):
+            # TRL keeps the template's "\n" after the end-of-turn token; we stop at the token
+            assert rendered[name].endswith(END_OF_TURN + "\n")
+            text = rendered[name][:-1]
+            assert out[f"{name}_ids"] == smol_tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -151,8 +151,7 @@ def _from_population(pop: Population, beta: float | None, until_consensus: bool,
     chosen, rejected = np.where(keep, a, b), np.where(keep, b, a)
     oriented = np.where(keep[:, None], labels, 1.0 - labels)
     avg = truth.average_reward(chosen) - truth.average_reward(rejected)
-    responses = pa.array(pop.responses)
-    prompts = pa.array(pop.prompts)
+    prompts, responses = pop.text_arrays()
     table = pa.table({
         "prompt": pc.take(prompts, pa.array(items.prompt_id.to_numpy())),
         "chosen": pc.take(responses, pa.array(chosen)),

@@ -15,6 +15,11 @@ Generative model (seeds/001 §3 mixed-logit Bradley–Terry; seeds/003 §2 user 
   is drawn from ``softmax(log type_probs + demographic_signal · Σ_a E_a[value_a, t])`` with a
   seeded table ``E_a`` of standard-normal effects, so types correlate with demographics.
   Preference strength β_i ~ point mass / LogNormal(μ, σ) / Gamma(k, rate λ) (``strength``).
+* **Chat form** (``chat=True``, the loaders' option of the same name): the same texts as TRL
+  conversational messages, the prompt ``[{"role": "user", "content": question}]`` and each
+  response ``[{"role": "assistant", "content": answer}]`` (without the string form's leading
+  space), for a chat model's own template. Everything random (items, types, annotators, pairs,
+  labels) is the same as in the string form for the same seed.
 * **Labels.** Each annotator compares ``pairs_per_annotator`` random response pairs (a, b) of
   random prompts; ``P(a ≻ b) = σ(β_i · (r_t(a) − r_t(b)))`` (mixed-logit BT, seeds/001 Eq. 3
   with β_i per annotator). ``chosen`` is whichever response won.
@@ -117,6 +122,8 @@ class PopulationConfig:
         text_style: "natural" (varied English sentences) or "compact" (one short sentence per
             consideration whose distinctive word is the consideration's name, e.g. "Fairness matters
             most." — an easy lexical signal for a tiny language model).
+        chat: prompts and responses as chat messages (TRL conversational format; see the module
+            docstring) instead of strings; same latent structure and labels.
         seed: seed of every random stream.
     """
 
@@ -138,6 +145,7 @@ class PopulationConfig:
     demographic_signal: float = 1.0
     homogeneous: bool = False
     text_style: str = "natural"
+    chat: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -160,6 +168,8 @@ class PopulationConfig:
         if self.text_style not in ("natural", "compact"):
             raise ConfigError(f"PopulationConfig.text_style must be 'natural' or 'compact', "
                               f"got {self.text_style!r}")
+        if not isinstance(self.chat, bool):
+            raise ConfigError(f"PopulationConfig.chat must be true or false, got {self.chat!r}")
         if self.type_probs is not None:
             probs = np.asarray(self.type_probs, dtype=float)
             if probs.shape != (self.n_types,) or (probs < 0).any() or not probs.sum() > 0:
@@ -245,7 +255,11 @@ class PopulationTruth:
 
 @dataclass
 class Population:
-    """A generated population: schema dataset + ground truth + the item texts."""
+    """A generated population: schema dataset + ground truth + the item texts.
+
+    ``prompts`` and ``responses`` are the plain-string texts (with ``chat=True`` the dataset holds
+    them as message lists, each response's content without its leading space).
+    """
 
     config: PopulationConfig
     dataset: datasets.Dataset
@@ -258,6 +272,11 @@ class Population:
     def type_rewards(self, response_ids: Any = None) -> np.ndarray:
         """Shortcut for ``truth.type_rewards``."""
         return self.truth.type_rewards(response_ids)
+
+    def text_arrays(self) -> tuple[pa.Array, pa.Array]:
+        """Arrow arrays of the prompt and response texts (index = prompt id / response id) in the
+        dataset's form: strings, or with ``config.chat`` one-message lists."""
+        return _text_arrays(self.prompts, self.responses, self.config.chat)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``pairs.parquet`` (the dataset), ``responses.parquet``, ``prompts.parquet``,
@@ -454,6 +473,18 @@ def _pair_chunk(config: PopulationConfig, start: int, stop: int, rewards: np.nda
             "beta": b, "margin": np.where(a_wins, diff, -diff)}
 
 
+def _text_arrays(prompts: list[str], responses: list[str], chat: bool
+                 ) -> tuple[pa.Array, pa.Array]:
+    """Prompts and responses as Arrow string arrays, or (``chat``) as one-message lists
+    ``[{"role": "user" | "assistant", "content": text}]`` with surrounding whitespace removed."""
+    if not chat:
+        return pa.array(prompts), pa.array(responses)
+    def messages(role: str, texts: list[str]) -> pa.Array:
+        return pa.array([[{"role": role, "content": t.strip()}] for t in texts])
+
+    return messages("user", prompts), messages("assistant", responses)
+
+
 def _chunk_table(c: dict[str, np.ndarray], texts: dict[str, pa.Array]) -> pa.Table:
     def take(name: str, idx: np.ndarray) -> pa.Array:
         return pc.take(texts[name], pa.array(idx))
@@ -497,7 +528,8 @@ def make_population(config: PopulationConfig | None = None, **overrides: Any) ->
     beta = _sample_beta(config)
     annotator_ids = [f"a{i:05d}" for i in range(config.n_annotators)]
     rewards = weights @ features.T
-    texts = {"prompts": pa.array(prompts), "responses": pa.array(responses),
+    prompt_texts, response_texts = _text_arrays(prompts, responses, config.chat)
+    texts = {"prompts": prompt_texts, "responses": response_texts,
              "annotators": pa.array(annotator_ids),
              "attributes": mapping_array(attributes), "contexts": mapping_array(contexts)}
     tables = [

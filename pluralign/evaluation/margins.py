@@ -8,7 +8,9 @@ For pair ``i`` with prompt ``x``, chosen ``y_w`` and rejected ``y_l``:
 
 (``margin`` equals ``logp_margin`` when no reference model is given.) Log-probabilities are sums
 over completion tokens, computed exactly as in training: same tokenisation
-(:func:`pluralign.training.tokenize_pair`), collator and :func:`pluralign.training.sequence_logps`.
+(:func:`pluralign.training.tokenize_pair`, whose prompt ids come from
+:func:`pluralign.training.tokenization.prompt_token_ids`, as generation's do), collator and
+:func:`pluralign.training.sequence_logps`.
 """
 
 from __future__ import annotations

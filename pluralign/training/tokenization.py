@@ -1,6 +1,10 @@
 """Tokenisation of preference pairs and the collator that batches chosen and rejected together.
 
-A pair ``(prompt, chosen, rejected)`` becomes ``prompt_ids``, ``chosen_ids`` and ``rejected_ids``:
+A prompt becomes token ids in one place, :func:`prompt_token_ids`, which training (here),
+margins (:mod:`pluralign.evaluation.margins`, through :func:`tokenize_pair`) and generation
+(:mod:`pluralign.evaluation.generation`) all call, so a policy is scored and sampled on the very
+ids it was trained on. A pair ``(prompt, chosen, rejected)`` becomes ``prompt_ids``,
+``chosen_ids`` and ``rejected_ids``:
 
 * plain strings: ``tokenizer(prompt)`` and ``tokenizer(prompt + completion + eos)``; the completion
   is what follows the longest common prefix of the two, so a BPE merge across the boundary is
@@ -28,6 +32,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from pluralign.data import SchemaError
+from pluralign.data.schema import is_conversational
 from pluralign.errors import ConfigError
 from pluralign.validation import check_number
 
@@ -37,16 +42,6 @@ TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 #: Columns every preference dataset needs.
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-def is_conversational(value: Any) -> bool:
-    """True when ``value`` is a list of chat messages (dicts with a ``role``)."""
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and isinstance(value[0], Mapping)
-        and "role" in value[0]
-    )
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -65,6 +60,35 @@ def _ids(tokenizer: PreTrainedTokenizerBase, messages_or_text: Any, **kwargs: An
     if isinstance(out, Mapping):  # transformers 5 returns a BatchEncoding
         out = out["input_ids"]
     return list(out)
+
+
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> list[int]:
+    """Token ids of a prompt, untruncated: a string tokenised as is (no special tokens added);
+    chat messages rendered by the tokenizer's own chat template with the generation prompt
+    (``add_generation_prompt=True``), so the ids end where the assistant's answer begins.
+
+    Raises:
+        ConfigError: chat messages but the tokenizer has no chat template, or a prompt that is
+            neither a string nor a list of messages.
+    """
+    if is_conversational(prompt):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                "the data are chat messages but the tokenizer has no chat template; set "
+                "tokenizer.chat_template or convert the prompt/completions to strings"
+            )
+        return _ids(tokenizer, prompt, add_generation_prompt=True)
+    if not isinstance(prompt, str):
+        raise ConfigError(f"a prompt must be a string or a list of chat messages "
+                          f"({{'role', 'content'}} dicts), got {type(prompt).__name__}")
+    return _ids(tokenizer, prompt)
+
+
+def keep_prompt_end(ids: list[int], max_prompt_length: int | None) -> list[int]:
+    """The last ``max_prompt_length`` prompt tokens (none when it is 0; all when None)."""
+    if max_prompt_length is None:
+        return ids
+    return ids[-max_prompt_length:] if max_prompt_length > 0 else []
 
 
 def _through_last(ids: list[int], token_id: int | None) -> list[int]:
@@ -98,15 +122,7 @@ def tokenize_pair(
     docstring)."""
     prompt = example["prompt"]
     conversational = is_conversational(prompt)
-    if conversational and not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(
-            "the data are chat messages but the tokenizer has no chat template; set "
-            "tokenizer.chat_template or convert the prompt/completions to strings"
-        )
-    if conversational:
-        prompt_ids = _ids(tokenizer, prompt, add_generation_prompt=True)
-    else:
-        prompt_ids = _ids(tokenizer, prompt)
+    prompt_ids = prompt_token_ids(tokenizer, prompt)
     eos = tokenizer.eos_token or ""
     full: dict[str, list[int]] = {}
     for name in completions:
@@ -117,7 +133,7 @@ def tokenize_pair(
             text = completion if completion.endswith(eos) else completion + eos
             full[name] = _ids(tokenizer, prompt + text)
     cut = min([len(prompt_ids)] + [_common_prefix(prompt_ids, ids) for ids in full.values()])
-    prompt_ids = prompt_ids[:cut][-max_prompt_length:] if max_prompt_length > 0 else []
+    prompt_ids = keep_prompt_end(prompt_ids[:cut], max_prompt_length)
     room = max(max_length - len(prompt_ids), 0)
     out = {"prompt_ids": prompt_ids}
     for name, ids in full.items():
