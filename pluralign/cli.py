@@ -20,7 +20,7 @@ from pluralign.errors import PluralignError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pluralign.experiments.cli", "run the embedded end-to-end demo on a laptop CPU"),
     "experiment": ("pluralign.experiments.cli", "list the shipped experiments or run one"),
-    "data": ("pluralign.data.cli", "inspect preference datasets (pairs, annotators, subgroups)"),
+    "data": ("pluralign.data.cli", "inspect, generate and export preference datasets"),
     "sft": ("pluralign.training.cli", "supervised fine-tuning on prompt + chosen"),
     "train": ("pluralign.training.cli", "train a policy: DPO, MixDPO, corrected DPO, agreement"),
     "evaluate": ("pluralign.evaluation.cli", "preference margins by subgroup, win rates"),

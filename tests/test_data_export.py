@@ -1,14 +1,21 @@
 """Export in TRL's preference format (jsonl / parquet / save_to_disk) and the round trip back."""
 
+import json
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from pluralign.cli import main
 from pluralign.data import load_preferences, make_population, to_pandas, validate
 from pluralign.data.export import EXPORT_FORMATS, export_preferences
 from pluralign.data.pairing import full_information_items, paired_preferences
 from pluralign.errors import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +98,40 @@ def test_chat_pairs_and_re_export_replaces(tmp_path):
 def test_unknown_format_is_config_error(pop, tmp_path):
     with pytest.raises(ConfigError, match="unknown export format"):
         export_preferences(pop.dataset, tmp_path, "csv")
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_cli_export_prism_round_trips_and_records_counts(fmt, tmp_path, capsys):
+    prism = str(FIXTURES / "prism")
+    out = tmp_path / "export"
+    assert main(["data", "export", prism, "--to", fmt, "--output-dir", str(out),
+                 "pairs=by_score"]) == 0
+    want = to_pandas(load_preferences(prism, pairs="by_score"))
+    counts = {"rows": len(want), "annotators": want["annotator_id"].nunique(),
+              "items": want["item_id"].nunique(), "prompts": want["prompt"].nunique()}
+    path = out / {"trl-jsonl": "train.jsonl", "parquet": "train.parquet", "hf": "train"}[fmt]
+    printed = "".join(capsys.readouterr().out.split())    # rich may wrap long paths
+    assert f"{counts['rows']}rows,{counts['annotators']}annotators" in printed
+    assert str(path) in printed
+    back = load_preferences(path)
+    _same_frames(to_pandas(back), want)
+    assert back[0]["attributes"]["age"] == want["attr.age"].iloc[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == {"kind": "pairs", "format": fmt, "path": str(path), **counts}
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["source"] == prism and config["to"] == fmt
+    assert config["options"] == {"pairs": "by_score"}
+
+
+def test_cli_export_errors_are_one_line_exit_2(tmp_path, capsys):
+    out = str(tmp_path / "export")
+    assert main(["data", "export", str(FIXTURES / "missing.jsonl"), "--output-dir", out]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["data", "export", str(FIXTURES / "prism"), "bananas=3", "--output-dir",
+                 out]) == 2
+    err = capsys.readouterr().err
+    assert "bananas" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as info:            # argparse: unknown export format
+        main(["data", "export", str(FIXTURES / "prism"), "--to", "csv", "--output-dir", out])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()

@@ -146,3 +146,84 @@ def test_cli_shares_table_and_options_file(tmp_path, capsys):
     assert main(["nbc", f"table={tmp_path / 's.csv'}", "--output-dir", str(tmp_path / "r2"),
                  f"options={tmp_path / 'o.csv'}"]) == 2
     assert "question 'Q1' has no declared options" in capsys.readouterr().err
+
+
+def _nbc_run(tmp_path, name, *args):
+    out = tmp_path / name
+    assert main(["nbc", *args, "--output-dir", str(out)]) == 0
+    return (out, pd.read_csv(out / "questions.csv").set_index("question"),
+            pd.read_csv(out / "options.csv"), json.loads((out / "metrics.json").read_text()))
+
+
+@pytest.mark.parametrize("user_missing_99", [True, False])
+def test_cli_pew_sav_ranks_like_the_long_table(tmp_path, capsys, user_missing_99):
+    pytest.importorskip("pyreadstat")
+    from pew_survey import pew_frame, reference_long, write_pew
+
+    frame = pew_frame(seed=3)
+    write_pew(tmp_path / "w79.sav", frame, user_missing_99)
+    reference_long(frame).to_csv(tmp_path / "long.csv", index=False)
+    _, wide_q, wide_o, wide_m = _nbc_run(
+        tmp_path, "wide", f"table={tmp_path / 'w79.sav'}", "type_column=F_PARTY",
+        "weight_column=WEIGHT_W79", 'questions="*_W79"')
+    wide_out = capsys.readouterr().out
+    _, long_q, long_o, long_m = _nbc_run(tmp_path, "long", f"table={tmp_path / 'long.csv'}")
+    assert "note: dropped" not in capsys.readouterr().out and long_m["dropped"] == {}
+    assert sorted(wide_q.index) == ["EVCAR_W79", "TRUST_W79"]
+    for column in ("avg_reward_ranking", "nbc_ranking", "dpo_ranking", "disagree"):
+        assert wide_q[column].to_dict() == long_q[column].to_dict()
+    merged = wide_o.merge(long_o, on=["question", "option"], suffixes=("_wide", "_long"))
+    assert len(merged) == len(wide_o) == len(long_o)
+    for column in ("avg_reward", "nbc_uniform"):
+        np.testing.assert_allclose(merged[f"{column}_wide"], merged[f"{column}_long"],
+                                   atol=1e-12)
+    # refusals (99) and "Don't know" (98) are dropped and counted, independently of the reader
+    dropped = {"EVCAR_W79: missing or excluded answers": int((frame["EVCAR_W79"] == 99).sum()),
+               "TRUST_W79: missing or excluded answers":
+                   int(frame["TRUST_W79"].isin([98, 99]).sum())}
+    assert wide_m["dropped"] == dropped and min(dropped.values()) > 0
+    evcar = "EVCAR_W79: missing or excluded answers"
+    assert f"{evcar} ({dropped[evcar]})" in wide_out
+    assert any("dropped" in note for note in wide_m["notes"])
+
+
+def test_cli_wide_csv_needs_type_column_and_codes_configurable(tmp_path, capsys):
+    pytest.importorskip("pyreadstat")
+    from pew_survey import PARTY, pew_frame
+
+    frame = pew_frame(seed=4).assign(F_PARTY=lambda f: f["F_PARTY"].map(PARTY))
+    frame.to_csv(tmp_path / "wide.csv", index=False)
+    _, questions, options, metrics = _nbc_run(
+        tmp_path, "r", f"table={tmp_path / 'wide.csv'}", "type_column=F_PARTY",
+        "weight_column=WEIGHT_W79", "questions=re:TRUST_W\\d+", "missing_codes=[99]",
+        "type_missing_codes=[DK/Refused/No lean]")
+    assert list(questions.index) == ["TRUST_W79"]
+    assert sorted(options["option"].astype(str)) == ["1", "2", "3", "98"]   # 98 kept as option
+    no_type = int((frame["F_PARTY"] == "DK/Refused/No lean").sum())
+    assert metrics["dropped"]["respondents without a type"] == no_type > 0
+
+
+def _nbc_error(tmp_path, capsys, *args):
+    assert main(["nbc", *args, "--output-dir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_cli_wide_survey_errors_are_one_line_exit_2(tmp_path, capsys):
+    pytest.importorskip("pyreadstat")
+    from pew_survey import pew_frame, write_pew
+
+    write_pew(tmp_path / "w79.sav", pew_frame())
+    survey(2).to_csv(tmp_path / "long.csv", index=False)
+    sav, long = f"table={tmp_path / 'w79.sav'}", f"table={tmp_path / 'long.csv'}"
+    assert "set type_column" in _nbc_error(tmp_path, capsys, sav)
+    assert "options applies to long tables only" in _nbc_error(
+        tmp_path, capsys, sav, "type_column=F_PARTY", "options=o.csv")
+    assert "weight_column applies to wide survey files only" in _nbc_error(
+        tmp_path, capsys, long, "weight_column=weight")
+    assert "missing_codes must be a list" in _nbc_error(
+        tmp_path, capsys, sav, "type_column=F_PARTY", "missing_codes=99")
+    err = _nbc_error(tmp_path, capsys, sav, "type_column=PARTY")
+    assert "w79.sav" in err and "'PARTY'" in err
+    assert not (tmp_path / "bad").exists()

@@ -1,54 +1,16 @@
 """Wide survey files (Pew ATP layout) -> long table -> the same NBC analysis as long tables."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 pyreadstat = pytest.importorskip("pyreadstat")
+
+from pew_survey import EVCAR, PARTY, TRUST, pew_frame, reference_long, write_pew  # noqa: E402
 
 from pluralign.runs import read_table  # noqa: E402
 from pluralign.social_choice import SocialChoiceError, shares_from_respondents  # noqa: E402
 from pluralign.social_choice.analysis import analyse  # noqa: E402
 from pluralign.social_choice.surveys import read_survey  # noqa: E402
-
-PARTY = {1.0: "Rep/Lean Rep", 2.0: "Dem/Lean Dem", 9.0: "DK/Refused/No lean"}
-EVCAR = {1.0: "Very likely", 2.0: "Somewhat likely", 3.0: "Not too likely",
-         4.0: "Not at all likely", 99.0: "Refused"}
-TRUST = {1.0: "A lot", 2.0: "Some", 3.0: "Not at all", 98.0: "Don't know", 99.0: "Refused"}
-N = 400
-
-
-def pew_frame(seed: int = 0) -> pd.DataFrame:
-    """Respondents in the ATP layout: id, party, two coded questions with refusals, weight."""
-    rng = np.random.default_rng(seed)
-    party = rng.choice([1.0, 2.0, 9.0], size=N, p=[0.45, 0.48, 0.07])
-    ev_probs = {1.0: [0.1, 0.2, 0.3, 0.37, 0.03], 2.0: [0.35, 0.3, 0.2, 0.12, 0.03],
-                9.0: [0.15, 0.25, 0.3, 0.27, 0.03]}
-    evcar = np.array([rng.choice(list(EVCAR), p=ev_probs[p]) for p in party])
-    trust = rng.choice(list(TRUST), size=N, p=[0.3, 0.35, 0.25, 0.05, 0.05])
-    return pd.DataFrame({"QKEY": np.arange(1000, 1000 + N, dtype=float), "F_PARTY": party,
-                         "EVCAR_W79": evcar, "TRUST_W79": trust,
-                         "WEIGHT_W79": rng.uniform(0.2, 3.0, size=N)})
-
-
-def write_pew(path, frame: pd.DataFrame, user_missing_99: bool = True) -> None:
-    pyreadstat.write_sav(
-        frame, str(path),
-        variable_value_labels={"F_PARTY": PARTY, "EVCAR_W79": EVCAR, "TRUST_W79": TRUST},
-        # SPSS user-missing declaration for one question; the other relies on missing_codes
-        missing_ranges={"EVCAR_W79": [99.0]} if user_missing_99 else None)
-
-
-def reference_long(frame: pd.DataFrame) -> pd.DataFrame:
-    """The same answers as a hand-built long table (labels applied, 98/99 dropped)."""
-    rows = []
-    for question, labels in (("EVCAR_W79", EVCAR), ("TRUST_W79", TRUST)):
-        for party, code, weight in zip(frame["F_PARTY"], frame[question], frame["WEIGHT_W79"],
-                                       strict=True):
-            if code not in (98.0, 99.0):
-                rows.append({"question": question, "type": PARTY[party],
-                             "answer": labels[code], "weight": weight})
-    return pd.DataFrame(rows)
 
 
 @pytest.mark.parametrize("user_missing_99", [True, False])
@@ -124,6 +86,9 @@ def test_unlabelled_wide_files(tmp_path, suffix):
     assert survey.options["EVCAR_W79"] == ["1", "2", "3", "4"]
     assert survey.types == sorted(PARTY.values())
     assert len(survey.long) == len(reference_long(pew_frame()))
+    # pandas writes the codes as "3.0": answers and declared options must agree on "3"
+    assert set(survey.long["answer"]) <= {"1", "2", "3", "4", "98"}
+    assert {q.question for q in survey.question_shares()} == {"EVCAR_W79", "TRUST_W79"}
 
 
 def _bad(tmp_path, frame=None, labels=None, **kwargs):

@@ -1,4 +1,4 @@
-"""``pluralign data inspect`` and ``pluralign data synthetic``: look at preference data.
+"""``pluralign data inspect``, ``synthetic`` and ``export``: look at, make and move preference data.
 
 ``inspect`` loads any source :func:`~pluralign.data.load_preferences` accepts and prints the number
 of pairs, annotators, prompts and items, pairs per annotator, a few example pairs, and the pairs
@@ -8,6 +8,10 @@ with a warning for subgroups that are too small to estimate anything per group.
 
 ``synthetic`` writes a synthetic population (pairs + ground truth) to a folder that ``inspect``,
 ``load_preferences`` and ``load_population`` read back.
+
+``export`` loads a source as ``inspect`` does and writes it in TRL's preference format
+(:func:`~pluralign.data.export.export_preferences`: ``train.jsonl``, ``train.parquet`` or the
+``save_to_disk`` folder ``train/``), printing and recording the counts.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pluralign.config import apply_overrides, build_config, describe_fields
+from pluralign.data.export import EXPORT_FORMATS, export_preferences
 from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
@@ -37,25 +42,38 @@ _EPILOG = """Examples:
   pluralign data inspect HannahRoseKirk/prism-alignment      # Hub id (needs network)
   pluralign data synthetic n_annotators=500 strength=gamma --output-dir runs/pop
   pluralign data synthetic --config pop.yaml --homogeneous --output-dir runs/pop-control
+  pluralign data export tests/fixtures/prism --to trl-jsonl --output-dir exports/prism
+  pluralign data export runs/pop --to hf --output-dir exports/pop    # Dataset.save_to_disk
+  pluralign data export community_alignment.csv language=en --to parquet --output-dir exports/ca
+
+export writes OUTPUT_DIR/train.jsonl (trl-jsonl), train.parquet or train/ (hf) with prompt,
+chosen, rejected and every other column (annotator_id, attributes and context as mappings,
+item_id, extras), plus config.yaml and metrics.json (the counts). Read it back from that file
+or folder (`pluralign data inspect exports/prism/train.jsonl`), not from OUTPUT_DIR.
 """
 
 
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """SOURCE and how to load it: the same for every subcommand that reads a dataset."""
+    parser.add_argument("source", help="local file/folder or Hub id")
+    parser.add_argument("--format", choices=FORMATS, help="source format (default: detected)")
+    parser.add_argument("--split", help="split to read (HH-RLHF files, Hub datasets)")
+    parser.add_argument("--limit", type=int, help="read at most this many pairs")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                        help="loader option, e.g. pairs=by_score, language=en, chat=true")
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``pluralign data`` (subcommands ``inspect`` and ``synthetic``)."""
+    """Arguments of ``pluralign data`` (subcommands ``inspect``, ``synthetic``, ``export``)."""
     parser.epilog = _EPILOG
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     inspect = sub.add_parser(
         "inspect", help="summarise a preference dataset", epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print pairs, annotators, prompts and per-subgroup counts of a dataset.")
-    inspect.add_argument("source", help="local file/folder or Hub id")
-    inspect.add_argument("--format", choices=FORMATS, help="source format (default: detected)")
-    inspect.add_argument("--split", help="split to read (HH-RLHF files, Hub datasets)")
-    inspect.add_argument("--limit", type=int, help="read at most this many pairs")
+    _add_source_arguments(inspect)
     inspect.add_argument("--by", nargs="+", metavar="ATTR",
                          help="attributes or context keys to count subgroups of")
-    inspect.add_argument("overrides", nargs="*", default=[], metavar="key=value",
-                         help="loader option, e.g. pairs=by_score, language=en, chat=true")
     inspect.add_argument("--output-dir", help="also record config.yaml and metrics.json here")
     inspect.add_argument("--min-annotators", type=int, default=10,
                          help="warn about subgroups with fewer annotators (default 10)")
@@ -76,6 +94,16 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="override one PopulationConfig field (YAML value)")
     synth.add_argument("--homogeneous", action="store_true",
                        help="write the homogeneous control of the configuration")
+    export = sub.add_parser(
+        "export", help="write a dataset in TRL's preference format (jsonl, parquet, hf)",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Load SOURCE as `inspect` does and write it for TRL's DPOTrainer / "
+        "RewardTrainer and `datasets.load_dataset`, with every extra column.")
+    _add_source_arguments(export)
+    export.add_argument("--to", choices=EXPORT_FORMATS, default="trl-jsonl",
+                        help="export format (default: %(default)s)")
+    export.add_argument("--output-dir", required=True,
+                        help="folder to write the export, config.yaml and metrics.json into")
 
 
 def _short(value: Any, width: int = 90) -> str:
@@ -106,10 +134,19 @@ def _subgroup_table(df: pd.DataFrame, column: str, name: str, args: argparse.Nam
     return table, warnings
 
 
-def _inspect(args: argparse.Namespace, console: Console) -> int:
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The dataset SOURCE names (:func:`_add_source_arguments`) and the settings it was loaded
+    with (what ``config.yaml`` records)."""
     options = apply_overrides({}, args.overrides)
     fmt = args.format or detect_format(args.source)
     ds = load_preferences(args.source, format=fmt, split=args.split, limit=args.limit, **options)
+    return ds, {"source": args.source, "format": fmt, "split": args.split, "limit": args.limit,
+                "options": options}
+
+
+def _inspect(args: argparse.Namespace, console: Console) -> int:
+    ds, loaded = _load(args)
+    fmt = loaded["format"]
     df = to_pandas(ds)
     has_annotators = df["annotator_id"].notna().any()
     per_annotator = df.groupby("annotator_id").size() if has_annotators else pd.Series(dtype=int)
@@ -133,8 +170,7 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
     summary.add_row("extra columns", ", ".join(extra) or "-")
     console.print(summary)
     if args.output_dir:
-        write_config(args.output_dir, {"source": args.source, "format": fmt, "split": args.split,
-                                       "limit": args.limit, "options": options})
+        write_config(args.output_dir, loaded)
         write_metrics(args.output_dir, {
             "pairs": len(ds), "annotators": int(per_annotator.size), "prompts": distinct_prompts,
             "items": int(df["item_id"].nunique()), "extra_columns": extra})
@@ -178,6 +214,17 @@ def _synthetic(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace, console: Console) -> int:
+    ds, loaded = _load(args)
+    result = export_preferences(ds, args.output_dir, args.to, source=args.source)
+    write_config(args.output_dir, loaded | {"to": args.to})
+    write_metrics(args.output_dir, {"kind": result.kind, "format": result.format,
+                                    "path": result.path, **result.counts()})
+    counts = ", ".join(f"{n} {what}" for what, n in result.counts().items())
+    console.print(f"exported {result.kind} ({result.format}): {counts} to {result.path}")
+    return 0
+
+
 def run_data(args: argparse.Namespace) -> int:
     """Run ``pluralign data SUBCOMMAND``; returns the exit status."""
     console = Console(width=120)
@@ -186,5 +233,8 @@ def run_data(args: argparse.Namespace) -> int:
         return _inspect(args, console)
     if getattr(args, "data_command", None) == "synthetic":
         return _synthetic(args, console)
-    console.print("usage: pluralign data {inspect,synthetic} ... (see pluralign data --help)")
+    if getattr(args, "data_command", None) == "export":
+        return _export(args, console)
+    console.print("usage: pluralign data {inspect,synthetic,export} ... (see pluralign data "
+                  "--help)")
     return 2

@@ -4,7 +4,7 @@ question, DPO's infinite-data ranking, and the smallest change of the comparison
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,14 @@ from pluralign.social_choice.shares import (
     shares_from_respondents,
     shares_from_share_table,
 )
+from pluralign.social_choice.surveys import PEW_MISSING_CODES, read_survey
+
+#: suffixes that are always wide survey files (one row per respondent, value labels).
+WIDE_SUFFIXES = (".sav", ".zsav", ".dta")
+#: settings of wide survey files only, with their defaults.
+WIDE_DEFAULTS: dict[str, Any] = {"weight_column": None, "questions": None,
+                                 "missing_codes": list(PEW_MISSING_CODES),
+                                 "type_missing_codes": []}
 
 #: min-TV quantiles reported in metrics.json and the report.
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -42,9 +50,19 @@ class NBCConfig:
 
     Attributes:
         table: respondent-level table (question, type, answer[, weight]) or shares table
-            (question, type, option, share[, type_weight]); csv, parquet or jsonl by suffix.
-        options: csv with columns question, option declaring each question's options in order.
-        types: declared type labels (default: all seen).
+            (question, type, option, share[, type_weight]); csv, parquet or jsonl by suffix. Or
+            a wide survey file, one row per respondent and one column per question (Pew ATP
+            waves): .sav/.zsav/.dta always, csv/parquet when type_column is set.
+        options: csv with columns question, option declaring each question's options in order
+            (long tables only; wide files declare options by value labels).
+        types: declared type labels (default: all seen; long tables only).
+        type_column: wide files: the column whose value labels are the types (e.g. F_PARTYSUM).
+        weight_column: wide files: the survey-weight column (default: every respondent 1).
+        questions: wide files: the question columns, a list of names, a glob ("*_W79") or a
+            regular expression "re:EVCAR.*" (full match); default: every other labelled column.
+        missing_codes: wide files: answer codes that are not options (Pew 98 = Don't know,
+            99 = Refused); SPSS user-missing values and empty cells are dropped too.
+        type_missing_codes: wide files: type codes that are not types (default none).
         skip_incomplete: skip questions where a type has no rows instead of failing.
         floor: smallest share used for Luce-Shepard rewards.
         eps: minimum sampling probability kept for every option.
@@ -58,6 +76,11 @@ class NBCConfig:
     table: str | None = None
     options: str | None = None
     types: list[str] | None = None
+    type_column: str | None = None
+    weight_column: str | None = None
+    questions: str | list[str] | None = None
+    missing_codes: list[Any] = field(default_factory=lambda: list(PEW_MISSING_CODES))
+    type_missing_codes: list[Any] = field(default_factory=list)
     skip_incomplete: bool = False
     floor: float = DEFAULT_SHARE_FLOOR
     eps: float = 1e-5
@@ -72,6 +95,34 @@ class NBCConfig:
         if self.link not in LINKS:
             raise SocialChoiceError(f"link={self.link!r} is unknown; use one of "
                                     f"{', '.join(LINKS)}")
+        for name in ("missing_codes", "type_missing_codes"):
+            if not isinstance(getattr(self, name), list):
+                raise SocialChoiceError(f"{name} must be a list of codes, e.g. {name}=[98, 99]; "
+                                        f"got {getattr(self, name)!r}")
+        if not (self.questions is None or isinstance(self.questions, str)
+                or (isinstance(self.questions, list)
+                    and all(isinstance(q, str) for q in self.questions))):
+            raise SocialChoiceError("questions must be a list of column names, a glob or "
+                                    f"'re:REGEX'; got {self.questions!r}")
+        if self.wide:
+            if self.type_column is None:
+                raise SocialChoiceError(f"{self.table} is a wide survey file: set type_column="
+                                        "COLUMN (the column whose labels are the types)")
+            for name in ("options", "types"):
+                if getattr(self, name) is not None:
+                    raise SocialChoiceError(f"{name} applies to long tables only, not to the wide "
+                                            f"survey file {self.table} (type_column="
+                                            f"{self.type_column}); it declares them by labels")
+        else:
+            for name, default in WIDE_DEFAULTS.items():
+                if getattr(self, name) != default:
+                    raise SocialChoiceError(f"{name} applies to wide survey files only; set "
+                                            f"type_column=COLUMN to read {self.table} as one")
+
+    @property
+    def wide(self) -> bool:
+        """Whether ``table`` is read as a wide survey file (:func:`read_survey`)."""
+        return self.type_column is not None or Path(self.table).suffix.lower() in WIDE_SUFFIXES
 
 
 def read_options(path: str | Path) -> dict[str, list[str]]:
@@ -83,15 +134,22 @@ def read_options(path: str | Path) -> dict[str, list[str]]:
     return {q: list(block["option"]) for q, block in frame.groupby("question", sort=False)}
 
 
-def load_questions(config: NBCConfig) -> list[QuestionShares]:
-    """Parse the input table into per-question shares (respondent or shares format)."""
+def load_questions(config: NBCConfig) -> tuple[list[QuestionShares], dict[str, int]]:
+    """Parse the input into per-question shares (wide survey, respondent or shares format) and
+    the counts of what a wide file dropped by reason (refusals, respondents without a type)."""
+    if config.wide:
+        survey = read_survey(config.table, config.type_column,
+                             weight_column=config.weight_column, questions=config.questions,
+                             missing_codes=config.missing_codes,
+                             type_missing_codes=config.type_missing_codes)
+        return survey.question_shares(config.skip_incomplete), survey.dropped
     table = read_table(config.table)
     source = str(config.table)
     if "share" in table.columns:
-        return shares_from_share_table(table, source=source)
+        return shares_from_share_table(table, source=source), {}
     options = read_options(config.options) if config.options else None
     return shares_from_respondents(table, options=options, types=config.types,
-                                   skip_incomplete=config.skip_incomplete, source=source)
+                                   skip_incomplete=config.skip_incomplete, source=source), {}
 
 
 def analyse(questions: list[QuestionShares], floor: float, eps: float, link: str,
@@ -142,7 +200,7 @@ def analyse(questions: list[QuestionShares], floor: float, eps: float, link: str
 
 def run_analysis(config: NBCConfig) -> dict[str, Any]:
     """Run the analysis and write the run folder; return the metrics."""
-    questions = load_questions(config)
+    questions, dropped = load_questions(config)
     if not questions:
         raise SocialChoiceError(f"{config.table}: no question left to analyse")
     too_small = [q.question for q in questions if len(q.options) < 2]
@@ -155,10 +213,12 @@ def run_analysis(config: NBCConfig) -> dict[str, Any]:
     write_config(out, config)
     write_table(out, "questions.csv", per_question)
     write_table(out, "options.csv", per_option)
+    if dropped:
+        print(f"note: {dropped_note(dropped)}")
     plot_min_tv_cdf(per_question["min_tv_to_flip"].to_numpy(), out / "min_tv_cdf.png")
     shown = _pick_question(per_question, config.question)
     plot_bump(per_option[per_option["question"] == shown], shown, out / "bump.png")
-    metrics = nbc_metrics(per_question, shown, str(config.table))
+    metrics = nbc_metrics(per_question, shown, str(config.table), dropped)
     write_report(out, metrics)
     print(f"{metrics['num_questions']} questions: average reward and NBC disagree on "
           f"{metrics['num_disagree']} (top choice on {metrics['num_top_disagree']}); median min "
@@ -166,8 +226,15 @@ def run_analysis(config: NBCConfig) -> dict[str, Any]:
     return metrics
 
 
-def nbc_metrics(per_question: pd.DataFrame, shown: str, source: str) -> dict[str, Any]:
-    """``metrics.json`` of a run: counts, min-TV quantiles, and what :mod:`report` renders."""
+def dropped_note(dropped: dict[str, int]) -> str:
+    """One line saying what a wide survey file lost, by reason."""
+    return "dropped " + "; ".join(f"{reason} ({n})" for reason, n in dropped.items())
+
+
+def nbc_metrics(per_question: pd.DataFrame, shown: str, source: str,
+                dropped: dict[str, int] | None = None) -> dict[str, Any]:
+    """``metrics.json`` of a run: counts, min-TV quantiles, what a wide survey file dropped
+    (``dropped``: reason -> count), and what :mod:`report` renders."""
     min_tv = per_question["min_tv_to_flip"].to_numpy(dtype=float)
     finite = min_tv[np.isfinite(min_tv)]
     quantiles = ({f"q{int(100 * q):02d}": float(np.quantile(finite, q)) for q in QUANTILES}
@@ -181,6 +248,7 @@ def nbc_metrics(per_question: pd.DataFrame, shown: str, source: str) -> dict[str
         "num_flippable": int(finite.size),
         "median_min_tv_to_flip": quantiles.get("q50"),
         "min_tv_quantiles": quantiles,
+        "dropped": dict(dropped or {}),
     }
     tv_text = (", ".join(f"{k[1:]}%: {v:.3g}" for k, v in quantiles.items()) if quantiles
                else "no question's NBC ranking can be changed")
@@ -213,7 +281,8 @@ def nbc_metrics(per_question: pd.DataFrame, shown: str, source: str) -> dict[str
              "the alternatives' distribution that changes the NBC ranking (seeds/003 Fig. 2)"},
         ],
         "notes": ["questions.csv and options.csv hold every question and option; "
-                  "NBC ranks like DPO's infinite-data optimum (dpo_ranking, Prop. 4.2)."],
+                  "NBC ranks like DPO's infinite-data optimum (dpo_ranking, Prop. 4.2)."]
+        + ([dropped_note(dropped)] if dropped else []),
     }
     return metrics
 

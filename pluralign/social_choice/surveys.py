@@ -162,7 +162,9 @@ def _labels_of(column: pd.Series, labels: dict[Any, str] | None, keep: np.ndarra
     if labels is None:
         order = sorted({_code_key(v) for v in kept},
                        key=lambda v: (0, v, "") if isinstance(v, float) else (1, 0.0, str(v)))
-        return kept.map(_label).to_numpy(dtype=object), [_label(v) for v in order]
+        # label the code key, so "3.0" in a csv is the option "3" as in the declared order
+        return (kept.map(lambda v: _label(_code_key(v))).to_numpy(dtype=object),
+                [_label(v) for v in order])
     by_code = {_code_key(code): str(text) for code, text in labels.items()}
     mapped = kept.map(lambda v: by_code.get(_code_key(v)))
     bad = np.flatnonzero(mapped.isna().to_numpy())
