@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pluralign.errors import ConfigError
-from pluralign.objectives import Objective
+from pluralign.objectives import OBJECTIVES, Objective, build_objective
 
 #: Per-pair column holding each pair's integer group id (see :func:`pluralign.data.groups`).
 GROUP_COLUMN = "group"
@@ -205,3 +205,30 @@ class GroupRobustObjective(Objective):
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, step_size={self.step_size:g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry entries: ``group_dpo`` (group-robust DPO) and ``group_mixdpo`` (group-robust MixDPO)
+# ----------------------------------------------------------------------------------------------
+#: Objective names whose per-pair loss is made group-robust, and the base objective of each.
+GROUP_OBJECTIVES = {"group_dpo": "dpo", "group_mixdpo": "mixdpo"}
+
+
+def _group_builder(name: str):
+    def build(strength: str = "point", learnable_strength: bool = True, beta: float = 0.1, *,
+              num_groups: int | None = None, group_step_size: float = 0.01,
+              group_counts: Sequence[float] | None = None,
+              group_names: Sequence[str] | None = None, **params: Any) -> Objective:
+        if num_groups is None:
+            raise ConfigError(f"objective {name!r} needs num_groups (or group_by, from which the "
+                              "trainer counts the groups)")
+        base = build_objective(GROUP_OBJECTIVES[name], strength=strength,
+                               learnable_strength=learnable_strength, beta=beta, **params)
+        return GroupRobustObjective(base, num_groups, group_step_size, group_counts=group_counts,
+                                    group_names=group_names)
+
+    return build
+
+
+for _name in GROUP_OBJECTIVES:
+    OBJECTIVES[_name] = _group_builder(_name)

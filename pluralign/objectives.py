@@ -434,3 +434,7 @@ def repeat_label_variance(
     safe_m = m.clamp(min=2)
     variance = both / safe_m - (total * total - squares) / (4 * safe_m * (safe_m - 1))
     return torch.where(enough, variance, torch.zeros_like(variance)), m
+
+
+# Group-robust objectives (group_dpo, group_mixdpo) register themselves in OBJECTIVES on import.
+from pluralign import group_robust as _group_robust  # noqa: E402, F401

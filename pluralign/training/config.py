@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 
 from pluralign.errors import ConfigError
 
-OBJECTIVE_NAMES = ("dpo", "mixdpo", "corrected_dpo", "agreement")
+OBJECTIVE_NAMES = ("dpo", "mixdpo", "corrected_dpo", "agreement", "group_dpo", "group_mixdpo")
 STRENGTH_FAMILIES = ("point", "lognormal", "gamma")
 LOGNORMAL_METHODS = ("quadrature", "monte_carlo")
 REFERENCE_DTYPES = ("float32", "bfloat16", "float16")
@@ -100,6 +100,20 @@ class PreferenceConfig(TrainingArguments):
     agreement_num_types: int | None = field(
         default=None,
         metadata={"help": "agreement only: number of user types K (objective default if unset)."},
+    )
+    group_by: str | None = field(
+        default=None,
+        metadata={
+            "help": "group_dpo/group_mixdpo: what defines a pair's group: 'attr.<name>', "
+            "'ctx.<name>' or a column (annotator_id, a cluster or type column); the trainer adds "
+            "the integer `group` column (pluralign.data.groups). Unset: the data must have a "
+            "`group` column."
+        },
+    )
+    group_step_size: float = field(
+        default=0.01,
+        metadata={"help": "group_dpo/group_mixdpo: step size eta >= 0 of the exponentiated-"
+                  "gradient update of the group weights (Ramesh et al. 2024)."},
     )
     max_length: int = field(
         default=128, metadata={"help": "Maximum prompt + completion length in tokens (paper: 128)."}
@@ -209,6 +223,8 @@ class PreferenceConfig(TrainingArguments):
             self.correction_alpha is None or self.correction_alpha >= 0,
             f"correction_alpha={self.correction_alpha!r} must be >= 0",
         )
+        need(self.group_step_size >= 0,
+             f"group_step_size={self.group_step_size!r} must be >= 0")
         need(
             self.agreement_num_types is None or self.agreement_num_types >= 1,
             f"agreement_num_types={self.agreement_num_types!r} must be >= 1",
@@ -217,7 +233,9 @@ class PreferenceConfig(TrainingArguments):
     def objective_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`pluralign.objectives.build_objective` for this config."""
         kwargs: dict[str, Any] = {"beta": self.beta}
-        if self.objective == "mixdpo":
+        if self.objective.startswith("group_"):
+            kwargs["group_step_size"] = self.group_step_size
+        if self.objective in ("mixdpo", "group_mixdpo"):
             kwargs.update(strength=self.strength, learnable_strength=self.learnable_strength)
             if self.strength == "lognormal":
                 kwargs.update(

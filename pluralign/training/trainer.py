@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate.utils import gather_object
@@ -42,7 +43,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_NAME
 
+from pluralign.data.groups import add_group_column
 from pluralign.errors import ConfigError
+from pluralign.group_robust import GROUP_COLUMN, GROUP_OBJECTIVES
 from pluralign.io import atomic_path
 from pluralign.objectives import Objective, build_objective
 from pluralign.training.config import PreferenceConfig
@@ -58,7 +61,8 @@ from pluralign.training.tokenization import (
 
 STRENGTH_FILE = "strength.safetensors"
 #: Per-pair columns an objective reads from the batch (see pluralign.objectives).
-OBJECTIVE_COLUMNS = {"corrected_dpo": ("pair_variance",), "agreement": ("agreement",)}
+OBJECTIVE_COLUMNS = {"corrected_dpo": ("pair_variance",), "agreement": ("agreement",),
+                     **{name: (GROUP_COLUMN,) for name in GROUP_OBJECTIVES}}
 STAGING_DIR = ".staging"
 _NUMERIC = (
     "int8",
@@ -112,6 +116,31 @@ def tokenize_dataset(
     )
 
 
+def group_setup(
+    args: PreferenceConfig, train: datasets.Dataset | None, evaluation: datasets.Dataset | None
+) -> tuple[datasets.Dataset | None, datasets.Dataset | None, dict[str, Any]]:
+    """For group_dpo/group_mixdpo: the ``group`` column and the objective's group arguments.
+
+    With ``args.group_by`` the column is built from it (the eval split uses the training split's
+    name table); otherwise an existing integer ``group`` column is used. Returns the datasets and
+    ``num_groups``/``group_counts``/``group_names`` (training pairs per group) for the builder.
+    """
+    if args.objective not in GROUP_OBJECTIVES or train is None:
+        return train, evaluation, {}
+    if args.group_by:
+        train, groups = add_group_column(train, args.group_by, GROUP_COLUMN)
+        if evaluation is not None:
+            evaluation, _ = add_group_column(evaluation, args.group_by, GROUP_COLUMN,
+                                             names=groups.names)
+        return train, evaluation, {"num_groups": len(groups.names),
+                                   "group_counts": groups.counts().tolist(),
+                                   "group_names": groups.names}
+    if GROUP_COLUMN not in train.column_names:
+        return train, evaluation, {}   # the column check names the missing column
+    counts = np.bincount(np.asarray(train[GROUP_COLUMN], dtype=np.int64))
+    return train, evaluation, {"num_groups": counts.size, "group_counts": counts.tolist()}
+
+
 class _ZeroStrengthGrads(TrainerCallback):
     """The Trainer zeroes only the model's gradients; the objective's are zeroed after each step."""
 
@@ -156,10 +185,11 @@ class PreferenceTrainer(Trainer):
             raise ConfigError(
                 "PreferenceTrainer needs processing_class=<tokenizer> to tokenise pairs"
             )
+        train_dataset, eval_dataset, group_kwargs = group_setup(args, train_dataset, eval_dataset)
         self.objective = (
             objective
             if objective is not None
-            else build_objective(args.objective, **args.objective_kwargs())
+            else build_objective(args.objective, **args.objective_kwargs(), **group_kwargs)
         )
         needed = OBJECTIVE_COLUMNS.get(args.objective, ())
         for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
