@@ -34,6 +34,11 @@ them), so every rank takes the same α step and holds the same weights; DDP's gr
 the per-rank means is then the global batch's mean. With gradient accumulation each micro-batch
 is one α step. η = 0 keeps α at its uniform start and leaves DPO with fixed importance weights
 (1/K)/p_g, i.e. every group weighted equally regardless of its size.
+
+Starting point. α starts uniform (the simplex centre; ``initial_weights="uniform"``), or at the
+training shares, ``α = p`` (``"proportional"``): then every per-pair weight α_g/p_g is 1, the
+first step is plain DPO, and the trajectory shows how far robustness moves the weights away from
+the data's own mixture.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from pluralign.objectives import OBJECTIVES, Objective, build_objective
 
 #: Per-pair column holding each pair's integer group id (see :func:`pluralign.data.groups`).
 GROUP_COLUMN = "group"
+#: Where the group weights start: the simplex centre or the training shares.
+INITIAL_WEIGHTS = ("uniform", "proportional")
 
 
 def reduced_group_sums(loss: Tensor, group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
@@ -132,14 +139,20 @@ class GroupRobustObjective(Objective):
             :meth:`set_group_counts` (the trainer does it from the training set).
         group_names: display names of the groups in metrics (default ``"0"``, ``"1"``, ...).
         column: the batch column with each pair's group id.
+        initial_weights: ``"uniform"`` or ``"proportional"`` (α = p once the counts are set).
     """
 
     name = "group_robust"
 
     def __init__(self, base: Objective, num_groups: int, step_size: float = 0.01,
                  group_counts: Sequence[float] | None = None,
-                 group_names: Sequence[str] | None = None, column: str = GROUP_COLUMN) -> None:
+                 group_names: Sequence[str] | None = None, column: str = GROUP_COLUMN,
+                 initial_weights: str = "uniform") -> None:
         super().__init__()
+        if initial_weights not in INITIAL_WEIGHTS:
+            raise ConfigError(f"initial_weights must be one of {INITIAL_WEIGHTS}, "
+                              f"got {initial_weights!r}")
+        self.initial_weights = initial_weights
         if not isinstance(base, Objective):
             raise ConfigError(f"GroupRobustObjective wraps an Objective, got {type(base).__name__}")
         if int(num_groups) < 1:
@@ -168,7 +181,8 @@ class GroupRobustObjective(Objective):
         return bool(self.group_fractions.sum() > 0)
 
     def set_group_counts(self, counts: Sequence[float] | Tensor) -> None:
-        """Set ``p_g = N_g / N`` from the training set's pairs per group (every N_g > 0)."""
+        """Set ``p_g = N_g / N`` from the training set's pairs per group (every N_g > 0); with
+        ``initial_weights="proportional"`` α is reset to p (a resume then loads the saved α)."""
         counts = torch.as_tensor(counts, dtype=torch.float64).flatten()
         if counts.numel() != self.num_groups:
             raise ConfigError(f"group_counts has {counts.numel()} entries for "
@@ -179,6 +193,8 @@ class GroupRobustObjective(Objective):
                               "objective needs every group in the training set (drop them from "
                               "the name table or map them to another group)")
         self.group_fractions.copy_(counts / counts.sum())
+        if self.initial_weights == "proportional":
+            self.group_weights.copy_(self.group_fractions)
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         if not self.has_group_counts:
@@ -218,14 +234,15 @@ def _group_builder(name: str):
     def build(strength: str = "point", learnable_strength: bool = True, beta: float = 0.1, *,
               num_groups: int | None = None, group_step_size: float = 0.01,
               group_counts: Sequence[float] | None = None,
-              group_names: Sequence[str] | None = None, **params: Any) -> Objective:
+              group_names: Sequence[str] | None = None, group_init: str = "uniform",
+              **params: Any) -> Objective:
         if num_groups is None:
             raise ConfigError(f"objective {name!r} needs num_groups (or group_by, from which the "
                               "trainer counts the groups)")
         base = build_objective(GROUP_OBJECTIVES[name], strength=strength,
                                learnable_strength=learnable_strength, beta=beta, **params)
         return GroupRobustObjective(base, num_groups, group_step_size, group_counts=group_counts,
-                                    group_names=group_names)
+                                    group_names=group_names, initial_weights=group_init)
 
     return build
 

@@ -170,3 +170,13 @@ def test_two_gloo_processes_hold_identical_weights_equal_to_the_full_batch():
     assert results[0] == results[1]
     assert results[0] == pytest.approx(single.group_weights.tolist(), rel=1e-12)
     assert results[0] != pytest.approx([0.5, 0.5])
+
+
+def test_proportional_start_makes_the_first_weighted_loss_plain_dpo():
+    objective = GroupRobustObjective(DPOObjective(BETA), 2, 0.0, group_counts=[3, 1],
+                                     initial_weights="proportional")
+    margin = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    loss = objective(margin, {"group": torch.tensor([0, 1, 0, 0])})
+    torch.testing.assert_close(loss, dpo_loss(margin, BETA), rtol=1e-15, atol=0)
+    torch.testing.assert_close(objective.group_weights,
+                               torch.tensor([0.75, 0.25], dtype=torch.float64))

@@ -115,6 +115,11 @@ class PreferenceConfig(TrainingArguments):
         metadata={"help": "group_dpo/group_mixdpo: step size eta >= 0 of the exponentiated-"
                   "gradient update of the group weights (Ramesh et al. 2024)."},
     )
+    group_init: str = field(
+        default="uniform",
+        metadata={"help": "group_dpo/group_mixdpo: start of the group weights, 'uniform' or "
+                  "'proportional' (the training shares: the first step is plain DPO)."},
+    )
     max_length: int = field(
         default=128, metadata={"help": "Maximum prompt + completion length in tokens (paper: 128)."}
     )
@@ -234,7 +239,7 @@ class PreferenceConfig(TrainingArguments):
         """Keyword arguments of :func:`pluralign.objectives.build_objective` for this config."""
         kwargs: dict[str, Any] = {"beta": self.beta}
         if self.objective.startswith("group_"):
-            kwargs["group_step_size"] = self.group_step_size
+            kwargs.update(group_step_size=self.group_step_size, group_init=self.group_init)
         if self.objective in ("mixdpo", "group_mixdpo"):
             kwargs.update(strength=self.strength, learnable_strength=self.learnable_strength)
             if self.strength == "lognormal":
