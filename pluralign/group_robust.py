@@ -196,6 +196,12 @@ class GroupRobustObjective(Objective):
         if self.initial_weights == "proportional":
             self.group_weights.copy_(self.group_fractions)
 
+    def start_weights(self) -> Tensor:
+        """α before the first step: uniform, or the training shares (``"proportional"``)."""
+        if self.initial_weights == "proportional":
+            return self.group_fractions.clone()
+        return torch.full_like(self.group_weights, 1.0 / self.num_groups)
+
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         if not self.has_group_counts:
             raise ConfigError("GroupRobustObjective has no group counts; pass group_counts or "
