@@ -1,0 +1,1 @@
+"""Recipes built from the library layers (nothing below imports them)."""
