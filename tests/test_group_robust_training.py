@@ -63,3 +63,10 @@ def test_group_mixdpo_trains_the_strength_under_the_group_weights(tmp_path, popu
     last = [h for h in trainer.state.log_history if "loss" in h][-1]
     assert last["strength/rate"] != pytest.approx(16.7, abs=1e-4)
     assert "group_weight/1" in last
+
+
+def test_group_by_without_a_group_objective_is_a_config_error(tmp_path):
+    from pluralign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="only read by group_dpo"):
+        PreferenceConfig(output_dir=str(tmp_path), objective="dpo", group_by="attr.age")

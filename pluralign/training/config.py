@@ -230,6 +230,9 @@ class PreferenceConfig(TrainingArguments):
         )
         need(self.group_step_size >= 0,
              f"group_step_size={self.group_step_size!r} must be >= 0")
+        need(self.group_by is None or self.objective.startswith("group_"),
+             f"group_by={self.group_by!r} is only read by group_dpo/group_mixdpo, not by "
+             f"objective={self.objective!r}")
         need(
             self.agreement_num_types is None or self.agreement_num_types >= 1,
             f"agreement_num_types={self.agreement_num_types!r} must be >= 1",
