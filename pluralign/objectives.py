@@ -9,7 +9,8 @@ optimiser must see) with ``forward(margin, batch=None) -> per-pair loss`` and
 ``metrics() -> dict[str, float]``.
 :func:`build_objective` turns a config name and its settings into one; the registry
 :data:`OBJECTIVES` maps each name to its class, which declares its settings and the per-pair
-columns it reads; the DAHP objectives extend it further down this file.
+columns it reads; the DAHP objectives extend it further down this file and the group-robust
+ones (``group_dpo``, ``group_mixdpo``) from :mod:`pluralign.group_robust`, imported at the end.
 """
 
 from __future__ import annotations
@@ -121,7 +122,10 @@ class Objective(nn.Module):
     Each registered subclass declares what it is built from: ``Settings`` (a dataclass of
     :func:`setting` fields: name, type, default, help), ``columns`` (the per-pair dataset columns
     that ``batch`` must carry) and ``from_settings``; :meth:`used` names the settings a given
-    choice reads (MixDPO's depend on its strength family).
+    choice reads (MixDPO's depend on its strength family). An objective whose columns or state
+    come from the data (group-robust objectives: the ``group`` column and the training-set group
+    shares) derives them in :meth:`prepare_data`, which the trainer calls before it checks
+    ``columns``.
     """
 
     name: str = "objective"
@@ -143,6 +147,12 @@ class Objective(nn.Module):
     def choice(cls, settings: Any) -> str:
         """The choice that decides :meth:`used`, for error messages (default: none)."""
         return ""
+
+    def prepare_data(self, train: Any, evaluation: Any) -> tuple[Any, Any]:
+        """The training and evaluation datasets (either may be None) with the per-pair columns
+        this objective derives from the data added; may also set state from the training
+        split. Default: both unchanged."""
+        return train, evaluation
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         raise NotImplementedError
@@ -304,8 +314,12 @@ def build_objective(name: str, **settings: Any) -> Objective:
     declared = {f.name for f in fields(cls.Settings)}
     unknown = sorted(set(settings) - declared)
     if unknown:
+        readers = objective_settings()
+        where = "; ".join(f"{u} is read by {', '.join(readers[u][3])}" for u in unknown
+                          if u in readers)
         raise ConfigError(f"objective {name!r} does not use {', '.join(unknown)} (it takes "
-                          f"{', '.join(sorted(declared))}). {cls.hint}".rstrip())
+                          f"{', '.join(sorted(declared))}"
+                          + (f"; {where}" if where else "") + f"). {cls.hint}".rstrip())
     values = cls.Settings(**settings)
     check_settings(values)
     unused = sorted(set(settings) - cls.used(values))
@@ -592,3 +606,7 @@ def repeat_label_variance(
     safe_m = m.clamp(min=2)
     variance = both / safe_m - (total * total - squares) / (4 * safe_m * (safe_m - 1))
     return torch.where(enough, variance, torch.zeros_like(variance)), m
+
+
+# Group-robust objectives (group_dpo, group_mixdpo) register themselves in OBJECTIVES on import.
+from pluralign import group_robust as _group_robust  # noqa: E402, F401

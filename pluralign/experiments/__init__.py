@@ -43,4 +43,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "dahp": Experiment("pluralign.experiments.dahp", "SimulateConfig", "run_simulation",
                        "DAHP proximity environment: DPO, corrected DPO, agreement loss, "
                        "indirect route (seeds/003 §7.2)"),
+    "group_robust": Experiment("pluralign.experiments.group_robust", "GroupRobustConfig", "main",
+                               "DPO vs MixDPO vs group-robust DPO on an 80/20 majority/minority "
+                               "population: worst-group accuracy gain (Ramesh et al. 2024)"),
 }

@@ -39,6 +39,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
   pluralign experiment demo --output-dir runs/demo
   pluralign experiment dahp --config configs/dahp_env.yaml --output-dir runs/dahp_env
   pluralign experiment pal_benchmark --config configs/pal_benchmark.yaml --output-dir runs/pal
+  pluralign experiment group_robust --output-dir runs/group_robust seed=1
   pluralign experiment composition --help            # every field of its config
 
 Shipped experiments:

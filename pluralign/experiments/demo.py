@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,17 @@ def _default_population() -> dict[str, Any]:
             "reward_scale": 3.0, "text_style": "compact"}
 
 
+def default_sft() -> dict[str, Any]:
+    """SFT settings of the tiny-model runs (demo and experiments built on it)."""
+    return {"learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16}
+
+
+def default_preference() -> dict[str, Any]:
+    """Preference-training settings shared by every method of the tiny-model runs."""
+    return {"learning_rate": 3e-4, "strength_learning_rate": 3e-2, "num_train_epochs": 2,
+            "per_device_train_batch_size": 16, "logging_steps": 5}
+
+
 def _default_methods() -> dict[str, dict[str, Any]]:
     return {"DPO": {"objective": "dpo", "beta": 0.1},
             "MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"},
@@ -109,11 +121,8 @@ class DemoConfig:
     model: dict[str, Any] = field(default_factory=dict)
     max_length: int = 64
     max_prompt_length: int = 40
-    sft: dict[str, Any] = field(default_factory=lambda: {
-        "learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16})
-    preference: dict[str, Any] = field(default_factory=lambda: {
-        "learning_rate": 3e-4, "strength_learning_rate": 3e-2, "num_train_epochs": 2,
-        "per_device_train_batch_size": 16, "logging_steps": 5})
+    sft: dict[str, Any] = field(default_factory=default_sft)
+    preference: dict[str, Any] = field(default_factory=default_preference)
     methods: dict[str, dict[str, Any]] = field(default_factory=_default_methods)
     subgroups: list[str] = field(default_factory=lambda: [
         "attr.education", "attr.age", "attr.gender", "attr.employment_status", "ctx.domain"])
@@ -142,26 +151,39 @@ class _PopulationResult:
     final_strength: dict[str, dict[str, float]]
 
 
-def _train_population(cfg: DemoConfig, name: str, splits: Any, tokenizer: Any,
-                      run_dir: Path) -> _PopulationResult:
+def train_tiny_methods(cfg: Any, splits: Any, tokenizer: Any, run_dir: Path
+                       ) -> Iterator[tuple[str, Any, Any, PreferenceTrainer]]:
+    """SFT a tiny GPT-NeoX on ``splits["train"]``, then train every method of ``cfg.methods``
+    from it; yields ``(method, policy, sft_model, trainer)`` after each method's training.
+
+    ``cfg`` supplies ``seed``, ``progress``, ``max_length``, ``max_prompt_length``, ``model``
+    (``tiny_gpt_neox`` overrides), ``sft``, ``preference`` and ``methods`` (as :class:`DemoConfig`).
+    """
     common = {"report_to": [], "save_strategy": "no", "seed": cfg.seed, "use_cpu": True,
               "disable_tqdm": not cfg.progress, "max_length": cfg.max_length,
               "max_prompt_length": cfg.max_prompt_length}
     model = tiny_gpt_neox(len(tokenizer), seed=cfg.seed, **cfg.model)
-    sft_args = SFTConfig(output_dir=str(run_dir / name / "sft"), **common, **cfg.sft)
+    sft_args = SFTConfig(output_dir=str(run_dir / "sft"), **common, **cfg.sft)
     run_sft(model, tokenizer, splits["train"], sft_args)
     sft_model = model.eval()
-    margins, trajectories, final = {}, {}, {}
     for method, overrides in cfg.methods.items():
         policy = copy.deepcopy(sft_model).requires_grad_(True)  # the reference is frozen in place
-        args = PreferenceConfig(output_dir=str(run_dir / name / method), **common,
+        args = PreferenceConfig(output_dir=str(run_dir / method), **common,
                                 **{**cfg.preference, **overrides})
         trainer = PreferenceTrainer(policy, ref_model=sft_model, args=args,
                                     train_dataset=splits["train"], processing_class=tokenizer)
         trainer.train()
+        yield method, policy, sft_model, trainer
+
+
+def _train_population(cfg: DemoConfig, name: str, splits: Any, tokenizer: Any,
+                      run_dir: Path) -> _PopulationResult:
+    margins, trajectories, final = {}, {}, {}
+    for method, policy, sft_model, trainer in train_tiny_methods(cfg, splits, tokenizer,
+                                                                 run_dir / name):
         metrics = trainer.objective.metrics()
         final[method] = {k: float(v) for k, v in metrics.items()}
-        if overrides.get("objective") == "mixdpo":
+        if cfg.methods[method].get("objective") == "mixdpo":
             trajectories[method] = trajectory_verdict(trainer.state.log_history)
         margins[method] = preference_margins(policy, sft_model, splits["test"], tokenizer,
                                              max_length=cfg.max_length,

@@ -45,8 +45,10 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
         metadata={
             "help": "Loss on the policy's reward margins: 'dpo' (fixed beta), 'mixdpo' (beta "
             "drawn from the `strength` distribution, seeds/001 Eq. 3), 'corrected_dpo' "
-            "(first-order-corrected DPO, needs a `pair_variance` column) or 'agreement' "
-            "(needs an `agreement` column). Its settings are the fields marked [objective]."
+            "(first-order-corrected DPO, needs a `pair_variance` column), 'agreement' "
+            "(needs an `agreement` column), 'group_dpo' or 'group_mixdpo' (group-robust DPO / "
+            "MixDPO, Ramesh et al. 2024; groups from `group_by`). Its settings are the fields "
+            "marked [objective]."
         },
     )
     strength_learning_rate: float = field(

@@ -1,4 +1,4 @@
-"""``PreferenceTrainer``: DPO / MixDPO / corrected DPO / agreement training on
+"""``PreferenceTrainer``: DPO / MixDPO / corrected DPO / agreement / group-robust training on
 ``transformers.Trainer``.
 
 Per step (seeds/001 §3): one forward pass of the policy over the ``[2B, L]`` batch (chosen rows,
@@ -10,6 +10,9 @@ the mean over pairs.
 
 What the ``Trainer`` does not know and this class adds:
 
+* the objective derives the per-pair columns it needs from the data before they are checked
+  (:meth:`~pluralign.objectives.Objective.prepare_data`: a group-robust objective's ``group``
+  column and training-set group shares);
 * the objective's strength parameters are trained in their own optimizer parameter group
   (``strength_learning_rate``), averaged across processes like DDP averages the policy gradients,
   saved to
@@ -154,6 +157,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
                 "PreferenceTrainer needs processing_class=<tokenizer> to tokenise pairs"
             )
         self.objective = objective if objective is not None else args.build_objective()
+        train_dataset, eval_dataset = self.objective.prepare_data(train_dataset, eval_dataset)
         needed = self.objective.columns
         for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
             if dataset is not None:

@@ -1,0 +1,63 @@
+"""The group-robust experiment at a very small size: outputs' structure, weights move."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pluralign.errors import ConfigError
+from pluralign.experiments.group_robust import GroupRobustConfig, run_group_robust
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_small_run_writes_the_metrics_report_and_plots(tmp_path):
+    base = GroupRobustConfig()
+    cfg = GroupRobustConfig(
+        output_dir=str(tmp_path),
+        population={**base.population, "n_annotators": 24, "pairs_per_annotator": 6,
+                    "n_prompts": 10},
+        model={"hidden_size": 32, "intermediate_size": 64},
+        preference={**base.preference, "num_train_epochs": 1},
+        methods={"DPO": {"objective": "dpo"},
+                 "GR-DPO": {"objective": "group_dpo", "group_by": "user_type",
+                            "group_step_size": 0.5, "group_init": "proportional"}},
+        n_boot=50)
+    metrics = run_group_robust(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved["worst_group_accuracy"]) == {"DPO", "GR-DPO"}
+    gain = saved["worst_group_accuracy_gain"]
+    assert gain["ci"][0] <= gain["estimate"] <= gain["ci"][1]
+    assert gain["estimate"] == pytest.approx(saved["worst_group_accuracy"]["GR-DPO"]["mean"]
+                                             - saved["worst_group_accuracy"]["DPO"]["mean"])
+    for name in ("config.yaml", "report.html", "group_accuracy.png", "group_weights.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    weights = metrics["group_weights"]["weights"]
+    assert len(weights["minority"]) == len(metrics["group_weights"]["step"]) > 1
+    # starts at the minority's training share (< 1/2) and moves up toward it
+    assert weights["minority"][0] < 0.5
+    assert weights["minority"][-1] > weights["minority"][0]
+    assert 0 < metrics["conflict_share"]["test_pairs"] < 1
+
+
+def test_configs_without_the_compared_methods_fail():
+    with pytest.raises(ConfigError, match="must include"):
+        GroupRobustConfig(methods={"DPO": {"objective": "dpo"}})
+    with pytest.raises(ConfigError, match="majority_share"):
+        GroupRobustConfig(majority_share=0.3)
+
+
+def test_listed_and_configured_through_the_experiment_command(tmp_path, capsys):
+    from pluralign.cli import main
+
+    assert main(["experiment"]) == 0
+    assert "group_robust" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["experiment", "group_robust", "--help"])
+    text = capsys.readouterr().out
+    assert "majority_share" in text and "--output-dir DIR" in text
+    assert main(["experiment", "group_robust", "majority_share=0.3",
+                 "--output-dir", str(tmp_path)]) == 2
+    assert "majority_share" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
