@@ -18,6 +18,7 @@ from test_training_smollm2 import (  # noqa: F401  (session fixtures, shared con
 )
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from pluralign.errors import ConfigError
 from pluralign.training import build_tokenizer, load_causal_lm, tiny_gpt_neox, tokenize_pair
 from pluralign.training.logps import sequence_logps
 from pluralign.training.packing import (
@@ -219,6 +220,14 @@ def test_batch_sequence_logps_dispatches_on_the_layout(tokenizer, one_thread):
     padded = batch_sequence_logps(model, PreferenceCollator(pad_id)(pairs))
     packed = batch_sequence_logps(model, PackedPreferenceCollator(pad_id)(pairs))
     torch.testing.assert_close(packed, padded, rtol=0, atol=1e-10)
+
+
+def test_shared_prompt_with_flash_attention_is_refused_naming_the_fix(tokenizer):
+    pairs, pad_id = _pairs(tokenizer)
+    model = tiny_gpt_neox(len(tokenizer), seed=3)
+    model.config._attn_implementation = "flash_attention_2"  # (not installed: only the name)
+    with pytest.raises(ConfigError, match="set share_prompt false"):
+        packed_sequence_logps(model, pack_pairs(pairs, pad_id, share_prompt=True))
 
 
 # ---------------------------------------------------------------------------- transformers

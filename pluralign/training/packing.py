@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pluralign.errors import ConfigError
 from pluralign.training.logps import _split_lm, _upcast, head_token_logps, sequence_logps
 from pluralign.training.tokenization import per_pair_columns
 
@@ -212,6 +213,13 @@ def packed_sequence_logps(
     """
     rows, sources, targets, sequences = (batch[k] for k in SCORE_KEYS)
     mask = batch.get("attention_mask")
+    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
+    if mask is not None and attention.startswith("flash"):
+        raise ConfigError(
+            f"share_prompt needs a custom attention mask, which {attention} does not take; "
+            "set share_prompt false (padding_free works with flash attention) or load the model "
+            "with attn_implementation='sdpa'"
+        )
     kwargs = {
         "input_ids": batch["input_ids"],
         "position_ids": batch["position_ids"],
