@@ -4,11 +4,13 @@ raise while the loss runs."""
 
 import contextlib
 
+import datasets
 import pytest
 import torch
 
 from pluralign.numerics import DEBUG_ENV, NumericsError, sync_free
 from pluralign.objectives import build_objective
+from pluralign.training import PreferenceConfig, PreferenceTrainer, build_tokenizer, tiny_gpt_neox
 
 OBJECTIVES = [
     ("dpo", {}),
@@ -79,3 +81,27 @@ def test_the_debug_flag_keeps_the_checks_inside_sync_free(monkeypatch):
     objective = build_objective("mixdpo", strength="gamma")
     with sync_free(), pytest.raises(NumericsError, match="margin must be finite, got nan"):
         objective(torch.tensor([0.3, float("nan")]))
+
+
+def test_a_trainer_step_reads_nothing_on_the_host_and_nan_margins_fail_at_the_log(tmp_path):
+    """compute_loss + backward (packed batch, frozen reference) without host reads; a non-finite
+    margin (here: a NaN precomputed reference log-prob) raises NumericsError at the next log."""
+    rows = [{"prompt": "Say", "chosen": " yes.", "rejected": " no, never."},
+            {"prompt": "Count to two:", "chosen": " one two.", "rejected": " three."}]
+    tokenizer = build_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in rows], 300)
+    args = PreferenceConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                            disable_tqdm=True, per_device_train_batch_size=2, save_strategy="no",
+                            objective="mixdpo", strength="gamma")
+    trainer = PreferenceTrainer(tiny_gpt_neox(len(tokenizer), seed=0), args=args,
+                                train_dataset=datasets.Dataset.from_list(rows),
+                                processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    trainer.model.train()
+    with no_host_reads():
+        trainer.compute_loss(trainer.model, batch).backward()
+    trainer.log({"loss": 0.0})  # finite margins: logs normally
+    batch["ref_chosen_logps"] = torch.tensor([float("nan"), -3.0])
+    batch["ref_rejected_logps"] = torch.tensor([-4.0, -5.0])
+    trainer.compute_loss(trainer.model, batch)
+    with pytest.raises(NumericsError, match="1 of 2 train reward margins since the last log"):
+        trainer.log({"loss": 0.0})

@@ -5,6 +5,7 @@ sequence. Pairs come from tokenize_pair with truncation active (prompts longer t
 max_prompt_length, completions cut at max_length), plus hypothesis-drawn token lengths.
 """
 
+import datasets
 import pytest
 import torch
 from hypothesis import given, settings
@@ -19,7 +20,14 @@ from test_training_smollm2 import (  # noqa: F401  (session fixtures, shared con
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pluralign.errors import ConfigError
-from pluralign.training import build_tokenizer, load_causal_lm, tiny_gpt_neox, tokenize_pair
+from pluralign.training import (
+    PreferenceConfig,
+    PreferenceTrainer,
+    build_tokenizer,
+    load_causal_lm,
+    tiny_gpt_neox,
+    tokenize_pair,
+)
 from pluralign.training.logps import sequence_logps
 from pluralign.training.packing import (
     PackedPreferenceCollator,
@@ -273,3 +281,44 @@ def test_smollm2_packed_logps_equal_padded(smollm2_cache, smol_tokenizer, chat_p
             got = packed_sequence_logps(model, pack_pairs(pairs, pad_id, share_prompt,
                                                           padding_free))
             torch.testing.assert_close(got, expected, rtol=0, atol=atol)
+
+
+# ---------------------------------------------------------------------------- trainer wiring
+def _trainer(tmp_path, tokenizer, **kw):
+    rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in TEXTS]
+    args = PreferenceConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                            disable_tqdm=True, per_device_train_batch_size=4, save_strategy="no",
+                            max_length=24, max_prompt_length=8, **kw)
+    model = tiny_gpt_neox(len(tokenizer), seed=3)
+    return PreferenceTrainer(model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             processing_class=tokenizer)
+
+
+@pytest.mark.parametrize(("share_prompt", "padding_free"), LAYOUTS)
+def test_trainer_loss_and_gradient_equal_in_packed_and_padded_batches(
+        tmp_path, tokenizer, share_prompt, padding_free, one_thread):
+    results = []
+    for layout in ({"share_prompt": False, "padding_free": False},
+                   {"share_prompt": share_prompt, "padding_free": padding_free}):
+        trainer = _trainer(tmp_path, tokenizer, **layout)
+        with torch.no_grad():  # policy ≠ reference, so the margins are not all 0
+            for p in trainer.model.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        assert ("position_ids" in batch) == (layout != {"share_prompt": False,
+                                                        "padding_free": False})
+        loss, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+        loss.backward()
+        grad = trainer.model.gpt_neox.embed_in.weight.grad.clone()
+        results.append((loss.detach(), out["margin"], grad))
+    (loss0, margin0, grad0), (loss1, margin1, grad1) = results
+    assert margin0.abs().min() > 1e-4
+    torch.testing.assert_close(margin1, margin0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(loss1, loss0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad1, grad0, rtol=0, atol=1e-6)
+
+
+def test_trainer_defaults_pack_with_a_shared_prompt(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer)
+    assert isinstance(trainer.data_collator, PackedPreferenceCollator)
+    assert trainer.data_collator.share_prompt and trainer.data_collator.padding_free
