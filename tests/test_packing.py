@@ -271,8 +271,11 @@ def test_smollm2_packed_logps_equal_padded(smollm2_cache, smol_tokenizer, chat_p
                                           dtype, atol):
     pairs = [tokenize_pair(ex, smol_tokenizer, max_length=128, max_prompt_length=64)
              for ex in chat_pairs]
-    pairs += [tokenize_pair(ex, smol_tokenizer, max_length=48, max_prompt_length=24)
-              for ex in chat_pairs]  # truncated prompts and completions
+    pairs += [tokenize_pair(ex, smol_tokenizer, max_length=length, max_prompt_length=24)
+              for ex in chat_pairs for length in (48, 30)]  # truncated prompts, completions
+    lengths = [(len(x["prompt_ids"]), len(x["chosen_ids"]), len(x["rejected_ids"])) for x in pairs]
+    assert any(p == 24 for p, _, _ in lengths)
+    assert any(p + max(c, r) == 30 for p, c, r in lengths) and len(set(lengths)) > 3
     model = load_causal_lm(NAME, dtype=dtype)
     pad_id = smol_tokenizer.pad_token_id
     with torch.inference_mode():
