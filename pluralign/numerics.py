@@ -21,13 +21,23 @@ rescaling, no custom backward) that tests compare the kernels with, values and g
 
 Invalid inputs (non-finite margins, non-positive shape/rate, negative sigma) raise
 :class:`NumericsError`, a ``ValueError``, naming the offending value instead of returning NaN.
+Those checks read values on the host, which on an accelerator waits for the device (three
+waits per Gamma step: shape, rate, result). A training step skips them inside :func:`sync_free`:
+the strength modules' parameters are positive by construction (softplus of a raw value) and
+validated when the module is built, and the caller checks finiteness where it synchronises
+anyway (``PreferenceTrainer`` counts non-finite margins and raises at the next log). Setting
+``PLURALIGN_DEBUG_NUMERICS=1`` keeps every check even inside :func:`sync_free`.
 References: docs/references.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
+import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +47,7 @@ from torch.autograd.function import once_differentiable
 from pluralign.errors import PluralignError
 
 __all__ = [
+    "DEBUG_ENV",
     "GAMMA_SERIES_TERMS",
     "LOGNORMAL_METHODS",
     "NumericsError",
@@ -46,6 +57,7 @@ __all__ = [
     "lognormal_expected_sigmoid",
     "log_lognormal_expected_sigmoid",
     "log_point_expected_sigmoid",
+    "sync_free",
 ]
 
 #: Terms of the accelerated alternating series; the CVZ error bound is 4·(3+√8)^−N relative.
@@ -58,6 +70,23 @@ class NumericsError(PluralignError, ValueError):
 
 
 TensorLike = Tensor | float
+
+#: Environment variable that keeps the host-synchronising checks inside :func:`sync_free`.
+DEBUG_ENV = "PLURALIGN_DEBUG_NUMERICS"
+_SYNC_FREE: contextvars.ContextVar[bool] = contextvars.ContextVar("sync_free", default=False)
+
+
+@contextlib.contextmanager
+def sync_free() -> Iterator[None]:
+    """Within this context the kernels do not check their results on the host (no device
+    synchronisation): a non-finite margin gives a non-finite result instead of
+    :class:`NumericsError`, which the caller must then detect itself. ``PLURALIGN_DEBUG_NUMERICS=1``
+    turns the checks back on."""
+    token = _SYNC_FREE.set(os.environ.get(DEBUG_ENV, "") in ("", "0"))
+    try:
+        yield
+    finally:
+        _SYNC_FREE.reset(token)
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:
@@ -78,8 +107,8 @@ def _as_tensor(value: TensorLike, like: Tensor) -> Tensor:
 def _check_result(result: Tensor, margin: Tensor) -> None:
     """Every finite input gives a finite result, so a non-finite one can only come from a bad
     margin. One reduction and one host sync on the usual path (the sum of finite values is
-    finite); the per-element checks run only when it is not."""
-    if math.isfinite(result.sum().item()):
+    finite); the per-element checks run only when it is not. None inside :func:`sync_free`."""
+    if _SYNC_FREE.get() or math.isfinite(result.sum().item()):
         return
     finite = torch.isfinite(margin)
     if not finite.all():
@@ -124,9 +153,12 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
 def _parameter(name: str, raw: Tensor, softplus: bool, dtype: torch.dtype, *, allow_zero: bool):
     """A kernel parameter in ``dtype``: ``softplus(raw)`` with ``softplus``, else ``raw``.
     Raises :class:`NumericsError` unless every value is > 0 (>= 0 with ``allow_zero``); one
-    reduction (none for one element) and one host sync (NaN fails both comparisons)."""
+    reduction (none for one element) and one host sync (NaN fails both comparisons), none inside
+    :func:`sync_free`."""
     raw = _cast(raw, dtype)
     value = F.softplus(raw) if softplus else raw
+    if _SYNC_FREE.get():
+        return value
     lowest = (value if value.numel() == 1 else value.min()).item()
     if not (lowest >= 0 if allow_zero else lowest > 0):
         raise NumericsError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {lowest}")

@@ -81,6 +81,23 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
             "is bfloat16)."
         },
     )
+    share_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Run each pair's prompt through the model once: prompt + chosen + rejected "
+            "in one row, the rejected completion masked off the chosen one (log-probs equal "
+            "the separate rows'; needs eager or sdpa attention, not flash). Default on: fewer "
+            "tokens, faster (bench/packing.py)."
+        },
+    )
+    padding_free: bool = field(
+        default=True,
+        metadata={
+            "help": "Pack several sequences per row with reset position ids instead of padding "
+            "every row (transformers' flattening convention, as TRL's padding_free); exact. "
+            "Default on: faster (bench/packing.py)."
+        },
+    )
     pad_to_multiple_of: int | None = field(
         default=None,
         metadata={"help": "Pad batch length to a multiple of this (e.g. 8 on tensor-core GPUs)."},

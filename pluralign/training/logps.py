@@ -33,9 +33,15 @@ from torch.utils.checkpoint import checkpoint
 CHUNK_ELEMENTS = 1 << 25
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in float32; float32/float64 logits as they are."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def _token_logps(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(head(hidden))[targets] in float32, via the fused cross-entropy kernel."""
-    return -F.cross_entropy(head(hidden).float(), targets, reduction="none")
+    """log softmax(head(hidden))[targets] in at least float32, via the fused cross-entropy
+    kernel."""
+    return -F.cross_entropy(_upcast(head(hidden)), targets, reduction="none")
 
 
 def _split_lm(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
@@ -83,8 +89,14 @@ def _completion_head_logps(
     predicts = completion_mask[:, 1:].bool()  # position t predicts token t+1
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     rows = rows[:, None].expand_as(predicts)[predicts]
-    states = hidden[:, :-1][predicts]
-    targets = input_ids[:, 1:][predicts]
+    token_logps = head_token_logps(head, hidden[:, :-1][predicts], input_ids[:, 1:][predicts])
+    out = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device)
+    return out.index_add(0, rows, token_logps)
+
+
+def head_token_logps(head: nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(head(states))[targets]`` (float32) for flat ``states [N, hidden]`` and
+    ``targets [N]``; above :data:`CHUNK_ELEMENTS` logits, in checkpointed chunks."""
     vocab = head.weight.shape[0]
     chunk = max(CHUNK_ELEMENTS // vocab, 1)
     if states.shape[0] <= chunk:
@@ -98,8 +110,7 @@ def _completion_head_logps(
                 for s, t in zip(states.split(chunk), targets.split(chunk), strict=True)
             ]
         )
-    out = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device)
-    return out.index_add(0, rows, token_logps)
+    return token_logps
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
@@ -125,7 +136,7 @@ def _generic_logps(
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
     logits = logits[:, -(length - first + 1) : -1]
     targets = input_ids[:, first:]
-    token_logps = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    token_logps = -F.cross_entropy(_upcast(logits).transpose(1, 2), targets, reduction="none")
     return (token_logps * completion_mask[:, first:]).sum(dim=1)
 
 
@@ -136,8 +147,8 @@ def sequence_logps(
     completion_mask: torch.Tensor,
     completion_head: bool = True,
 ) -> torch.Tensor:
-    """Summed completion log-probs ``[rows]`` (float32) of a right-padded batch; see the module
-    docstring.
+    """Summed completion log-probs ``[rows]`` (float32; float64 for a float64 model) of a
+    right-padded batch; see the module docstring.
 
     ``completion_mask[i, t] = 1`` marks token ``t`` of row ``i`` as a completion token (position 0
     is never a completion token: it has no context). Rows with no completion token get 0.

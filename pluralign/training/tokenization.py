@@ -193,7 +193,15 @@ class PreferenceCollator:
             "attention_mask": attention_mask,
             "completion_mask": completion_mask,
         }
-        for key, value in examples[0].items():
-            if key not in TOKEN_COLUMNS and isinstance(value, (int, float, bool)):
-                batch[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
+        batch.update(per_pair_columns(examples))
         return batch
+
+
+def per_pair_columns(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Every numeric per-pair column of ``examples`` (reference log-probs, ``pair_variance``,
+    ``agreement``, ...) as a float32 ``[B]`` tensor."""
+    return {
+        key: torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
+        for key, value in examples[0].items()
+        if key not in TOKEN_COLUMNS and isinstance(value, (int, float, bool))
+    }

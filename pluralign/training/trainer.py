@@ -1,8 +1,9 @@
 """``PreferenceTrainer``: DPO / MixDPO / corrected DPO / agreement / group-robust training on
 ``transformers.Trainer``.
 
-Per step (seeds/001 §3): one forward pass of the policy over the ``[2B, L]`` batch (chosen rows,
-then rejected rows) gives summed completion log-probs; the reference log-probs come from a frozen
+Per step (seeds/001 §3): one forward pass of the policy over the batch (by default packed: each
+prompt once, no padding, :mod:`pluralign.training.packing`; else ``[2B, L]`` padded rows, chosen
+then rejected) gives summed completion log-probs; the reference log-probs come from a frozen
 reference model (under ``torch.inference_mode``), from the same peft model with its adapters
 disabled, or from columns precomputed once before training. The margin ``Δ = (log π_θ(y_w) − log
 π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l))`` goes through the configured objective; the loss is
@@ -46,10 +47,12 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
+from pluralign.numerics import NumericsError, sync_free
 from pluralign.objectives import Objective
 from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.config import PreferenceConfig
-from pluralign.training.logps import sequence_logps, supports_completion_head
+from pluralign.training.logps import supports_completion_head
+from pluralign.training.packing import PackedPreferenceCollator, batch_sequence_logps
 from pluralign.training.tokenization import (
     REF_COLUMNS,
     REQUIRED_COLUMNS,
@@ -179,13 +182,19 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
         pad_id = processing_class.pad_token_id
         if pad_id is None:
             pad_id = processing_class.eos_token_id
+        if args.share_prompt or args.padding_free:
+            collator = PackedPreferenceCollator(
+                pad_id, args.share_prompt, args.padding_free, args.pad_to_multiple_of
+            )
+        else:
+            collator = PreferenceCollator(pad_id, args.pad_to_multiple_of)
         super().__init__(
             model=model,
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            data_collator=PreferenceCollator(pad_id, args.pad_to_multiple_of),
+            data_collator=collator,
             **kwargs,
         )
         if self.is_deepspeed_enabled and ref_model is not None:
@@ -213,8 +222,6 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
         """Summed completion log-probs ``[2B]`` of the reference policy (no autograd graph)."""
         if REF_COLUMNS[0] in inputs:
             return torch.cat([inputs[REF_COLUMNS[0]], inputs[REF_COLUMNS[1]]])
-        args = (inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
-                completion_head)
         # Under bf16/fp16 mixed precision the Trainer autocasts compute_loss; a float32 reference
         # (the paper's setting) is scored outside autocast so it really runs in float32.
         full_precision = (
@@ -224,7 +231,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
         )
         with torch.inference_mode(), full_precision:
             if self.ref_model is not None:
-                logps = sequence_logps(self.ref_model, *args)
+                logps = batch_sequence_logps(self.ref_model, inputs, completion_head)
             else:
                 policy = self.accelerator.unwrap_model(self.model)
                 if not _is_peft(policy):
@@ -232,7 +239,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
                         "no reference: pass ref_model, a peft model, or precompute_ref_log_probs"
                     )
                 with policy.disable_adapter():
-                    logps = sequence_logps(policy, *args)
+                    logps = batch_sequence_logps(policy, inputs, completion_head)
         return logps.clone()
 
     def _with_ref_logps(
@@ -283,21 +290,21 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean objective loss over the pairs of the batch (see the module docstring)."""
         head = supports_completion_head(model)
-        logps = sequence_logps(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], head
-        )
+        logps = batch_sequence_logps(model, inputs, head)
         ref_logps = self._reference_logps(inputs, head)
         logratio_chosen, logratio_rejected = (logps - ref_logps).chunk(2)
         margin = logratio_chosen - logratio_rejected
-        loss = self.objective(margin, inputs).mean()
+        with sync_free():  # no host reads per step; margins are checked at the next log instead
+            loss = self.objective(margin, inputs).mean()
         detached = margin.detach()
         mode = "train" if model.training else "eval"
         self._stats[mode].append(
             torch.stack(
                 [
-                    detached.sum(),
+                    detached.nan_to_num(posinf=0.0, neginf=0.0).sum(),
                     (detached > 0).sum().to(detached.dtype),
-                    torch.tensor(float(detached.numel()), device=detached.device),
+                    torch.full((), detached.numel(), dtype=detached.dtype, device=detached.device),
+                    (~torch.isfinite(detached)).sum().to(detached.dtype),
                 ]
             )
         )
@@ -342,7 +349,13 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
             totals = torch.stack(self._stats[mode]).sum(dim=0)
             if self.accelerator.num_processes > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
-            margin_sum, correct, count = totals.tolist()
+            margin_sum, correct, count, nonfinite = totals.tolist()
+            if nonfinite:
+                raise NumericsError(
+                    f"{int(nonfinite)} of {int(count)} {mode} reward margins since the last log "
+                    "were not finite (check the policy/reference log-probabilities: learning "
+                    "rate, dtype, data)"
+                )
             logs[f"{prefix}margin_mean"] = margin_sum / count
             logs[f"{prefix}accuracy"] = correct / count
             self._stats[mode] = []

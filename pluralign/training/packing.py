@@ -1,0 +1,257 @@
+"""Packed preference batches: the prompt computed once per pair (``share_prompt``) and rows
+without padding (``padding_free``), with sequence log-probs equal to the padded computation.
+
+Layout. A *unit* is a prompt followed by one or two completions: ``prompt + chosen`` and
+``prompt + rejected`` (two units per pair), or, with ``share_prompt``, ``prompt + chosen +
+rejected`` (one unit per pair, the prompt's tokens run through the model once instead of twice).
+Inside a unit the tokens carry a *segment* (0 prompt, 1 the first completion, 2 the second) and
+position ids ``0 .. P−1`` on the prompt and ``P .. P+L−1`` on *each* completion, so the rejected
+completion continues from the prompt's end as if the chosen one were not there. Units are laid
+out in rows: one per row (right-padded to the longest unit), or, with ``padding_free``, several
+per row (first-fit decreasing into rows as wide as the longest unit), so that padding is left only
+at the end of a row.
+
+Attention. A query token ``i`` sees a key token ``j`` of its row iff ``j ≤ i``, both are in the
+same unit, and ``j`` is in the prompt or in ``i``'s own segment. Every token then sees exactly
+the tokens, at exactly the positions, that it sees in its own right-padded row of
+:class:`~pluralign.training.tokenization.PreferenceCollator` — so its hidden state, and every
+log-prob, is the same function of the same inputs (equal up to floating-point summation order:
+~1e-15 in float64, ~1e-6 in float32; tests/test_packing.py).
+
+* Without ``share_prompt`` the rule is block-diagonal causal attention over units, which is
+  ``transformers``' flattening convention (``DataCollatorWithFlattening``): position ids restart
+  at 0 for every unit and no attention mask is passed. ``transformers`` ≥ 4.53 derives the
+  block-diagonal mask from the position ids (``masking_utils.find_packed_sequence_indices``) for
+  eager and SDPA attention as well as flash attention, so the same batch runs on CPU and GPU.
+  Trailing row padding restarts at position 0 too and so forms its own, never-read block.
+* With ``share_prompt`` the two completions of a unit must not see each other, which position
+  ids cannot express: the batch carries an explicit ``[rows, 1, W, W]`` boolean mask, passed to
+  the model as an additive float mask (eager and SDPA accept it; flash attention does not).
+
+Scoring. A completion token at column ``c`` is predicted by the hidden state at column ``c − 1``,
+or, for the first token of a completion, at the prompt's last column (none when the prompt is
+empty: position 0 has no context, as in :func:`~pluralign.training.logps.sequence_logps`). The
+batch lists these (row, source column, target id, sequence) quadruples once, at collation, so
+the step does no index arithmetic and no host synchronisation; sequence ``i < B`` is pair
+``i``'s chosen completion, ``B + i`` its rejected one (the order of ``sequence_logps``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pluralign.errors import ConfigError
+from pluralign.training.logps import _split_lm, _upcast, head_token_logps, sequence_logps
+from pluralign.training.tokenization import per_pair_columns
+
+#: Keys of a packed batch that describe which tokens are scored (see the module docstring).
+SCORE_KEYS = ("logp_rows", "logp_sources", "logp_targets", "logp_sequences")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One unit's tokens: ``prompt`` then ``completions`` (each with its sequence index)."""
+
+    prompt: Sequence[int]
+    completions: tuple[tuple[int, Sequence[int]], ...]
+
+    def __len__(self) -> int:
+        return len(self.prompt) + sum(len(ids) for _, ids in self.completions)
+
+
+def _units(examples: Sequence[Mapping[str, Any]], share_prompt: bool) -> list[_Unit]:
+    b = len(examples)
+    if share_prompt:
+        return [
+            _Unit(ex["prompt_ids"], ((i, ex["chosen_ids"]), (b + i, ex["rejected_ids"])))
+            for i, ex in enumerate(examples)
+        ]
+    chosen = [_Unit(ex["prompt_ids"], ((i, ex["chosen_ids"]),)) for i, ex in enumerate(examples)]
+    rejected = [
+        _Unit(ex["prompt_ids"], ((b + i, ex["rejected_ids"]),)) for i, ex in enumerate(examples)
+    ]
+    return chosen + rejected
+
+
+def _rows(lengths: Sequence[int], width: int, padding_free: bool) -> list[list[int]]:
+    """Unit indices per row: one unit per row, or first-fit decreasing into rows of ``width``."""
+    if not padding_free:
+        return [[u] for u in range(len(lengths))]
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for u in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        slot = next((r for r, free in enumerate(room) if free >= lengths[u]), None)
+        if slot is None:
+            rows.append([])
+            room.append(width)
+            slot = len(rows) - 1
+        rows[slot].append(u)
+        room[slot] -= lengths[u]
+    return rows
+
+
+def block_attention_mask(unit_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+    """``[rows, 1, W, W]`` boolean mask (True: may attend) of the module docstring's rule from
+    per-token ``unit_ids`` and ``segment_ids`` (``[rows, W]``): causal, within a unit, and to the
+    prompt (segment 0) or the query's own segment. Row padding (unit −1, segment 0) sees only
+    earlier padding, so no row of the mask is empty."""
+    width = unit_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=unit_ids.device).tril()
+    same_unit = unit_ids[:, :, None] == unit_ids[:, None, :]
+    seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
+    return (causal & same_unit & ((seg_k == 0) | (seg_k == seg_q)))[:, None]
+
+
+def pack_pairs(
+    examples: Sequence[Mapping[str, Any]],
+    pad_token_id: int,
+    share_prompt: bool = True,
+    padding_free: bool = True,
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pack tokenised pairs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``) into rows (see the
+    module docstring).
+
+    Returns ``input_ids`` and ``position_ids`` (``[rows, W]``), ``attention_mask``
+    (``[rows, 1, W, W]`` bool, only with ``share_prompt``), the scored tokens as four flat long
+    tensors :data:`SCORE_KEYS` and ``sequence_lengths`` (``[2B]``: tokens scored per sequence).
+    ``W`` is the longest unit, rounded up to ``pad_to_multiple_of``.
+    """
+    units = _units(examples, share_prompt)
+    lengths = [len(u) for u in units]
+    width = max(max(lengths), 1)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    layout = _rows(lengths, width, padding_free)
+    shape = (len(layout), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    unit_ids = torch.full(shape, -1, dtype=torch.long)
+    segment_ids = torch.zeros(shape, dtype=torch.long)
+    score: list[tuple[int, int, int, int]] = []  # (row, source column, target id, sequence)
+    for r, row in enumerate(layout):
+        col = 0
+        for u in row:
+            unit = units[u]
+            p = len(unit.prompt)
+            pieces = [(0, unit.prompt, 0)] + [
+                (s + 1, ids, p) for s, (_, ids) in enumerate(unit.completions)
+            ]
+            prompt_end = col + p - 1  # the prompt's last column (col − 1 when it is empty)
+            for segment, ids, first_position in pieces:
+                n = len(ids)
+                span = slice(col, col + n)
+                input_ids[r, span] = torch.tensor(list(ids), dtype=torch.long)
+                position_ids[r, span] = torch.arange(first_position, first_position + n)
+                unit_ids[r, span] = u
+                segment_ids[r, span] = segment
+                if segment:
+                    sequence = unit.completions[segment - 1][0]
+                    for k, target in enumerate(ids):
+                        source = col + k - 1 if k else prompt_end
+                        if k or p:
+                            score.append((r, source, target, sequence))
+                col += n
+        position_ids[r, col:] = torch.arange(width - col)  # padding: its own block
+    columns = torch.tensor(score, dtype=torch.long).reshape(-1, 4).T
+    batch = {"input_ids": input_ids, "position_ids": position_ids}
+    if share_prompt:
+        batch["attention_mask"] = block_attention_mask(unit_ids, segment_ids)
+    batch.update(zip(SCORE_KEYS, columns, strict=True))
+    batch["sequence_lengths"] = torch.bincount(columns[3], minlength=2 * len(examples))
+    return batch
+
+
+@dataclass
+class PackedPreferenceCollator:
+    """Collate tokenised pairs with :func:`pack_pairs`, plus every numeric per-pair column as a
+    float ``[B]`` tensor (like :class:`~pluralign.training.tokenization.PreferenceCollator`)."""
+
+    pad_token_id: int
+    share_prompt: bool = True
+    padding_free: bool = True
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pack_pairs(
+            examples,
+            self.pad_token_id,
+            self.share_prompt,
+            self.padding_free,
+            self.pad_to_multiple_of,
+        )
+        batch.update(per_pair_columns(examples))
+        return batch
+
+
+def _additive(mask: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A boolean attention mask as the additive float mask eager attention expects (0 where
+    allowed, the dtype's lowest value elsewhere), in the model's parameter dtype."""
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return zeros.masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def packed_sequence_logps(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], completion_head: bool = True
+) -> torch.Tensor:
+    """Summed completion log-probs ``[2B]`` (float32; float64 for a float64 model) of a batch
+    from :func:`pack_pairs`, equal to :func:`~pluralign.training.logps.sequence_logps` of the
+    same pairs in :class:`~pluralign.training.tokenization.PreferenceCollator`'s layout.
+
+    With the completion-only head (``completion_head`` and a model it applies to), the LM head
+    runs only on the scored tokens' source states; otherwise the model's own forward gives full
+    logits, gathered at the same places.
+    """
+    rows, sources, targets, sequences = (batch[k] for k in SCORE_KEYS)
+    mask = batch.get("attention_mask")
+    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
+    if mask is not None and attention.startswith("flash"):
+        raise ConfigError(
+            f"share_prompt needs a custom attention mask, which {attention} does not take; "
+            "set share_prompt false (padding_free works with flash attention) or load the model "
+            "with attn_implementation='sdpa'"
+        )
+    kwargs = {
+        "input_ids": batch["input_ids"],
+        "position_ids": batch["position_ids"],
+        "attention_mask": None if mask is None else _additive(mask, model),
+        "use_cache": False,
+    }
+    split = _split_lm(model) if completion_head else None
+    if split is not None:
+        backbone, head = split
+        hidden = backbone(**kwargs).last_hidden_state
+        token_logps = head_token_logps(head, hidden[rows, sources], targets)
+    else:
+        logits = model(**kwargs).logits
+        token_logps = -F.cross_entropy(_upcast(logits[rows, sources]), targets, reduction="none")
+    out = torch.zeros(
+        batch["sequence_lengths"].shape[0], dtype=token_logps.dtype, device=token_logps.device
+    )
+    return out.index_add(0, sequences, token_logps)
+
+
+def batch_sequence_logps(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], completion_head: bool = True
+) -> torch.Tensor:
+    """``[2B]`` summed completion log-probs of a collated batch in either layout: packed
+    (:func:`pack_pairs`, recognised by its ``position_ids``) or padded
+    (:class:`~pluralign.training.tokenization.PreferenceCollator`)."""
+    if "position_ids" in batch:
+        return packed_sequence_logps(model, batch, completion_head)
+    return sequence_logps(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["completion_mask"],
+        completion_head,
+    )
