@@ -31,7 +31,10 @@ def prompt_ids_by_consumer(model, tokenizer, pairs: datasets.Dataset, tmp_path, 
     args = PreferenceConfig(output_dir=str(tmp_path), objective="dpo", max_length=max_length,
                             max_prompt_length=max_prompt_length, report_to=[], use_cpu=True,
                             per_device_train_batch_size=len(pairs), save_strategy="no",
-                            disable_tqdm=True, seed=0)
+                            disable_tqdm=True, seed=0,
+                            # padded rows, whose prompt is readable per pair; the packed layouts
+                            # give the same log-probs (tests/test_packing.py)
+                            share_prompt=False, padding_free=False)
     trainer = PreferenceTrainer(model, args=args, train_dataset=pairs, processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     training = _chosen_prompts(batch["input_ids"], batch["completion_mask"])

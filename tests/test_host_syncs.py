@@ -16,11 +16,11 @@ OBJECTIVES = [
     ("dpo", {}),
     ("mixdpo", {"strength": "point"}),
     ("mixdpo", {"strength": "lognormal"}),
-    ("mixdpo", {"strength": "lognormal", "method": "monte_carlo"}),
+    ("mixdpo", {"strength": "lognormal", "lognormal_method": "monte_carlo"}),
     ("mixdpo", {"strength": "gamma"}),
     ("mixdpo", {"strength": "gamma", "learnable_strength": False}),
     ("corrected_dpo", {}),
-    ("agreement", {"num_types": 3}),
+    ("agreement", {"agreement_num_types": 3}),
 ]
 BATCH = {"pair_variance": torch.tensor([0.01, 0.05, 0.0]),
          "agreement": torch.tensor([1.0, 0.0, 1.0])}
