@@ -145,7 +145,7 @@ def separation_power(
         hits += abs(z) > crit
     low, high = stats.beta.ppf([0.025, 0.975], [hits, hits + 1], [n_sims - hits + 1, n_sims - hits])
     return PowerResult(n_pairs=n_pairs, pairs_per_annotator=pairs_per_annotator, cv2_a=cv2_a,
-                       cv2_b=cv2_b, power=hits / n_sims,
+                       cv2_b=cv2_b, power=float(hits / n_sims),
                        power_ci=(float(np.nan_to_num(low, nan=0.0)),
                                  float(np.nan_to_num(high, nan=1.0))),
                        n_sims=n_sims, mean_cv2_a=float(np.mean(fitted["a"])),
