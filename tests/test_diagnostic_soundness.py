@@ -17,6 +17,7 @@ import torch
 from pluralign.evaluation.diagnose import (
     compare_heterogeneity,
     diagnose,
+    fit_verdict,
     posterior_strengths,
     trajectory_verdict,
 )
@@ -175,6 +176,7 @@ def test_a_parameter_on_its_bound_is_flagged(family, name):
     fit = fit_strength(m, family, n_boot=0)
     assert fit.identification["at_bound"] == [name]
     assert any("bound" in note for note in fit.notes) and not fit.identified
+    assert fit_verdict(fit) != "unidentified"  # no spread at all is the collapse, not a failure
 
 
 def test_cv2_is_invariant_to_the_margin_scale():

@@ -141,8 +141,12 @@ def trajectory_verdict(run: str | os.PathLike[str] | Sequence[Mapping[str, Any]]
 def fit_verdict(fit: StrengthFit) -> str:
     """``collapsed`` only if CV² and the upper end of its interval are below
     :data:`COLLAPSE_CV2`; ``heterogeneous`` if the interval's lower end is above it;
-    ``unidentified`` when the fit raised an identification flag; else ``inconclusive``."""
-    if not fit.identified:
+    ``unidentified`` when the fit raised an identification flag (the spread parameter on its
+    no-spread bound is not one: that is the collapse itself); else ``inconclusive``."""
+    ident = fit.identification
+    no_spread = {"sigma (lower)", "shape (upper)"}
+    if (ident.get("not_moved") or ident.get("scale_unidentified")
+            or set(ident.get("at_bound", [])) - no_spread):
         return "unidentified"
     high = fit.cv2_ci[1] if fit.cv2_ci else None
     low = fit.cv2_ci[0] if fit.cv2_ci else None
