@@ -9,6 +9,20 @@ and return the margin's dtype.
 
 Paper defaults: ``PointMass(β=0.1)`` (DPO), ``LogNormal(μ=−2.3, σ=0.6)``,
 ``Gamma(k=2.0, λ=16.7)`` (λ is a *rate*: mean k/λ ≈ 0.12).
+
+``parameterization`` (LogNormal and Gamma) chooses the coordinates an optimiser moves:
+
+* ``"softplus"`` (default, the paper's): σ, or k and λ, are ``softplus`` of raw values. Adam and
+  RMSprop move a raw value by about the learning rate per step, so at the paper's 1e-4 a raw
+  λ ≈ 16.7 moves by ~0.6% over 1k steps: the distribution can hardly change scale.
+* ``"log"``: log σ, or log k and log λ — a step changes the parameter by a fixed *fraction*.
+* ``"mean_cv2"``: log E[β] and log CV² (CV² = Var β / (E β)²), scale-free coordinates that separate
+  the mean (which drifts with the margins, since β and Δ enter only as a product) from the spread
+  the heterogeneity diagnostic reads. For Gamma ``k = 1/CV²``, ``λ = k/E[β]``; for LogNormal
+  ``σ² = log(1 + CV²)``, ``μ = log E[β] − σ²/2``.
+
+All three describe the same family and start from the same distribution; only the training
+dynamics differ (see ``docs/diagnostic.md``).
 """
 
 from __future__ import annotations
@@ -38,7 +52,22 @@ __all__ = [
     "Gamma",
     "STRENGTHS",
     "build_strength",
+    "PARAMETERIZATIONS",
 ]
+
+#: Coordinates of a learnable LogNormal or Gamma (see the module docstring).
+PARAMETERIZATIONS = ("softplus", "log", "mean_cv2")
+
+
+def _parameterization_repr(value: str) -> str:
+    return "" if value == "softplus" else f", parameterization={value!r}"
+
+
+def _check_parameterization(value: str, family: str) -> str:
+    if value not in PARAMETERIZATIONS:
+        raise ConfigError(f"{family} parameterization must be one of {PARAMETERIZATIONS}, "
+                          f"got {value!r}")
+    return value
 
 
 def _inverse_softplus(value: float) -> float:
@@ -170,8 +199,10 @@ class LogNormal(StrengthDistribution):
         method: str = "quadrature",
         num_points: int = 16,
         generator: torch.Generator | None = None,
+        parameterization: str = "softplus",
     ) -> None:
         super().__init__(learnable)
+        self.parameterization = _check_parameterization(parameterization, "LogNormal")
         try:
             mu = float(mu)
         except (TypeError, ValueError):
@@ -188,24 +219,46 @@ class LogNormal(StrengthDistribution):
         self.method = method
         self.num_points = num_points
         self.generator = generator
-        self._register("mu", mu)
-        self._register("raw_sigma", _inverse_softplus(sigma))
+        if parameterization == "mean_cv2":
+            self._register("log_mean", mu + sigma * sigma / 2)
+            self._register("log_cv2", math.log(math.expm1(sigma * sigma)))
+        else:
+            self._register("mu", mu)
+            if parameterization == "softplus":
+                self._register("raw_sigma", _inverse_softplus(sigma))
+            else:
+                self._register("log_sigma", math.log(sigma))
+
+    def __getattr__(self, name: str):
+        # μ is a stored parameter except in (log-mean, log-CV²) coordinates, where it is derived
+        if name == "mu" and self.__dict__.get("parameterization") == "mean_cv2":
+            return self.log_mean - self.sigma**2 / 2
+        return super().__getattr__(name)
 
     @property
     def sigma(self) -> Tensor:
-        return F.softplus(self.raw_sigma)
+        if self.parameterization == "softplus":
+            return F.softplus(self.raw_sigma)
+        if self.parameterization == "log":
+            return torch.exp(self.log_sigma)
+        return torch.sqrt(torch.log1p(torch.exp(self.log_cv2)))
+
+    def _kernel_args(self) -> tuple[Tensor, Tensor, bool]:
+        # softplus: the kernel applies it itself (one autograd node per call, not two)
+        if self.parameterization == "softplus":
+            return self.mu, self.raw_sigma, True
+        return self.mu, self.sigma, False
 
     def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
-        # The kernel applies softplus itself: one autograd node per call, not two.
+        mu, sigma, softplus = self._kernel_args()
         return log_lognormal_expected_sigmoid(
-            margin, self.mu, self.raw_sigma, self.num_points, self.method, self.generator,
-            softplus=True,
+            margin, mu, sigma, self.num_points, self.method, self.generator, softplus=softplus
         )
 
     def expected_sigmoid(self, margin: Tensor) -> Tensor:
+        mu, sigma, softplus = self._kernel_args()
         return lognormal_expected_sigmoid(
-            margin, self.mu, self.raw_sigma, self.num_points, self.method, self.generator,
-            softplus=True,
+            margin, mu, sigma, self.num_points, self.method, self.generator, softplus=softplus
         )
 
     def mean(self) -> Tensor:
@@ -231,7 +284,8 @@ class LogNormal(StrengthDistribution):
         return {"mu": float(self.mu.detach()), "sigma": float(self.sigma.detach())}
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, method={self.method!r}, num_points={self.num_points}"
+        return (f"{super().extra_repr()}, method={self.method!r}, num_points={self.num_points}"
+                + _parameterization_repr(self.parameterization))
 
 
 class Gamma(StrengthDistribution):
@@ -244,27 +298,51 @@ class Gamma(StrengthDistribution):
 
     family = "gamma"
 
-    def __init__(self, shape: float = 2.0, rate: float = 16.7, learnable: bool = True) -> None:
+    def __init__(self, shape: float = 2.0, rate: float = 16.7, learnable: bool = True,
+                 parameterization: str = "softplus") -> None:
         super().__init__(learnable)
+        self.parameterization = _check_parameterization(parameterization, "Gamma")
         shape = _validated("shape", shape, "Gamma")
         rate = _validated("rate", rate, "Gamma")
-        self._register("raw_shape", _inverse_softplus(shape))
-        self._register("raw_rate", _inverse_softplus(rate))
+        if parameterization == "softplus":
+            self._register("raw_shape", _inverse_softplus(shape))
+            self._register("raw_rate", _inverse_softplus(rate))
+        elif parameterization == "log":
+            self._register("log_shape", math.log(shape))
+            self._register("log_rate", math.log(rate))
+        else:
+            self._register("log_mean", math.log(shape / rate))
+            self._register("log_cv2", -math.log(shape))
 
     @property
     def shape(self) -> Tensor:
-        return F.softplus(self.raw_shape)
+        if self.parameterization == "softplus":
+            return F.softplus(self.raw_shape)
+        if self.parameterization == "log":
+            return torch.exp(self.log_shape)
+        return torch.exp(-self.log_cv2)
 
     @property
     def rate(self) -> Tensor:
-        return F.softplus(self.raw_rate)
+        if self.parameterization == "softplus":
+            return F.softplus(self.raw_rate)
+        if self.parameterization == "log":
+            return torch.exp(self.log_rate)
+        return torch.exp(-self.log_cv2 - self.log_mean)
+
+    def _kernel_args(self) -> tuple[Tensor, Tensor, bool]:
+        # softplus: the kernel applies it itself (one autograd node per call, not three)
+        if self.parameterization == "softplus":
+            return self.raw_shape, self.raw_rate, True
+        return self.shape, self.rate, False
 
     def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
-        # The kernel applies softplus itself: one autograd node per call, not three.
-        return log_gamma_expected_sigmoid(margin, self.raw_shape, self.raw_rate, softplus=True)
+        shape, rate, softplus = self._kernel_args()
+        return log_gamma_expected_sigmoid(margin, shape, rate, softplus=softplus)
 
     def expected_sigmoid(self, margin: Tensor) -> Tensor:
-        return gamma_expected_sigmoid(margin, self.raw_shape, self.raw_rate, softplus=True)
+        shape, rate, softplus = self._kernel_args()
+        return gamma_expected_sigmoid(margin, shape, rate, softplus=softplus)
 
     def mean(self) -> Tensor:
         return self.shape / self.rate
@@ -287,10 +365,13 @@ class Gamma(StrengthDistribution):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
         k, lam = float(self.shape.detach()), float(self.rate.detach())
         draws = np.random.default_rng(seed).gamma(k, 1.0 / lam, size=int(n))
-        return torch.from_numpy(draws).to(self.raw_shape.device)
+        return torch.from_numpy(draws).to(self.shape.device)
 
     def params(self) -> dict[str, float]:
         return {"shape": float(self.shape.detach()), "rate": float(self.rate.detach())}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _parameterization_repr(self.parameterization)
 
 
 #: family name -> class (the ``strength`` field of configs).

@@ -2,18 +2,23 @@
 
 Four views of how strongly, and how differently, a population expresses its preferences:
 
-a) :func:`trajectory_verdict` reads a MixDPO run's logged ``beta_var`` (and ``beta_mean``)
+a) :func:`trajectory_verdict` reads a MixDPO run's logged ``beta_var`` and ``beta_mean``
    trajectory and says whether the learned distribution collapsed toward a point mass;
 b) :func:`pluralign.evaluation.strength_fit.fit_strength` fits the distribution on fixed margins,
    with no language-model training;
 c) :func:`posterior_strengths` gives each comparison's posterior mean strength
-   ``E[β | chosen ≻ rejected, Δ] = E_β[β σ(βΔ)] / E_β[σ(βΔ)]`` under the fitted distribution, and
-   :func:`diagnose` tabulates it by subgroup (which groups express strong vs weak preferences);
-d) :func:`compare_heterogeneity` fits several datasets and compares their variances (and scale-free
-   CV² = Var β / (E β)²) with bootstrap intervals on each value and each pairwise difference.
+   ``E[β | chosen ≻ rejected, Δ] = E_β[β σ(βΔ)] / E_β[σ(βΔ)]`` under the fitted distribution (a
+   function of Δ alone, so it is not a per-group measure), and
+   :func:`pluralign.evaluation.subgroup_strength.subgroup_strength` fits the distribution on each
+   subgroup's margins and tests whether the groups share one;
+d) :func:`compare_heterogeneity` fits several datasets and ranks them by the scale-free
+   CV² = Var β / (E β)² (variances are reported too), with bootstrap intervals on each value and
+   each pairwise difference.
 
-"Collapsed" is judged on the scale-free CV², because β multiplies the margin and its units are
-those of the margin: a variance alone can shrink just because the mean does.
+Every verdict is judged on CV², because β multiplies the margin and its units are those of the
+margin: β and Δ enter only as a product, so during MixDPO training the learned mean drifts as the
+policy's margins grow, and a variance can shrink just because the mean does. A collapse needs CV²
+below :data:`COLLAPSE_CV2` (for a fit: the upper end of its bootstrap interval too).
 """
 
 from __future__ import annotations
@@ -31,21 +36,19 @@ import torch
 
 from pluralign.evaluation.bootstrap import percentile_interval
 from pluralign.evaluation.errors import EvaluationError, require_column
-from pluralign.evaluation.strength_fit import StrengthFit, fit_strength
-from pluralign.evaluation.subgroups import SubgroupTable, subgroup_table
+from pluralign.evaluation.strength_fit import StrengthFit, fit_strength, lognormal_num_points
+from pluralign.evaluation.subgroup_strength import SubgroupStrength, subgroup_strength
 
 #: A distribution with CV² = Var β / (E β)² below this is called collapsed (sd < 22% of the mean).
 COLLAPSE_CV2 = 0.05
-#: ... as is one whose variance fell below this fraction of its initial value.
-COLLAPSE_FRACTION = 0.25
-#: A trajectory whose variance still moves by more than this (relative) over its last quarter is
-#: flagged as not converged.
+#: A trajectory whose CV² (or variance, when no mean is logged) still moves by more than this
+#: (relative) over its last quarter is flagged as not converged.
 DRIFT_TOLERANCE = 0.10
 
 
 @dataclass
 class TrajectoryVerdict:
-    """Summary of a learned strength distribution's variance over training steps."""
+    """Summary of a learned strength distribution's CV² (and variance) over training steps."""
 
     steps: list[float]
     variance: list[float]
@@ -53,9 +56,10 @@ class TrajectoryVerdict:
     initial_variance: float
     final_variance: float
     final_cv2: float | None
-    verdict: str  # "collapsed" | "heterogeneous"
+    verdict: str  # "collapsed" | "heterogeneous" | "undetermined" (no beta_mean logged)
     converged: bool
     explanation: str
+    initial_cv2: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,12 +85,19 @@ def load_log_history(run: str | os.PathLike[str] | Sequence[Mapping[str, Any]]
                           "folder (pluralign train writes one)")
 
 
+def _relative_drift(values: Sequence[float]) -> float:
+    """Range over the last quarter of ``values`` relative to the last value."""
+    quarter = values[int(len(values) * 0.75):] if len(values) >= 4 else values
+    return (max(quarter) - min(quarter)) / max(abs(values[-1]), 1e-300)
+
+
 def trajectory_verdict(run: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
                        key: str = "beta_var", mean_key: str = "beta_mean") -> TrajectoryVerdict:
-    """Verdict on a run's logged strength-variance trajectory (view a).
+    """Verdict on a run's logged strength trajectory (view a), judged on CV² = var / mean².
 
-    ``collapsed`` when the final CV² is below :data:`COLLAPSE_CV2` or the variance fell below
-    :data:`COLLAPSE_FRACTION` of its initial value; otherwise ``heterogeneous``.
+    ``collapsed`` when the final CV² is below :data:`COLLAPSE_CV2`, ``heterogeneous`` otherwise,
+    ``undetermined`` when the log has no ``mean_key`` (a variance alone says nothing about
+    spread: it scales with the mean², which drifts because β and Δ enter only as a product).
     """
     history = load_log_history(run)
     rows = [h for h in history if key in h and h[key] is not None]
@@ -95,36 +106,73 @@ def trajectory_verdict(run: str | os.PathLike[str] | Sequence[Mapping[str, Any]]
                               "needs a MixDPO run with a learnable strength distribution")
     steps = [float(h.get("step", i)) for i, h in enumerate(rows)]
     var = [float(h[key]) for h in rows]
-    means = [float(h[mean_key]) for h in rows] if all(mean_key in h for h in rows) else None
-    if not np.all(np.isfinite(var)):
+    means = ([float(h[mean_key]) for h in rows]
+             if all(h.get(mean_key) is not None for h in rows) else None)
+    if not np.all(np.isfinite(var)) or (means and not np.all(np.isfinite(means))):
         bad = [s for s, v in zip(steps, var, strict=True) if not np.isfinite(v)]
-        raise EvaluationError(f"non-finite {key!r} values in the log history (steps {bad})")
-    cv2 = var[-1] / means[-1] ** 2 if means and means[-1] > 0 else None
-    quarter = var[int(len(var) * 0.75):] if len(var) >= 4 else var
-    drift = (max(quarter) - min(quarter)) / max(abs(var[-1]), 1e-300)
-    collapsed_cv = cv2 is not None and cv2 < COLLAPSE_CV2
-    collapsed_drop = var[0] > 0 and var[-1] < COLLAPSE_FRACTION * var[0]
-    if collapsed_cv or collapsed_drop:
-        why = (f"CV² = {cv2:.3g} < {COLLAPSE_CV2}" if collapsed_cv
-               else f"variance fell to {var[-1] / var[0]:.2f} of its initial value")
-        verdict, text = "collapsed", f"collapsed toward a point mass ({why})"
+        raise EvaluationError(f"non-finite {key!r} or {mean_key!r} values in the log history "
+                              f"(steps {bad or 'see ' + mean_key})")
+    cv2 = ([v / m**2 for v, m in zip(var, means, strict=True)]
+           if means and all(m > 0 for m in means) else None)
+    if cv2 is None:
+        verdict = "undetermined"
+        text = (f"no {mean_key!r} logged: the variance {var[0]:.3g} → {var[-1]:.3g} cannot be "
+                "judged without the mean (collapse is judged on CV² = var / mean²)")
+        drift = _relative_drift(var)
     else:
-        verdict = "heterogeneous"
-        text = (f"retains spread: variance {var[0]:.3g} → {var[-1]:.3g}"
-                + (f", CV² = {cv2:.3g}" if cv2 is not None else ""))
+        drift = _relative_drift(cv2)
+        if cv2[-1] < COLLAPSE_CV2:
+            verdict = "collapsed"
+            text = (f"collapsed toward a point mass: CV² {cv2[0]:.3g} → {cv2[-1]:.3g} "
+                    f"< {COLLAPSE_CV2}")
+        else:
+            verdict = "heterogeneous"
+            text = (f"retains spread: CV² {cv2[0]:.3g} → {cv2[-1]:.3g} (variance {var[0]:.3g} → "
+                    f"{var[-1]:.3g}, mean {means[0]:.3g} → {means[-1]:.3g})")
     converged = drift <= DRIFT_TOLERANCE
     if not converged:
         text += f"; still moving ({drift:.0%} over the last quarter of logged steps)"
     return TrajectoryVerdict(steps=steps, variance=var, mean=means, initial_variance=var[0],
-                             final_variance=var[-1], final_cv2=cv2, verdict=verdict,
-                             converged=converged, explanation=text)
+                             final_variance=var[-1], final_cv2=None if cv2 is None else cv2[-1],
+                             verdict=verdict, converged=converged, explanation=text,
+                             initial_cv2=None if cv2 is None else cv2[0])
+
+
+def fit_verdict(fit: StrengthFit) -> str:
+    """``collapsed`` only if CV² and the upper end of its interval are below
+    :data:`COLLAPSE_CV2`; ``heterogeneous`` if the interval's lower end is above it;
+    ``unidentified`` when the fit raised an identification flag (the spread parameter on its
+    no-spread bound is not one: that is the collapse itself); else ``inconclusive``."""
+    ident = fit.identification
+    no_spread = {"sigma (lower)", "shape (upper)"}
+    if (ident.get("not_moved") or ident.get("scale_unidentified")
+            or set(ident.get("at_bound", [])) - no_spread):
+        return "unidentified"
+    high = fit.cv2_ci[1] if fit.cv2_ci else None
+    low = fit.cv2_ci[0] if fit.cv2_ci else None
+    if fit.cv2 < COLLAPSE_CV2 and high is not None and high < COLLAPSE_CV2:
+        return "collapsed"
+    if low is not None and low >= COLLAPSE_CV2:
+        return "heterogeneous"
+    return "inconclusive"
 
 
 def posterior_strengths(fit: StrengthFit, margins: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Per-comparison ``E[β | chosen ≻ rejected, Δ]`` under the fitted distribution (view c)."""
+    """Per-comparison ``E[β | chosen ≻ rejected, Δ]`` under the fitted distribution (view c).
+
+    A LogNormal posterior is a ratio of two rule evaluations, at μ and at the tilted μ + σ²
+    (:meth:`pluralign.strength.LogNormal.posterior_mean`); the rule gets the nodes that make both
+    accurate to ~1e-9 for these margins (:func:`lognormal_num_points`).
+    """
     m = torch.as_tensor(np.asarray(margins, dtype=float), dtype=torch.float64)
+    points = None
+    if fit.family == "lognormal" and m.numel():
+        mu, sigma = fit.params["mu"], fit.params["sigma"]
+        lowest = float(m.min())
+        points = max(lognormal_num_points(sigma, mu, lowest),
+                     lognormal_num_points(sigma, mu + sigma**2, lowest))
     with torch.no_grad():
-        return fit.distribution().posterior_mean(m).double().numpy()
+        return fit.distribution(points).posterior_mean(m).double().numpy()
 
 
 @dataclass
@@ -132,7 +180,7 @@ class HeterogeneityComparison:
     """Fits of several datasets and pairwise differences of their variance and CV²."""
 
     fits: dict[str, StrengthFit]
-    ranking: list[str]  # by fitted variance, largest first
+    ranking: list[str]  # by fitted CV², largest first
     differences: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +192,7 @@ def compare_heterogeneity(margins: Mapping[str, Sequence[float] | np.ndarray],
                           family: str = "gamma", *, n_boot: int = 200, level: float = 0.95,
                           clusters: Mapping[str, Sequence[Any]] | None = None,
                           seed: int = 0) -> HeterogeneityComparison:
-    """Fit each dataset's strength distribution and compare them (view d).
+    """Fit each dataset's strength distribution and rank them by CV² (view d).
 
     Differences ``Var_a − Var_b`` (and of CV²) get percentile intervals from the two independent
     bootstraps (draw ``j`` of one minus draw ``j`` of the other).
@@ -154,7 +202,7 @@ def compare_heterogeneity(margins: Mapping[str, Sequence[float] | np.ndarray],
     fits = {name: fit_strength(m, family, n_boot=n_boot, level=level, seed=seed + i,
                                clusters=(clusters or {}).get(name))
             for i, (name, m) in enumerate(margins.items())}
-    ranking = sorted(fits, key=lambda k: fits[k].variance, reverse=True)
+    ranking = sorted(fits, key=lambda k: fits[k].cv2, reverse=True)
     diffs = []
     for i, a in enumerate(ranking):
         for b in ranking[i + 1:]:
@@ -177,21 +225,26 @@ class Diagnosis:
 
     fit: StrengthFit | None = None
     posterior: pd.Series | None = None
-    profiles: SubgroupTable | None = None
+    subgroups: SubgroupStrength | None = None
     trajectories: dict[str, TrajectoryVerdict] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "fit": self.fit.to_dict() if self.fit else None,
+            "fit_verdict": fit_verdict(self.fit) if self.fit else None,
             "posterior_beta": (None if self.posterior is None else
                                {"mean": float(self.posterior.mean()),
                                 "quantiles": {str(q): float(self.posterior.quantile(q))
                                               for q in (0.05, 0.25, 0.5, 0.75, 0.95)}}),
-            "profiles": self.profiles.to_dict() if self.profiles else None,
+            "subgroups": self.subgroups.to_dict() if self.subgroups else None,
             "trajectories": {k: v.to_dict() for k, v in self.trajectories.items()},
             "summary": self.summary,
         }
+
+
+def _ci_text(ci: tuple[float, float] | None) -> str:
+    return f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "n/a"
 
 
 def diagnose(
@@ -211,7 +264,8 @@ def diagnose(
         df: one row per comparison with a ``margin`` column (and attribute columns for ``by``).
         margin: the margin column (``"margin"``, or a synthetic population's ``"true_margin"``).
         family: strength family to fit, ``"gamma"`` or ``"lognormal"``.
-        by: attribute columns for the per-subgroup posterior-strength profile.
+        by: attribute columns for per-subgroup strength fits and their equality tests
+            (:func:`~pluralign.evaluation.subgroup_strength.subgroup_strength`).
         runs: name -> run folder / log history of MixDPO runs, for trajectory verdicts.
         cluster: column whose values share one β (e.g. ``"annotator_id"``) for the bootstrap.
         n_boot: bootstrap refits for the fit's intervals.
@@ -230,27 +284,20 @@ def diagnose(
         finite = np.isfinite(values)
         if not finite.all():
             out.summary.append(f"{int((~finite).sum())} comparisons with NaN/inf margins excluded")
-        data = df.loc[finite]
-        out.fit = fit_strength(values[finite], family, n_boot=n_boot, seed=seed,
-                               clusters=None if cluster is None else data[cluster].tolist())
-        f = out.fit
-        ci = (f"[{f.variance_ci[0]:.3g}, {f.variance_ci[1]:.3g}]" if f.variance_ci else "n/a")
+        data = df.loc[finite].assign(**{margin: values[finite]})
+        out.fit = f = fit_strength(values[finite], family, n_boot=n_boot, seed=seed,
+                                   clusters=None if cluster is None else data[cluster].tolist())
         out.summary.append(
             f"fitted {family} strength: mean {f.mean:.3g}, variance {f.variance:.3g} "
-            f"(95% CI {ci}), CV² {f.cv2:.3g}; point-mass test p = {f.heterogeneity_pvalue:.3g}")
+            f"(95% CI {_ci_text(f.variance_ci)}), CV² {f.cv2:.3g} (95% CI {_ci_text(f.cv2_ci)}); "
+            f"point-mass test p = {f.heterogeneity_pvalue:.3g}; verdict: {fit_verdict(f)}")
+        out.summary.extend(f"fit note: {note}" for note in f.notes)
         out.posterior = pd.Series(posterior_strengths(f, values[finite]), index=data.index,
                                   name="posterior_beta")
         if by:
-            profile_df = data.assign(posterior_beta=out.posterior)
-            out.profiles = subgroup_table(profile_df, list(by), value="posterior_beta",
-                                          n_boot=n_boot, seed=seed, cluster=cluster)
-            g = out.profiles.groups.dropna(subset=["mean"]).sort_values("mean")
-            if len(g) >= 2:
-                lo, hi = g.iloc[0], g.iloc[-1]
-                out.summary.append(
-                    f"weakest preferences: {lo['attribute']}={lo['group']} (E[β|pair] "
-                    f"{lo['mean']:.3g}); strongest: {hi['attribute']}={hi['group']} "
-                    f"({hi['mean']:.3g})")
+            out.subgroups = subgroup_strength(data, list(by), margin=margin, family=family,
+                                              cluster=cluster, n_boot=n_boot, seed=seed)
+            out.summary.extend(out.subgroups.summary())
     for name, run in (runs or {}).items():
         verdict = trajectory_verdict(run)
         out.trajectories[name] = verdict

@@ -26,7 +26,13 @@ Identification, stated plainly:
   not of comparisons, bounds the precision of the variance.
 * β and Δ enter only through their product, so the mean and variance of β are in the units of the
   margins; the squared coefficient of variation ``CV² = Var β / (E β)²`` is scale free and is the
-  quantity to compare across datasets whose margins come from different models.
+  quantity to compare across datasets whose margins come from different models. The fit works on
+  margins divided by their median ``|Δ|`` (parameter bounds are then relative to the data's scale),
+  so rescaling every margin by ``c`` rescales the fitted β by ``1/c`` and leaves CV² unchanged.
+
+Every fit carries :attr:`StrengthFit.identification`: which parameters ended on a bound of the
+optimiser's box, whether the optimiser moved from its start, and whether the scale of β is pinned
+by the data at all; each flag also adds a plain-language note to :attr:`StrengthFit.notes`.
 """
 
 from __future__ import annotations
@@ -39,25 +45,75 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 from pluralign.evaluation.bootstrap import percentile_interval
 from pluralign.evaluation.errors import EvaluationError
-from pluralign.numerics import log_gamma_expected_sigmoid, log_lognormal_expected_sigmoid
+from pluralign.numerics import (
+    log_gamma_expected_sigmoid,
+    log_lognormal_expected_sigmoid,
+    trapezoid_step,
+)
 from pluralign.strength import StrengthDistribution, build_strength
 
 FAMILIES = ("lognormal", "gamma")
 
-#: Gauss–Hermite nodes for the LogNormal expectation during fitting (more than training's 16:
-#: the fit explores large σ where 16 nodes lose accuracy).
-FIT_QUADRATURE_POINTS = 48
+#: Largest LogNormal σ the fit may return (CV² = e^{σ²} − 1 ≈ 2.7e43 there: a fit on this bound
+#: is flagged, it says "heavier tail than any LogNormal we allow", not a number to report).
+SIGMA_MAX = 10.0
 
-#: Box on the unconstrained parameters (log σ, log k, log λ, μ): keeps the optimiser finite when
-#: the data push a parameter to its boundary (σ → 0 or k → ∞ is the collapse to a point mass).
+#: Node counts tried, smallest first, for the LogNormal trapezoidal rule in the fit.
+NODE_TIERS = (48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+#: Box on the unconstrained parameters in standardised units (margins / median |Δ|):
+#: (μ, log σ) and (log k, log λ). It keeps the optimiser finite when the data push a parameter to
+#: its boundary (σ → 0 or k → ∞ is the collapse to a point mass).
 _BOUNDS = {
-    "lognormal": [(-15.0, 15.0), (math.log(1e-4), math.log(10.0))],
+    "lognormal": [(-15.0, 15.0), (math.log(1e-4), math.log(SIGMA_MAX))],
     "gamma": [(math.log(0.05), math.log(1e5)), (math.log(1e-6), math.log(1e8))],
 }
+_PARAM_NAMES = {"lognormal": ("mu", "sigma"), "gamma": ("shape", "rate"), "point": ("beta",)}
+#: Distance (in the unconstrained coordinates) within which a parameter counts as on its
+#: (lower, upper) bound. The likelihood is flat as the spread vanishes, so the optimiser stops
+#: short of σ → 0 or k → ∞: σ < 1e-3 (CV² < 1e-6) or k > 1e4 (CV² < 1e-4) count as on the bound.
+_BOUND_TOL = {
+    "lognormal": [(1e-3, 1e-3), (math.log(10.0), 1e-3)],
+    "gamma": [(1e-3, math.log(10.0)), (1e-3, 1e-3)],
+    "point": [(1e-3, 1e-3)],
+}
+#: Standardised point-mass β outside this range: labels carry (almost) no information on the
+#: scale — they agree with the margin's sign almost surely, or are at chance.
+_SCALE_RANGE = (1e-2, 1e2)
+#: Fewer margins than this on the minority side leave the scale unidentified.
+_MIN_MINORITY = 10
+
+
+def lognormal_num_points(sigma: float, mu: float = 0.0, most_negative: float = 0.0) -> int:
+    """Nodes of the trapezoidal rule that make ``log E σ(βΔ)`` accurate to ~1e-9 (LogNormal β).
+
+    Three conditions on the rule's step ``h`` (:func:`pluralign.numerics.trapezoid_step`) and
+    half-width ``H = h(N−1)/2``, from the error analysis of the trapezoidal rule for integrands
+    analytic in a strip (Trefethen & Weideman 2014, §5):
+
+    * discretisation ``exp(−π²/(σh)) ≤ 1e-9`` (poles of σ(z) at ``Im ε = ±π/(2σ)``): ``σh ≤ 0.45``;
+    * for the most negative margin ``Δ⁻`` the integrand ``φ(ε)·σ(−e^{μ+σε}|Δ⁻|)`` peaks at
+      ``ε* = −W(x)/σ`` (Lambert W, ``x = σ²e^μ|Δ⁻|``) with width ``w = (1 + W(x))^{−1/2}``,
+      while the kernel centres its rule at ``c = −log1p(x)/σ``: ``h ≤ 0.9 w`` and
+      ``H ≥ |ε* − c| + 7w``;
+    * the Gaussian itself: ``H ≥ 7``.
+
+    Returns the first of :data:`NODE_TIERS` meeting all three (the last if none does).
+    """
+    x = sigma * sigma * math.exp(min(mu, 700.0)) * max(-most_negative, 0.0)
+    w_x = float(np.real(special.lambertw(x))) if x > 0 else 0.0
+    offset = abs(w_x - math.log1p(x)) / sigma if sigma > 0 else 0.0
+    width = 1.0 / math.sqrt(1.0 + w_x)
+    for n in NODE_TIERS:
+        h = trapezoid_step(n)
+        if (sigma * h <= 0.45 and h <= 0.9 * width
+                and h * (n - 1) / 2 >= max(7.0, offset + 7.0 * width)):
+            return n
+    return NODE_TIERS[-1]
 
 
 @dataclass
@@ -66,7 +122,8 @@ class StrengthFit:
 
     Attributes:
         family: ``"lognormal"`` or ``"gamma"``.
-        params: raw distribution parameters (``{"mu","sigma"}`` or ``{"shape","rate"}``).
+        params: raw distribution parameters (``{"mu","sigma"}`` or ``{"shape","rate"}``), in the
+            units of the margins given.
         mean, variance, cv2: E β, Var β and Var β / (E β)² of the fitted distribution.
         mean_ci, variance_ci, cv2_ci: percentile bootstrap intervals (``None`` if ``n_boot=0``).
         loglik: maximised log-likelihood.
@@ -74,7 +131,12 @@ class StrengthFit:
         heterogeneity_pvalue: likelihood-ratio test of H0 "β is a point mass"; the null is on the
             boundary, so the statistic is referred to ½χ²₀ + ½χ²₁ (Self & Liang 1987).
         n, n_negative: comparisons used and how many have a negative margin.
-        notes: warnings (weak identification, parameters at their bounds, failed resamples).
+        identification: ``at_bound`` (names of parameters on a bound of the optimiser's box),
+            ``not_moved`` (the best run ended at its start), ``scale_unidentified`` (the labels do
+            not pin the scale of β: too few margins on the minority side, or the point-mass fit
+            says the labels follow the margin's sign almost surely or are at chance).
+        notes: warnings (each identification flag, weak identification, failed resamples).
+        scale: the median ``|Δ|`` the fit standardised the margins by.
     """
 
     family: str
@@ -92,13 +154,26 @@ class StrengthFit:
     mean_ci: tuple[float, float] | None = None
     variance_ci: tuple[float, float] | None = None
     cv2_ci: tuple[float, float] | None = None
+    identification: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    scale: float = 1.0
     #: bootstrap draws of (mean, variance), one row per resample (for comparisons between fits)
     samples: np.ndarray | None = field(default=None, repr=False)
 
-    def distribution(self) -> StrengthDistribution:
-        """The fitted distribution as a (frozen) :mod:`pluralign.strength` module."""
-        return build_strength(self.family, learnable=False, **self.params)
+    def distribution(self, num_points: int | None = None) -> StrengthDistribution:
+        """The fitted distribution as a (frozen) :mod:`pluralign.strength` module.
+
+        ``num_points`` sets the LogNormal rule's nodes (see :func:`lognormal_num_points`).
+        """
+        extra = {"num_points": num_points} if num_points and self.family == "lognormal" else {}
+        return build_strength(self.family, learnable=False, **self.params, **extra)
+
+    @property
+    def identified(self) -> bool:
+        """No identification flag is raised."""
+        ident = self.identification
+        return not (ident.get("at_bound") or ident.get("not_moved")
+                    or ident.get("scale_unidentified"))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -108,19 +183,45 @@ class StrengthFit:
         return out
 
 
+def _lognormal_points(mu: float, sigma: float, margins: torch.Tensor) -> int:
+    return lognormal_num_points(sigma, mu, float(margins.min()) if margins.numel() else 0.0)
+
+
 def _log_lik_terms(theta: torch.Tensor, margins: torch.Tensor, family: str) -> torch.Tensor:
     """Per-comparison ``log E_β σ(β Δ_i)`` at unconstrained parameters ``theta``."""
     if family == "lognormal":
-        return log_lognormal_expected_sigmoid(margins, theta[0], theta[1].exp(),
-                                              num_points=FIT_QUADRATURE_POINTS)
+        sigma = theta[1].exp()
+        n = _lognormal_points(float(theta[0].detach()), float(sigma.detach()), margins)
+        return log_lognormal_expected_sigmoid(margins, theta[0], sigma, num_points=n)
     if family == "gamma":
         return log_gamma_expected_sigmoid(margins, theta[0].exp(), theta[1].exp())
     return F.logsigmoid(theta[0].exp() * margins)
 
 
+def _theta(params: dict[str, float], family: str) -> np.ndarray:
+    """Inverse of :func:`_params`: unconstrained coordinates of raw parameters."""
+    if family == "lognormal":
+        return np.array([params["mu"], math.log(params["sigma"])])
+    if family == "gamma":
+        return np.array([math.log(params["shape"]), math.log(params["rate"])])
+    return np.array([math.log(params["beta"])])
+
+
+def log_likelihood(margins: Any, family: str, params: dict[str, float]) -> float:
+    """``Σ_i log E_{β~p(·; params)} σ(β Δ_i)`` (eq. 3), the quantity :func:`fit_strength`
+    maximises, with the LogNormal rule's nodes from :func:`lognormal_num_points`."""
+    m = torch.as_tensor(_as_float64(margins), dtype=torch.float64)
+    theta = torch.as_tensor(_theta(params, family), dtype=torch.float64)
+    with torch.no_grad():
+        return float(_log_lik_terms(theta, m, family).sum())
+
+
 def _maximise(margins: torch.Tensor, weights: torch.Tensor, family: str,
-              starts: Sequence[Sequence[float]], bounds) -> tuple[np.ndarray, float]:
-    """Best of L-BFGS-B runs from ``starts``; returns (theta, weighted log-likelihood)."""
+              starts: Sequence[Sequence[float]], bounds) -> tuple[np.ndarray, float, bool]:
+    """Best of bounded Newton-CG runs from ``starts``.
+
+    Returns (theta, weighted log-likelihood, whether the best run ended at its start).
+    """
 
     def negll(x: np.ndarray) -> tuple[float, np.ndarray]:
         theta = torch.tensor(x, dtype=torch.float64, requires_grad=True)
@@ -128,31 +229,42 @@ def _maximise(margins: torch.Tensor, weights: torch.Tensor, family: str,
         (grad,) = torch.autograd.grad(value, theta)
         return float(value.detach()), grad.numpy()
 
-    best: tuple[np.ndarray, float] | None = None
+    best: tuple[np.ndarray, float, bool] | None = None
     for start in starts:
+        x0 = np.asarray(start, float)
         # TNC: bounded Newton-CG in plain C (L-BFGS-B's BLAS threads thrash on busy machines)
-        res = optimize.minimize(negll, np.asarray(start, float), jac=True, method="TNC",
-                                bounds=bounds, options={"maxfun": 500, "ftol": 1e-11,
-                                                        "gtol": 1e-8})
+        res = optimize.minimize(negll, x0, jac=True, method="TNC", bounds=bounds,
+                                options={"maxfun": 500, "ftol": 1e-11, "gtol": 1e-8})
         if best is None or -res.fun > best[1]:
-            best = (res.x, -float(res.fun))
+            best = (res.x, -float(res.fun), bool(np.allclose(res.x, x0, rtol=0, atol=1e-8)))
     assert best is not None
     return best
 
 
-def _params(theta: np.ndarray, family: str) -> dict[str, float]:
+def _params(theta: np.ndarray, family: str, scale: float = 1.0) -> dict[str, float]:
+    """Raw parameters in the margins' units from standardised coordinates (β = β_std / scale)."""
     if family == "lognormal":
-        return {"mu": float(theta[0]), "sigma": float(math.exp(theta[1]))}
-    return {"shape": float(math.exp(theta[0])), "rate": float(math.exp(theta[1]))}
+        return {"mu": float(theta[0] - math.log(scale)), "sigma": float(math.exp(theta[1]))}
+    return {"shape": float(math.exp(theta[0])), "rate": float(math.exp(theta[1]) * scale)}
 
 
-def _moments(theta: np.ndarray, family: str) -> tuple[float, float]:
-    dist = build_strength(family, learnable=False, **_params(theta, family))
+def _moments(theta: np.ndarray, family: str, scale: float = 1.0) -> tuple[float, float]:
+    dist = build_strength(family, learnable=False, **_params(theta, family, scale))
     return float(dist.mean()), float(dist.variance())
 
 
+def _as_float64(margins: Any) -> np.ndarray:
+    """Margins of any float dtype (torch tensors too, also bfloat16 or requiring grad)."""
+    if isinstance(margins, torch.Tensor):
+        return margins.detach().to("cpu", torch.float64).numpy().ravel()
+    try:
+        return np.asarray(margins, dtype=float).ravel()
+    except (TypeError, ValueError) as exc:
+        raise EvaluationError(f"fit_strength: margins must be numbers ({exc})") from None
+
+
 def _check_margins(margins: Any) -> np.ndarray:
-    m = np.asarray(margins, dtype=float).ravel()
+    m = _as_float64(margins)
     if m.size == 0:
         raise EvaluationError("fit_strength: no margins given")
     bad = np.flatnonzero(~np.isfinite(m))
@@ -169,8 +281,40 @@ def _check_margins(margins: Any) -> np.ndarray:
     return m
 
 
+def _on_bounds(theta: np.ndarray, bounds, family: str) -> list[str]:
+    out = []
+    for t, (lo, hi), (tol_lo, tol_hi), name in zip(theta, bounds, _BOUND_TOL[family],
+                                                   _PARAM_NAMES[family], strict=True):
+        if t - lo < tol_lo:
+            out.append(f"{name} (lower)")
+        elif hi - t < tol_hi:
+            out.append(f"{name} (upper)")
+    return out
+
+
+def _identification(family: str, theta: np.ndarray, not_moved: bool, point_std: float,
+                    point_at_bound: bool, minority: int) -> tuple[dict[str, Any], list[str]]:
+    """Identification flags of a fit and one note per raised flag."""
+    at_bound = _on_bounds(theta, _BOUNDS[family], family)
+    scale_bad = (minority < _MIN_MINORITY or point_at_bound
+                 or not _SCALE_RANGE[0] <= point_std <= _SCALE_RANGE[1])
+    notes = []
+    if at_bound:
+        notes.append(f"{', '.join(at_bound)} on the bound of the fit's parameter box: the "
+                     "likelihood keeps improving past it (outliers, or no spread at all), so "
+                     "mean, variance and CV² are limits, not estimates")
+    if not_moved:
+        notes.append("the optimiser did not move from its start: the likelihood is flat there "
+                     "and the reported parameters are the start, not an estimate")
+    if scale_bad:
+        notes.append(f"the scale of β is not identified: {minority} margins on the minority "
+                     f"side, point-mass β·median|Δ| = {point_std:.3g} (labels follow the margin's "
+                     "sign almost surely, or are at chance); mean and variance are not estimates")
+    return {"at_bound": at_bound, "not_moved": not_moved, "scale_unidentified": scale_bad}, notes
+
+
 def fit_strength(
-    margins: Sequence[float] | np.ndarray,
+    margins: Sequence[float] | np.ndarray | torch.Tensor,
     family: str = "lognormal",
     *,
     n_boot: int = 200,
@@ -181,7 +325,8 @@ def fit_strength(
     """Fit ``p(β)`` by maximum likelihood of ``Π_i E_β σ(β Δ_i)`` on fixed margins (eq. 3).
 
     Args:
-        margins: ``Δ_i = r(chosen) − r(rejected)`` per comparison (both signs must occur).
+        margins: ``Δ_i = r(chosen) − r(rejected)`` per comparison (both signs must occur); any
+            float dtype, numpy or torch (detached and read in float64).
         family: ``"lognormal"`` (β = exp(μ + σ ε)) or ``"gamma"`` (shape k, rate λ).
         n_boot: bootstrap refits for the intervals (0 skips them).
         level: confidence level of the percentile intervals.
@@ -192,39 +337,44 @@ def fit_strength(
     if family not in FAMILIES:
         raise EvaluationError(f"fit_strength: family must be one of {FAMILIES}, got {family!r}")
     m_np = _check_margins(margins)
+    scale = float(np.median(np.abs(m_np[m_np != 0])))
     # The likelihood depends on the data only through the distinct margins and their counts.
-    values, inverse = np.unique(m_np, return_inverse=True)
+    values, inverse = np.unique(m_np / scale, return_inverse=True)
     margins_t = torch.as_tensor(values, dtype=torch.float64)
     counts = torch.as_tensor(np.bincount(inverse, minlength=values.size), dtype=torch.float64)
     notes: list[str] = []
     n_neg = int((m_np < 0).sum())
-    if min(n_neg, int((m_np > 0).sum())) < 20:
-        notes.append(f"only {min(n_neg, int((m_np > 0).sum()))} margins on the minority side: the "
-                     "scale of β is weakly identified")
+    minority = min(n_neg, int((m_np > 0).sum()))
+    if _MIN_MINORITY <= minority < 20:
+        notes.append(f"only {minority} margins on the minority side: the scale of β is weakly "
+                     "identified")
 
-    # Point mass (DPO) fit: one-dimensional, from a grid of starts covering the margin scale.
-    scale = 1.0 / float(np.median(np.abs(m_np[m_np != 0])))
-    point_bounds = [(math.log(scale) - 20, math.log(scale) + 20)]
-    point_starts = [[math.log(scale) + s] for s in (-2.0, 0.0, 2.0)]
-    point_theta, point_ll = _maximise(margins_t, counts, "point", point_starts, point_bounds)
-    beta0 = math.exp(point_theta[0])
+    # Point mass (DPO) fit in standardised units: one-dimensional, starts around β·|Δ| = 1.
+    point_bounds = [(-20.0, 20.0)]
+    point_theta, point_ll, _ = _maximise(margins_t, counts, "point", [[-2.0], [0.0], [2.0]],
+                                         point_bounds)
+    point_std = math.exp(point_theta[0])
 
     if family == "lognormal":
-        starts = [[math.log(beta0), math.log(s)] for s in (0.2, 0.7, 1.5)]
+        starts = [[point_theta[0], math.log(s)] for s in (0.2, 0.7, 1.5)]
     else:
-        starts = [[math.log(k), math.log(k / beta0)] for k in (0.7, 2.0, 10.0)]
-    theta, ll = _maximise(margins_t, counts, family, starts, _BOUNDS[family])
-    no_spread = (theta[1] - _BOUNDS["lognormal"][1][0] < 1e-3 if family == "lognormal"
-                 else _BOUNDS["gamma"][0][1] - theta[0] < 1e-3)
-    if no_spread:
+        starts = [[math.log(k), math.log(k / point_std)] for k in (0.7, 2.0, 10.0)]
+    theta, ll, not_moved = _maximise(margins_t, counts, family, starts, _BOUNDS[family])
+    identification, flag_notes = _identification(
+        family, theta, not_moved, point_std,
+        bool(_on_bounds(point_theta, point_bounds, "point")), minority)
+    notes.extend(flag_notes)
+    spread_name = "sigma (lower)" if family == "lognormal" else "shape (upper)"
+    if spread_name in identification["at_bound"]:
         notes.append("the fit puts no spread in β: it has collapsed to a point mass")
-    mean, variance = _moments(theta, family)
+    mean, variance = _moments(theta, family, scale)
     lr = max(0.0, 2 * (ll - point_ll))
     fit = StrengthFit(
-        family=family, params=_params(theta, family), mean=mean, variance=variance,
-        cv2=variance / mean**2, loglik=ll, point_beta=beta0, point_loglik=point_ll,
+        family=family, params=_params(theta, family, scale), mean=mean, variance=variance,
+        cv2=variance / mean**2, loglik=ll, point_beta=point_std / scale, point_loglik=point_ll,
         heterogeneity_pvalue=float(0.5 * stats.chi2.sf(lr, 1)) if lr > 0 else 1.0,
-        n=int(m_np.size), n_negative=n_neg, level=level, notes=notes,
+        n=int(m_np.size), n_negative=n_neg, level=level, identification=identification,
+        notes=notes, scale=scale,
     )
     if n_boot > 0:
         _bootstrap(fit, margins_t, inverse, theta, clusters, n_boot, seed)
@@ -235,7 +385,8 @@ def _bootstrap(fit: StrengthFit, margins: torch.Tensor, inverse: np.ndarray, the
                clusters: Sequence[Any] | None, n_boot: int, seed: int) -> None:
     """Refit on multinomial resamples (of comparisons or clusters), warm-started at the MLE.
 
-    ``margins`` are the distinct margins and ``inverse`` maps each comparison to its margin.
+    ``margins`` are the distinct standardised margins and ``inverse`` maps each comparison to
+    its margin.
     """
     rng = np.random.default_rng(seed)
     n = inverse.size
@@ -254,8 +405,8 @@ def _bootstrap(fit: StrengthFit, margins: torch.Tensor, inverse: np.ndarray, the
         if not (used < 0).any() or not (used > 0).any():
             continue
         weights = torch.as_tensor(w, dtype=torch.float64)
-        t, _ = _maximise(margins, weights, fit.family, [theta], _BOUNDS[fit.family])
-        samples.append(_moments(t, fit.family))
+        t, _, _ = _maximise(margins, weights, fit.family, [theta], _BOUNDS[fit.family])
+        samples.append(_moments(t, fit.family, fit.scale))
     if len(samples) < n_boot:
         fit.notes.append(f"{n_boot - len(samples)} bootstrap resamples had one-signed margins "
                          "and were skipped")
