@@ -412,10 +412,17 @@ def corrected_dpo_loss(
     s = log_s.exp()
     tiny = torch.finfo(h.dtype).tiny
     spread = (log_s + log_one_minus_s).exp().clamp(min=tiny)         # s(1−s), never 0
-    half_gap = 0.5 * alpha * (1.0 - 2.0 * s)
-    # α·c = half_gap·V/spread with |α·c| ≤ 2: V/max(spread, |half_gap|·V/2) never forms V/spread²
-    # where s(1−s) underflows (∞·0 = NaN), and where it binds q is clipped anyway.
-    correction = half_gap * (variance / torch.maximum(spread, half_gap.abs() * variance / 2))
+    gap = 1.0 - 2.0 * s                                              # c = ½α·gap·V/spread
+    # α·c = ½α·gap·V/spread with |α·c| ≤ 2: V/max(spread, |½α·gap|·V/2) never forms V/spread²
+    # where s(1−s) underflows (∞·0 = NaN), and where it binds q is clipped anyway. The second
+    # floor, √tiny, covers α·V ≈ 0 (α = 0 included), where the first is 0: the backward's
+    # V/den² stays finite, and the value moves only where |h| > 354 (float64; 43 in float32)
+    # and α·V < 3e-154 (2e-19), where the expansion has no meaning left (the true q jumps from
+    # σ(h) at α·V = 0 to the floor ε for any α·V > e^{−|h|}). ½α multiplies last, so a tiny
+    # α scales the backward down before any large factor, instead of after it (∞·α = ∞).
+    half_alpha = 0.5 * alpha
+    denominator = torch.maximum(spread, half_alpha * gap.abs() * variance / 2).clamp(min=tiny**0.5)
+    correction = half_alpha * (gap * (variance / denominator))
     # h ≥ 0: s ≥ ½ and correction ≤ 0, so log q = log s + log1p(correction / s), q floored at ε.
     s_pos = s.clamp(min=0.5)                      # = s on this branch; keeps the other finite
     log_q_pos = log_s + torch.log1p(torch.maximum(correction / s_pos, floor / s_pos - 1))
