@@ -23,6 +23,10 @@ Generative model (seeds/001 §3 mixed-logit Bradley–Terry; seeds/003 §2 user 
 * **Labels.** Each annotator compares ``pairs_per_annotator`` random response pairs (a, b) of
   random prompts; ``P(a ≻ b) = σ(β_i · (r_t(a) − r_t(b)))`` (mixed-logit BT, seeds/001 Eq. 3
   with β_i per annotator). ``chosen`` is whichever response won.
+* **Exact composition** (off by default): ``exact_type_shares`` replaces the per-annotator type
+  draw by exactly ``round(n_annotators · type_probs)`` annotators per type; ``conflict_share``
+  (two types) draws exactly that share of the pairs from items the two types order oppositely
+  and the rest from items they agree on, instead of uniformly.
 
 The **homogeneous control** (``homogeneous=True``) keeps the same prompts, responses, annotators,
 compared pairs and uniform draws for the same seed, but has one type whose weights are the
