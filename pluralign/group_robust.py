@@ -47,7 +47,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -143,16 +142,19 @@ class GroupRobustObjective(Objective):
 
     Args:
         base: the per-pair objective to make robust.
-        num_groups: K, or None to take it from the training data in :meth:`prepare_data`
-            (how the registry's ``group_dpo``/``group_mixdpo`` are built from a config).
+        num_groups: K, or None to set later with :meth:`set_groups` (how the registry's
+            ``group_dpo``/``group_mixdpo`` are built from a config: ``PreferenceTrainer`` sets
+            K, the names and the counts from the training data,
+            :func:`pluralign.training.groups.prepare_groups`).
         step_size: η ≥ 0 of the α ascent (0: fixed uniform α).
         group_counts: training pairs per group ``N_g`` (all > 0), or None to set later with
-            :meth:`set_group_counts` (:meth:`prepare_data` does it from the training set).
+            :meth:`set_group_counts`.
         group_names: display names of the groups in metrics (default ``"0"``, ``"1"``, ...).
         column: the batch column with each pair's group id.
         initial_weights: ``"uniform"`` or ``"proportional"`` (α = p once the counts are set).
-        group_by: what defines a pair's group (:mod:`pluralign.data.groups`); with it
-            :meth:`prepare_data` builds ``column``, else the data must already have it.
+        group_by: what defines a pair's group (:mod:`pluralign.data.groups`); declared here,
+            read by the trainer, which builds ``column`` from it; unset, the data must already
+            have ``column``.
     """
 
     name = "group_robust"
@@ -195,28 +197,6 @@ class GroupRobustObjective(Objective):
         self.register_buffer("group_fractions", zeros.clone())
         self.register_buffer("last_group_losses", zeros.clone(), persistent=False)
 
-    def prepare_data(self, train: Any, evaluation: Any) -> tuple[Any, Any]:
-        """Add the group column from ``group_by`` (the evaluation split maps its values through
-        the training split's name table, so ids agree) or read an existing one, and set K, the
-        names and the training-set counts ``N_g`` from the training split."""
-        if train is None:
-            return train, evaluation
-        if self.group_by:
-            from pluralign.data.groups import add_group_column  # data layer, only when used
-
-            train, groups = add_group_column(train, self.group_by, self.column)
-            if evaluation is not None:
-                evaluation, _ = add_group_column(evaluation, self.group_by, self.column,
-                                                 names=groups.names)
-            self.set_groups(len(groups.names), groups.names)
-            self.set_group_counts(groups.counts().tolist())
-        elif self.column in train.column_names:
-            counts = np.bincount(np.asarray(train[self.column], dtype=np.int64))
-            if counts.size != self.num_groups:
-                self.set_groups(counts.size)
-            self.set_group_counts(counts.tolist())
-        return train, evaluation
-
     @property
     def has_group_counts(self) -> bool:
         """Whether the training-set group shares p_g are known."""
@@ -248,7 +228,7 @@ class GroupRobustObjective(Objective):
         if not self.num_groups or not self.has_group_counts:
             raise ConfigError("GroupRobustObjective has no group counts; pass group_counts, "
                               "call set_group_counts(training pairs per group) or "
-                              "prepare_data(train, eval) before training")
+                              "pluralign.training.groups.prepare_groups before training")
         loss = self.base(margin, batch)
         group = _group_ids(batch, self.column, self.num_groups, loss.device)
         if self.training and torch.is_grad_enabled():

@@ -122,10 +122,7 @@ class Objective(nn.Module):
     Each registered subclass declares what it is built from: ``Settings`` (a dataclass of
     :func:`setting` fields: name, type, default, help), ``columns`` (the per-pair dataset columns
     that ``batch`` must carry) and ``from_settings``; :meth:`used` names the settings a given
-    choice reads (MixDPO's depend on its strength family). An objective whose columns or state
-    come from the data (group-robust objectives: the ``group`` column and the training-set group
-    shares) derives them in :meth:`prepare_data`, which the trainer calls before it checks
-    ``columns``.
+    choice reads (MixDPO's depend on its strength family).
     """
 
     name: str = "objective"
@@ -147,12 +144,6 @@ class Objective(nn.Module):
     def choice(cls, settings: Any) -> str:
         """The choice that decides :meth:`used`, for error messages (default: none)."""
         return ""
-
-    def prepare_data(self, train: Any, evaluation: Any) -> tuple[Any, Any]:
-        """The training and evaluation datasets (either may be None) with the per-pair columns
-        this objective derives from the data added; may also set state from the training
-        split. Default: both unchanged."""
-        return train, evaluation
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         raise NotImplementedError

@@ -98,14 +98,55 @@ def test_every_command_takes_config_and_output_dir(command, capsys):
 
 
 def _imports(path: Path) -> set[str]:
+    """Every pluralign module ``path`` imports, at module level or lazily inside a function
+    (``from pluralign import x`` counts as ``pluralign.x`` for a submodule x; relative imports
+    are resolved)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ["pluralign", *path.relative_to(PACKAGE).parent.parts]
     names = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            if module == "pluralign":  # submodules only, not names such as __version__
+                names.update(f"pluralign.{a.name}" for a in node.names
+                             if (PACKAGE / a.name).is_dir() or (PACKAGE / f"{a.name}.py").is_file())
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
     return names
+
+
+#: README "What is in the box": imports only point down this table. Shared utilities (errors,
+#: atomic io, validation, the config reader, the run-folder writer, the package root) import only
+#: each other and may be imported from any layer ("config/runs <- every layer's CLI"); every
+#: ``<layer>/cli.py`` is part of the ``pluralign`` command, the top.
+_SHARED = {"pluralign", "errors", "io", "validation", "config", "runs"}
+_LAYER = {"numerics": 1, "strength": 2, "objectives": 3, "group_robust": 3, "data": 4,
+          "training": 5, "reward": 5, "evaluation": 6, "social_choice": 6, "envs": 6,
+          "experiments": 7, "cli": 8}
+
+
+def _layer(parts: list[str]) -> int:
+    """Layer of the module ``pluralign.<parts>`` (0 = shared utility)."""
+    top = parts[0] if parts else "pluralign"
+    if top in _SHARED or top == "__init__":
+        return 0
+    assert top in _LAYER, f"pluralign.{top} is in no layer; add it to the README table and here"
+    return _LAYER["cli"] if parts[-1] == "cli" else _LAYER[top]
+
+
+def test_imports_only_point_down_the_layer_table():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).with_suffix("").parts
+        own = _layer(list(rel))
+        for module in sorted(m for m in _imports(path) if m.split(".")[0] == "pluralign"):
+            theirs = _layer(module.split(".")[1:])
+            if theirs > own or (own == 0 and theirs > 0):
+                upward.append(f"{'/'.join(rel)}.py (layer {own}) imports {module} "
+                              f"(layer {theirs})")
+    assert not upward, "imports must point down the layer table:\n" + "\n".join(upward)
 
 
 def test_library_layers_never_import_experiments_and_reports_live_in_runs():

@@ -5,12 +5,15 @@ from importlib import resources
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import expit
 
 from pluralign.data import SchemaError, to_pandas, validate
 from pluralign.data.synthetic import (
     PopulationConfig,
+    exact_counts,
     load_population,
     make_population,
 )
@@ -206,3 +209,50 @@ def test_templates_resource_keeps_datasets_identical_to_before(overrides, expect
 def test_templates_ship_as_package_resource():
     text = resources.files("pluralign").joinpath("resources", "synthetic_templates.json")
     assert text.is_file() and "considerations" in text.read_text(encoding="utf-8")
+
+
+@given(st.integers(0, 500), st.lists(st.floats(0.01, 10), min_size=1, max_size=6))
+def test_exact_counts_sum_to_the_total_and_round_every_quota_down_or_up(total, weights):
+    counts = exact_counts(total, np.asarray(weights))
+    quota = total * np.asarray(weights) / sum(weights)
+    assert counts.sum() == total
+    assert all(np.floor(q) - 1e-9 <= c <= np.ceil(q) + 1e-9
+               for c, q in zip(counts, quota, strict=True))
+
+
+@pytest.mark.parametrize(("n", "probs", "expected"), [(100, [0.8, 0.2], [80, 20]),
+                                                      (7, [0.8, 0.2], [6, 1]),
+                                                      (10, [1, 1, 1], [4, 3, 3])])
+def test_exact_type_shares_give_exactly_the_rounded_counts(n, probs, expected):
+    for seed in (0, 1, 2):
+        pop = make_population(n_annotators=n, pairs_per_annotator=3, n_types=len(probs),
+                              type_probs=probs, demographic_signal=0.0,
+                              exact_type_shares=True, seed=seed)
+        assert np.bincount(pop.truth.annotator_type).tolist() == expected
+        types = np.asarray(pop.dataset["type_id"]).reshape(n, 3)
+        assert (types == pop.truth.annotator_type[:, None]).all()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.45, 1.0])
+def test_conflict_share_is_exact_on_the_pairs_and_labels_still_follow_the_types(share):
+    pop = make_population(n_annotators=40, pairs_per_annotator=5, n_prompts=12, n_types=2,
+                          strength="point", beta=5.0, conflict_share=share, seed=2)
+    d, t = pop.dataset, pop.truth
+    contested = []
+    for a, b in zip(d["chosen_id"], d["rejected_id"], strict=True):   # brute force, per pair
+        first = t.features[a] @ t.type_weights[0] - t.features[b] @ t.type_weights[0]
+        second = t.features[a] @ t.type_weights[1] - t.features[b] @ t.type_weights[1]
+        contested.append(first * second < 0)
+    assert sum(contested) == round(share * 200)
+    assert all(r // 4 == p for r, p in zip(d["rejected_id"], d["prompt_id"], strict=True))
+    own = t.type_weights[np.asarray(d["type_id"])]
+    margin = np.einsum("ik,ik->i", own, t.features[d["chosen_id"]] - t.features[d["rejected_id"]])
+    np.testing.assert_allclose(d["true_margin"], margin, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [{"exact_type_shares": True, "demographic_signal": 1.0},
+                                 {"conflict_share": 0.5, "n_types": 3},
+                                 {"conflict_share": 1.5, "n_types": 2}])
+def test_exact_composition_options_reject_what_they_cannot_do(bad):
+    with pytest.raises(ConfigError, match="exact_type_shares|conflict_share"):
+        PopulationConfig(**bad)

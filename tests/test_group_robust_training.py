@@ -12,6 +12,7 @@ from pluralign.data import make_population
 from pluralign.errors import ConfigError
 from pluralign.group_robust import GroupRobustObjective
 from pluralign.training import PreferenceConfig, PreferenceTrainer, build_tokenizer, tiny_gpt_neox
+from pluralign.training.groups import prepare_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,13 +72,13 @@ def test_group_by_without_a_group_objective_is_a_config_error(tmp_path):
         PreferenceConfig(output_dir=str(tmp_path), objective="dpo", group_by="attr.age")
 
 
-def test_prepare_data_maps_the_eval_split_through_the_training_name_table(population):
+def test_prepare_groups_maps_the_eval_split_through_the_training_name_table(population):
     from pluralign.objectives import build_objective
 
     data, _ = population
     objective = build_objective("group_dpo", group_by="type_id", group_init="proportional")
     minority_only = data.filter(lambda row: row["type_id"] == 1)
-    train, evaluation = objective.prepare_data(data, minority_only)
+    train, evaluation = prepare_groups(objective, data, minority_only)
     assert objective.group_names == ["0", "1"]
     assert train["group"] == data["type_id"]
     assert set(evaluation["group"]) == {1}          # id 1 as in training, not a fresh id 0
@@ -92,9 +93,19 @@ def test_an_existing_group_column_sets_the_number_of_groups(population):
     data, _ = population
     objective = build_objective("group_mixdpo", strength="gamma")
     three = [i % 3 for i in range(len(data))]
-    objective.prepare_data(data.add_column("group", three), None)
+    prepare_groups(objective, data.add_column("group", three), None)
     assert objective.num_groups == 3
     torch.testing.assert_close(objective.group_fractions,
                                torch.bincount(torch.tensor(three)).double() / len(data))
     with pytest.raises(ConfigError, match=r"group\(s\) \['1'\] have no training pairs"):
-        objective.prepare_data(data.add_column("group", [2 * t for t in data["type_id"]]), None)
+        prepare_groups(objective, data.add_column("group", [2 * t for t in data["type_id"]]),
+                       None)
+
+
+def test_prepare_groups_leaves_other_objectives_and_their_data_alone(population):
+    from pluralign.objectives import build_objective
+
+    data, _ = population
+    objective = build_objective("dpo")
+    train, evaluation = prepare_groups(objective, data, None)
+    assert train is data and evaluation is None

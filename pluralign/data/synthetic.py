@@ -23,6 +23,10 @@ Generative model (seeds/001 §3 mixed-logit Bradley–Terry; seeds/003 §2 user 
 * **Labels.** Each annotator compares ``pairs_per_annotator`` random response pairs (a, b) of
   random prompts; ``P(a ≻ b) = σ(β_i · (r_t(a) − r_t(b)))`` (mixed-logit BT, seeds/001 Eq. 3
   with β_i per annotator). ``chosen`` is whichever response won.
+* **Exact composition** (off by default): ``exact_type_shares`` replaces the per-annotator type
+  draw by exactly ``round(n_annotators · type_probs)`` annotators per type; ``conflict_share``
+  (two types) draws exactly that share of the pairs from items the two types order oppositely
+  and the rest from items they agree on, instead of uniformly.
 
 The **homogeneous control** (``homogeneous=True``) keeps the same prompts, responses, annotators,
 compared pairs and uniform draws for the same seed, but has one type whose weights are the
@@ -89,7 +93,8 @@ _FRAMES: tuple[str, ...] = tuple(_TEMPLATES["frames"])
 _SETTINGS: tuple[str, ...] = tuple(_TEMPLATES["settings"])
 DEFAULT_DEMOGRAPHICS: dict[str, dict[str, float]] = _TEMPLATES["demographics"]
 
-_STREAM_ITEMS, _STREAM_TYPES, _STREAM_ANNOTATORS, _STREAM_BETA, _STREAM_PAIRS = range(5)
+(_STREAM_ITEMS, _STREAM_TYPES, _STREAM_ANNOTATORS, _STREAM_BETA, _STREAM_PAIRS,
+ _STREAM_EXACT) = range(6)
 CHUNK_SIZE = 1 << 16
 STRENGTH_FAMILIES = ("point", "lognormal", "gamma")
 
@@ -124,6 +129,13 @@ class PopulationConfig:
             most." — an easy lexical signal for a tiny language model).
         chat: prompts and responses as chat messages (TRL conversational format; see the module
             docstring) instead of strings; same latent structure and labels.
+        exact_type_shares: assign exactly ``round(n_annotators · type_probs)`` annotators to
+            each type (largest remainder), in a seeded random order, instead of drawing each
+            annotator's type; needs ``demographic_signal = 0``.
+        conflict_share: two types only: exactly ``round(conflict_share · n_pairs)`` compared
+            pairs (at seeded random positions) are items on which the types' rewards disagree
+            in sign (:func:`type_conflict`), the rest items on which they agree; None draws
+            every pair's item uniformly.
         seed: seed of every random stream.
     """
 
@@ -146,6 +158,8 @@ class PopulationConfig:
     homogeneous: bool = False
     text_style: str = "natural"
     chat: bool = False
+    exact_type_shares: bool = False
+    conflict_share: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -170,6 +184,14 @@ class PopulationConfig:
                               f"got {self.text_style!r}")
         if not isinstance(self.chat, bool):
             raise ConfigError(f"PopulationConfig.chat must be true or false, got {self.chat!r}")
+        if self.exact_type_shares and self.demographic_signal != 0:
+            raise ConfigError("PopulationConfig.exact_type_shares needs demographic_signal: 0 "
+                              f"(types fixed by share, not tilted), got {self.demographic_signal}")
+        if self.conflict_share is not None and (self.n_types != 2
+                                                or not 0 <= self.conflict_share <= 1):
+            raise ConfigError("PopulationConfig.conflict_share needs n_types: 2 and a share in "
+                              f"[0, 1], got n_types={self.n_types}, "
+                              f"conflict_share={self.conflict_share!r}")
         if self.type_probs is not None:
             probs = np.asarray(self.type_probs, dtype=float)
             if probs.shape != (self.n_types,) or (probs < 0).any() or not probs.sum() > 0:
@@ -435,8 +457,61 @@ def _make_annotators(config: PopulationConfig, base_probs: np.ndarray
         columns[attr] = np.asarray(values, dtype=object)[idx]
     gumbel = rng.gumbel(size=logits.shape)
     types = np.argmax(logits + gumbel, axis=1)  # Gumbel-max = a draw from softmax(logits)
+    if config.exact_type_shares:
+        types = _exact_types(config, base_probs)
     attributes = [{a: str(columns[a][i]) for a in columns} for i in range(n)]
     return attributes, types
+
+
+def exact_counts(total: int, probs: np.ndarray) -> np.ndarray:
+    """``total`` split by ``probs`` into integers summing to ``total`` (largest remainder;
+    ties to the lower index)."""
+    quota = total * np.asarray(probs, dtype=float) / np.sum(probs)
+    counts = np.floor(quota).astype(np.int64)
+    order = np.argsort(-(quota - counts), kind="stable")
+    counts[order[:total - counts.sum()]] += 1
+    return counts
+
+
+def _exact_types(config: PopulationConfig, base_probs: np.ndarray) -> np.ndarray:
+    """Exactly :func:`exact_counts` annotators per type, in a seeded random order."""
+    counts = exact_counts(config.n_annotators, base_probs)
+    rng = _rng(config.seed, _STREAM_EXACT, 0)
+    return rng.permutation(np.repeat(np.arange(config.n_types), counts))
+
+
+def type_conflict(rewards: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pair (a, b): +1 where two types' rewards ``rewards[2, response]`` order a and b
+    oppositely (the item is contested), −1 where they agree strictly, 0 where either ties."""
+    product = (rewards[0, a] - rewards[0, b]) * (rewards[1, a] - rewards[1, b])
+    return -np.sign(product).astype(np.int64)
+
+
+def _conflict_items(config: PopulationConfig, rewards: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prompt, slot_a, slot_b) of every pair for ``conflict_share``: exactly
+    ``round(share · n_pairs)`` pairs, at seeded random positions, draw their item uniformly from
+    the contested items (:func:`type_conflict` = +1), the others from the agreed ones (−1)."""
+    r = config.responses_per_prompt
+    lo, hi = np.triu_indices(r, k=1)
+    prompt = np.repeat(np.arange(config.n_prompts), lo.size)
+    lo, hi = np.tile(lo, config.n_prompts), np.tile(hi, config.n_prompts)
+    kind = type_conflict(rewards, prompt * r + lo, prompt * r + hi)
+    n = config.n_pairs
+    n_conflict = int(round(config.conflict_share * n))
+    rng = _rng(config.seed, _STREAM_EXACT, 1)
+    wanted = rng.permutation(np.repeat([1, -1], [n_conflict, n - n_conflict]))
+    pick = np.empty(n, dtype=np.int64)
+    for flag, name in ((1, "contested"), (-1, "agreed")):
+        pool, slots = np.flatnonzero(kind == flag), np.flatnonzero(wanted == flag)
+        if slots.size and not pool.size:
+            raise ConfigError(f"conflict_share={config.conflict_share} needs {name} items, but "
+                              "the two types order every response pair the other way; change "
+                              "type_spread or the seed")
+        pick[slots] = pool[rng.integers(0, max(pool.size, 1), size=slots.size)]
+    swap = rng.random(n) < 0.5
+    lo, hi = lo[pick], hi[pick]
+    return prompt[pick], np.where(swap, hi, lo), np.where(swap, lo, hi)
 
 
 def _sample_beta(config: PopulationConfig) -> np.ndarray:
@@ -452,8 +527,10 @@ def _sample_beta(config: PopulationConfig) -> np.ndarray:
 
 
 def _pair_chunk(config: PopulationConfig, start: int, stop: int, rewards: np.ndarray,
-                annotator_type: np.ndarray, beta: np.ndarray) -> dict[str, np.ndarray]:
-    """Pairs ``start:stop`` (annotator-major order) and BT labels, from a per-chunk stream."""
+                annotator_type: np.ndarray, beta: np.ndarray,
+                items: tuple[np.ndarray, ...] | None = None) -> dict[str, np.ndarray]:
+    """Pairs ``start:stop`` (annotator-major order) and BT labels, from a per-chunk stream;
+    ``items`` (:func:`_conflict_items`) replaces the uniform draw of (prompt, slot a, slot b)."""
     rng = _rng(config.seed, _STREAM_PAIRS, start // CHUNK_SIZE)
     m, r = stop - start, config.responses_per_prompt
     annotator = np.arange(start, stop) // config.pairs_per_annotator
@@ -461,6 +538,8 @@ def _pair_chunk(config: PopulationConfig, start: int, stop: int, rewards: np.nda
     slot_a = rng.integers(0, r, size=m)
     slot_b = (slot_a + 1 + rng.integers(0, r - 1, size=m)) % r
     u = rng.random(m)
+    if items is not None:
+        prompt, slot_a, slot_b = (column[start:stop] for column in items)
     resp_a, resp_b = prompt * r + slot_a, prompt * r + slot_b
     types = annotator_type[annotator]
     diff = rewards[types, resp_a] - rewards[types, resp_b]
@@ -523,6 +602,8 @@ def make_population(config: PopulationConfig | None = None, **overrides: Any) ->
     weights, base_probs = _make_types(config)
     attributes, types = _make_annotators(config, base_probs)
     shares = np.bincount(types, minlength=config.n_types) / config.n_annotators
+    items = None if config.conflict_share is None else \
+        _conflict_items(config, weights @ features.T)
     if config.homogeneous:
         weights, shares, types = (shares @ weights)[None, :], np.ones(1), np.zeros_like(types)
     beta = _sample_beta(config)
@@ -534,7 +615,7 @@ def make_population(config: PopulationConfig | None = None, **overrides: Any) ->
              "attributes": mapping_array(attributes), "contexts": mapping_array(contexts)}
     tables = [
         _chunk_table(_pair_chunk(config, start, min(start + CHUNK_SIZE, config.n_pairs), rewards,
-                                 types, beta), texts)
+                                 types, beta, items), texts)
         for start in range(0, config.n_pairs, CHUNK_SIZE)
     ]
     fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()

@@ -17,11 +17,14 @@ group-robust DPO over DPO and its cost in average accuracy, and the group weight
 ``metrics.json`` carries ``worst_group_accuracy`` per method and ``worst_group_accuracy_gain``
 = {estimate, ci}; the claim holds when that CI lies above 0.
 
-The default seed (4) is one whose population comes out at exactly 80/20 annotators. How large
-the gain is depends on the population: on the share of conflicting pairs (set by
-``population.type_spread`` and the seed's type directions) and on how many held-out minority
-pairs there are, so other seeds give other gains and wider or narrower intervals; run several
-seeds before generalising.
+The population's composition is exact, not drawn: exactly ``majority_share`` of the annotators
+are of the majority type (``PopulationConfig.exact_type_shares``) and exactly ``conflict_share``
+of the compared pairs are items on which the two types' rewards disagree
+(``PopulationConfig.conflict_share``), so a seed changes which annotators, items, labels and
+initialisations there are, but not how large the minority or the contested part is. Half the
+pairs are held out (``test_size`` 0.5; 300 annotators × 12 pairs), so the minority has ~360
+held-out pairs (72 with 100 annotators and 30% held out, too few for a worst-group interval
+that excludes 0 on most seeds).
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ import pandas as pd
 import torch
 
 from pluralign.data.splits import train_test_split_pairs
-from pluralign.data.synthetic import Population, PopulationConfig, make_population
+from pluralign.data.synthetic import (
+    Population,
+    PopulationConfig,
+    make_population,
+    type_conflict,
+)
 from pluralign.errors import ConfigError
 from pluralign.evaluation.margins import preference_margins
 from pluralign.evaluation.subgroups import margin_gains
@@ -61,7 +69,7 @@ BASELINE, ROBUST = "DPO", "GR-DPO"
 
 
 def _default_population() -> dict[str, Any]:
-    return {"n_annotators": 100, "pairs_per_annotator": 12, "n_prompts": 60, "n_types": 2,
+    return {"n_annotators": 300, "pairs_per_annotator": 12, "n_prompts": 60, "n_types": 2,
             "type_spread": 1.0, "strength": "point", "beta": 5.0, "reward_scale": 3.0,
             "demographic_signal": 0.0, "text_style": "compact"}
 
@@ -69,7 +77,7 @@ def _default_population() -> dict[str, Any]:
 def _default_methods() -> dict[str, dict[str, Any]]:
     return {"DPO": {"objective": "dpo"},
             "MixDPO": {"objective": "mixdpo", "strength": "gamma"},
-            "GR-DPO": {"objective": "group_dpo", "group_by": GROUP, "group_step_size": 0.1,
+            "GR-DPO": {"objective": "group_dpo", "group_by": GROUP, "group_step_size": 0.2,
                        "group_init": "proportional"}}
 
 
@@ -82,9 +90,10 @@ class GroupRobustConfig:
         seed: seed of the population, split, models and bootstraps.
         threads: torch CPU threads.
         population: :class:`~pluralign.data.synthetic.PopulationConfig` fields (two types;
-            ``type_spread`` sets how far the types' value weights differ, hence the conflict
-            share; ``type_probs`` is set from ``majority_share``).
-        majority_share: base share of the majority type (the minority has the rest).
+            ``type_spread`` sets how far the types' value weights differ; ``type_probs``,
+            ``exact_type_shares`` and ``conflict_share`` are set from the fields below).
+        majority_share: exact share of majority-type annotators (the minority has the rest).
+        conflict_share: exact share of compared pairs on which the two types disagree.
         test_size: fraction of pairs held out.
         tokenizer_vocab: BPE vocabulary size learned from the texts.
         model: ``tiny_gpt_neox`` overrides.
@@ -98,11 +107,12 @@ class GroupRobustConfig:
     """
 
     output_dir: str = "runs/group_robust"
-    seed: int = 4
+    seed: int = 0
     threads: int = 1
     population: dict[str, Any] = field(default_factory=_default_population)
     majority_share: float = 0.8
-    test_size: float = 0.3
+    conflict_share: float = 0.45
+    test_size: float = 0.5
     tokenizer_vocab: int = 300
     model: dict[str, Any] = field(default_factory=dict)
     max_length: int = 48
@@ -120,6 +130,8 @@ class GroupRobustConfig:
                               f"got {sorted(self.methods)}")
         if not 0.5 < self.majority_share < 1:
             raise ConfigError(f"majority_share must be in (0.5, 1), got {self.majority_share}")
+        if not 0 <= self.conflict_share <= 1:
+            raise ConfigError(f"conflict_share must be in [0, 1], got {self.conflict_share}")
         if not 0 < self.test_size < 1:
             raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
         try:
@@ -130,7 +142,9 @@ class GroupRobustConfig:
     def population_config(self) -> PopulationConfig:
         """The two-type population of this experiment."""
         return PopulationConfig(**{**self.population, "n_types": 2, "seed": self.seed,
-                                   "type_probs": [self.majority_share, 1 - self.majority_share]})
+                                   "type_probs": [self.majority_share, 1 - self.majority_share],
+                                   "exact_type_shares": True,
+                                   "conflict_share": self.conflict_share})
 
 
 def _labelled(pop: Population) -> tuple[datasets.Dataset, np.ndarray]:
@@ -141,8 +155,7 @@ def _labelled(pop: Population) -> tuple[datasets.Dataset, np.ndarray]:
     names = np.where(types == majority, MAJORITY, MINORITY)
     rewards = pop.truth.type_weights @ pop.truth.features.T                  # [type, response]
     chosen, rejected = (np.asarray(pop.dataset[c]) for c in ("chosen_id", "rejected_id"))
-    diff = rewards[:, chosen] - rewards[:, rejected]
-    conflict = np.sign(diff[0]) != np.sign(diff[1])
+    conflict = type_conflict(rewards, chosen, rejected) == 1
     data = pop.dataset.add_column(GROUP, names.tolist()).add_column("conflict", conflict.tolist())
     return data, conflict
 

@@ -11,9 +11,9 @@ the mean over pairs.
 
 What the ``Trainer`` does not know and this class adds:
 
-* the objective derives the per-pair columns it needs from the data before they are checked
-  (:meth:`~pluralign.objectives.Objective.prepare_data`: a group-robust objective's ``group``
-  column and training-set group shares);
+* a group-robust objective's ``group`` column is built from its ``group_by`` before the columns
+  are checked, and the objective is told its groups and training-set counts
+  (:func:`~pluralign.training.groups.prepare_groups`);
 * the objective's strength parameters are trained in their own optimizer parameter group
   (``strength_learning_rate``), averaged across processes like DDP averages the policy gradients,
   saved to
@@ -51,6 +51,7 @@ from pluralign.numerics import NumericsError, sync_free
 from pluralign.objectives import Objective
 from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.config import PreferenceConfig
+from pluralign.training.groups import prepare_groups
 from pluralign.training.logps import supports_completion_head
 from pluralign.training.packing import PackedPreferenceCollator, batch_sequence_logps
 from pluralign.training.tokenization import (
@@ -160,7 +161,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
                 "PreferenceTrainer needs processing_class=<tokenizer> to tokenise pairs"
             )
         self.objective = objective if objective is not None else args.build_objective()
-        train_dataset, eval_dataset = self.objective.prepare_data(train_dataset, eval_dataset)
+        train_dataset, eval_dataset = prepare_groups(self.objective, train_dataset, eval_dataset)
         needed = self.objective.columns
         for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
             if dataset is not None:
