@@ -132,13 +132,38 @@ def _sections_as_mappings(cls: type, values: Any) -> Any:
     return out
 
 
+def _seed_mapping_defaults(cls: type, values: dict[str, Any], parts: list[str]) -> None:
+    """Before a dotted override reaches into a mapping-valued field that ``values`` does not set
+    (``methods.DPO.beta=0.2``), copy the field's default into ``values``, so that the override
+    changes one entry of the default mapping instead of replacing the whole mapping."""
+    if len(parts) < 2 or not dataclasses.is_dataclass(cls):
+        return
+    field = next((f for f in dataclasses.fields(cls) if f.name == parts[0] and f.init), None)
+    if field is None:
+        return
+    section = _dataclass_type(_hints(cls).get(field.name))
+    if section is not None:
+        node = values.get(field.name)
+        if node is None:
+            node = values[field.name] = {}
+        if isinstance(node, dict):
+            _seed_mapping_defaults(section, node, parts[1:])
+    elif field.name not in values:
+        default = _default(field)
+        if isinstance(default, Mapping):
+            values[field.name] = copy.deepcopy(dict(default))
+
+
 def read_config(cls: type, path: str | os.PathLike[str] | None = None,
                 overrides: list[str] | None = None,
                 output_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The mapping a command's config is built from: ``path`` (YAML, optional) with ``overrides``
     applied and ``output_dir`` set (at ``cls.OUTPUT_DIR``, default ``output_dir``)."""
     values = read_yaml_mapping(path, f"{cls.__name__} fields") if path is not None else {}
-    values = apply_overrides(_sections_as_mappings(cls, values), overrides)
+    values = _sections_as_mappings(cls, values)
+    for item in overrides or []:
+        _seed_mapping_defaults(cls, values, item.partition("=")[0].split("."))
+    values = apply_overrides(values, overrides)
     if output_dir is not None:
         set_dotted(values, getattr(cls, "OUTPUT_DIR", "output_dir"), os.fspath(output_dir))
     return values

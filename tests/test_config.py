@@ -158,3 +158,18 @@ def test_library_layers_never_import_experiments_and_reports_live_in_runs():
         assert not any(m.startswith("pluralign.experiments") for m in imported), rel
         if rel.split("/")[0] in ("reward", "envs", "social_choice", "data", "training"):
             assert not any(m.startswith("pluralign.evaluation") for m in imported), rel
+
+
+def test_a_dotted_override_changes_one_entry_of_a_default_mapping():
+    """``methods.DPO.beta=0.2`` on the command line used to replace the whole default ``methods``
+    mapping with ``{"DPO": {"beta": 0.2}}``; it now edits that entry and keeps the others."""
+    from pluralign.config import build_config
+    from pluralign.experiments.demo import DemoConfig
+
+    default = DemoConfig().methods
+    changed = build_config(DemoConfig, overrides=["methods.DPO.beta=0.2"]).methods
+    assert set(changed) == set(default) and len(default) > 1
+    assert changed["DPO"] == {**default["DPO"], "beta": 0.2}
+    assert {k: v for k, v in changed.items() if k != "DPO"} == {
+        k: v for k, v in default.items() if k != "DPO"}
+    assert DemoConfig().methods == default  # the default itself is not mutated
