@@ -209,7 +209,8 @@ class MixDPOSettings:
     strength_sigma: float = setting(0.6, "Initial LogNormal scale sigma > 0 of log beta "
                                     "(paper: 0.6).", positive=True)
     lognormal_method: str = setting("quadrature", "How E[sigma(beta*margin)] is computed for "
-                                    "LogNormal beta: 'quadrature' (deterministic Gauss-Hermite) "
+                                    "LogNormal beta: 'quadrature' (a deterministic "
+                                    "peak-centred trapezoidal rule) "
                                     "or 'monte_carlo' (the paper's K reparameterised samples).",
                                     choices=LOGNORMAL_METHODS)
     lognormal_num_points: int = setting(16, "Quadrature nodes or Monte Carlo samples K for "
