@@ -28,6 +28,7 @@ from pluralign.errors import ConfigError
 from pluralign.numerics import log_point_expected_sigmoid
 from pluralign.strength import (
     LOGNORMAL_METHODS,
+    PARAMETERIZATIONS,
     STRENGTHS,
     Gamma,
     LogNormal,
@@ -200,7 +201,8 @@ class MixDPOSettings:
     strength_sigma: float = setting(0.6, "Initial LogNormal scale sigma > 0 of log beta "
                                     "(paper: 0.6).", positive=True)
     lognormal_method: str = setting("quadrature", "How E[sigma(beta*margin)] is computed for "
-                                    "LogNormal beta: 'quadrature' (deterministic Gauss-Hermite) "
+                                    "LogNormal beta: 'quadrature' (a deterministic "
+                                    "peak-centred trapezoidal rule) "
                                     "or 'monte_carlo' (the paper's K reparameterised samples).",
                                     choices=LOGNORMAL_METHODS)
     lognormal_num_points: int = setting(16, "Quadrature nodes or Monte Carlo samples K for "
@@ -208,14 +210,21 @@ class MixDPOSettings:
     strength_shape: float = setting(2.0, "Initial Gamma shape k > 0 (paper: 2.0).", positive=True)
     strength_rate: float = setting(16.7, "Initial Gamma rate lambda > 0 (paper: 16.7).",
                                    positive=True)
+    strength_parameterization: str = setting(
+        "softplus", "Coordinates the optimiser moves for lognormal/gamma: 'softplus' (the "
+        "paper's: sigma, k, lambda = softplus of raw values), 'log' or 'mean_cv2' (log E[beta], "
+        "log CV^2: scale-free; with a strength learning rate near the policy's it keeps the "
+        "CV^2 signal that 'softplus' at 1e-4 loses, docs/diagnostic.md).",
+        choices=PARAMETERIZATIONS)
 
 
 #: strength family -> the MixDPO settings it reads (besides ``strength``).
 STRENGTH_SETTINGS: dict[str, tuple[str, ...]] = {
     "point": ("beta",),
     "lognormal": ("learnable_strength", "strength_mu", "strength_sigma", "lognormal_method",
-                  "lognormal_num_points"),
-    "gamma": ("learnable_strength", "strength_shape", "strength_rate"),
+                  "lognormal_num_points", "strength_parameterization"),
+    "gamma": ("learnable_strength", "strength_shape", "strength_rate",
+              "strength_parameterization"),
 }
 
 
@@ -251,10 +260,12 @@ class MixDPOObjective(Objective):
         if s.strength == "lognormal":
             return cls(LogNormal(mu=s.strength_mu, sigma=s.strength_sigma,
                                  learnable=s.learnable_strength, method=s.lognormal_method,
-                                 num_points=s.lognormal_num_points))
+                                 num_points=s.lognormal_num_points,
+                                 parameterization=s.strength_parameterization))
         if s.strength == "gamma":
             return cls(Gamma(shape=s.strength_shape, rate=s.strength_rate,
-                             learnable=s.learnable_strength))
+                             learnable=s.learnable_strength,
+                             parameterization=s.strength_parameterization))
         return cls(PointMass(beta=s.beta, learnable=False))
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:

@@ -68,6 +68,22 @@ def test_demo_config_errors(tmp_path):
         DemoConfig(methods={"MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"}})
 
 
+def test_demo_strength_parameterization_reaches_every_learned_strength_only():
+    cfg = build_config(DemoConfig, REPO / "configs" / "demo.yaml",
+                       ["strength_parameterization=mean_cv2"])
+    assert cfg.methods["MixDPO-Gamma"]["strength_parameterization"] == "mean_cv2"
+    assert cfg.methods["MixDPO-LogNormal"]["strength_parameterization"] == "mean_cv2"
+    assert "strength_parameterization" not in cfg.methods["DPO"]  # DPO reads no strength
+    own = DemoConfig(strength_parameterization="log", methods={
+        "DPO": {"objective": "dpo"},
+        "MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma",
+                         "strength_parameterization": "softplus"}})
+    assert own.methods["MixDPO-Gamma"]["strength_parameterization"] == "softplus"
+    assert DemoConfig().methods["MixDPO-Gamma"]["strength_parameterization"] == "softplus"
+    with pytest.raises(ConfigError, match="strength_parameterization='sqrt' is unknown"):
+        DemoConfig(strength_parameterization="sqrt")
+
+
 @pytest.mark.slow
 def test_demo_smoke_reduced(tmp_path, capsys):
     cfg = tmp_path / "demo.yaml"

@@ -215,3 +215,93 @@ def test_diagnose_names_a_missing_cluster_column():
     with pytest.raises(EvaluationError, match=r"cluster column 'nope' not found; available: "
                                               r"\['annotator_id', 'margin'\]"):
         diagnose(df, cluster="nope", n_boot=5)
+
+
+# ------------------------------------------------------- `pluralign diagnose` (issue 12 wiring)
+def _labelled(rng, beta, n):
+    """Oriented margins (chosen − rejected) on a 0.1 grid: few distinct values, fast fits."""
+    delta = np.round(rng.normal(0, 2, n), 1)
+    win = rng.random(n) < 1 / (1 + np.exp(-beta * delta))
+    return np.where(win, delta, -delta)
+
+
+def test_cli_diagnose_shows_verdict_subgroup_fits_and_identification_notes(tmp_path, capsys):
+    from pluralign.cli import main
+
+    rng = np.random.default_rng(1)
+    n = 1200
+    group = rng.choice(["u", "v"], n)
+    beta = np.where(group == "u", 0.3, 3.0)  # the groups' labels follow the margin unequally
+    pd.DataFrame({"margin": _labelled(rng, beta, n), "attr.g": group}).to_csv(
+        tmp_path / "m.csv", index=False)
+    out = tmp_path / "diag"
+    assert main(["diagnose", f"margins={tmp_path / 'm.csv'}", "by=[attr.g]", "n_boot=5",
+                 "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    verdict = metrics["diagnosis"]["fit_verdict"]
+    assert verdict in ("collapsed", "heterogeneous", "inconclusive", "unidentified")
+    assert f"verdict: {verdict}" in text
+    sub = metrics["diagnosis"]["subgroups"]
+    assert {r["group"] for r in sub["table"]} == {"u", "v"}
+    assert sub["tests"]["attr.g"]["pvalue"] < 0.01
+    assert "strength by attr.g" in text and "groups differ — strongest attr.g=v" in text
+    assert pd.read_csv(out / "subgroup_strength.csv")["group"].tolist() == ["u", "v"]
+    report = (out / "report.html").read_text()
+    assert f"verdict: {verdict}" in report and "strength by attr.g" in report
+
+    # nearly deterministic labels: the scale of β is not identified; the CLI and report say so
+    small = pd.DataFrame({"margin": np.concatenate([rng.uniform(0.5, 3.0, 3000),
+                                                    [-0.01, -0.02, -0.015]])})
+    small.to_csv(tmp_path / "s.csv", index=False)
+    assert main(["diagnose", f"margins={tmp_path / 's.csv'}", "n_boot=0",
+                 "--output-dir", str(tmp_path / "small")]) == 0
+    text = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "small" / "metrics.json").read_text())
+    notes = metrics["diagnosis"]["fit"]["notes"]
+    assert metrics["diagnosis"]["fit_verdict"] == "unidentified" and notes
+    assert all(f"fit note: {note}" in text for note in notes)
+    assert "fit note: " in (tmp_path / "small" / "report.html").read_text()
+
+
+def test_cli_diagnose_compare_is_labelled_and_ranked_by_cv2(tmp_path, capsys):
+    """Dataset 'wide' has the larger CV² (1/0.5 = 2) but the smaller variance (0.5 vs 4 for
+    'narrow', CV² 0.25): ranked by CV² it comes first, by variance it would not."""
+    from pluralign.cli import main
+
+    rng = np.random.default_rng(2)
+    n = 4000
+    for name, k, mean in (("wide", 0.5, 0.5), ("narrow", 4.0, 4.0)):
+        pd.DataFrame({"margin": _labelled(rng, rng.gamma(k, mean / k, n), n)}).to_csv(
+            tmp_path / f"{name}.csv", index=False)
+    out = tmp_path / "cmp"
+    assert main(["diagnose", f"compare.narrow={tmp_path / 'narrow.csv'}",
+                 f"compare.wide={tmp_path / 'wide.csv'}", "n_boot=0",
+                 "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    fits = metrics["comparison"]["fits"]
+    assert fits["wide"]["variance"] < fits["narrow"]["variance"]
+    assert metrics["diagnostics"]["ranking by CV²"] == "wide > narrow"
+    assert "ranking by CV²: wide > narrow" in text and "Var[β]" not in text
+
+
+def test_cli_diagnose_power(tmp_path, capsys):
+    from pluralign.cli import main
+
+    out = tmp_path / "power"
+    assert main(["diagnose", "power_pairs=[200, 400]", "power_cv2_a=2", "power_cv2_b=0",
+                 "power_pairs_per_annotator=5", "power_sims=3", "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    power = json.loads((out / "metrics.json").read_text())["power"]
+    assert [p["n_pairs"] for p in power] == [200, 400]
+    assert all(p["n_sims"] == 3 and p["pairs_per_annotator"] == 5 and p["cv2_a"] == 2
+               and 0 <= p["power_ci"][0] <= p["power"] <= p["power_ci"][1] <= 1 for p in power)
+    assert "power at 400 pairs: separates CV² 2 from 0 at 95% in" in text
+    assert main(["diagnose", "power_pairs=200", "power_sims=1", "--output-dir",
+                 str(tmp_path / "one")]) == 0  # a single number is one power estimate
+    capsys.readouterr()
+    for bad, message in (("power_pairs=[lots]", "whole numbers of pairs"),
+                         ("power_pairs=5", "n_pairs >= 10")):
+        assert main(["diagnose", bad, "--output-dir", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err

@@ -53,3 +53,77 @@ def test_build_strength_passes_the_parameterization_and_rejects_unknown_ones():
         Gamma(parameterization="sqrt")
     with pytest.raises(ConfigError, match="parameterization"):
         LogNormal(parameterization="logit")
+
+
+# ------------------------------------------------------------ as a training setting (issue 12)
+def _recipe(*overrides):
+    from pathlib import Path
+
+    from pluralign.config import build_config
+    from pluralign.training.recipe import TrainRecipe
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    return build_config(TrainRecipe, tiny, ["training.report_to=none", "training.use_cpu=true",
+                                            *overrides])
+
+
+@pytest.mark.parametrize("family", ["gamma", "lognormal"])
+def test_training_setting_reaches_the_strength_distribution(family):
+    recipe = _recipe(f"training.strength={family}", "training.strength_parameterization=mean_cv2")
+    strength = recipe.training.build_objective().strength
+    assert isinstance(strength, Gamma if family == "gamma" else LogNormal)
+    assert strength.parameterization == "mean_cv2"
+    assert {n for n, _ in strength.named_parameters()} == {"log_mean", "log_cv2"}
+    default = _recipe(f"training.strength={family}").training.build_objective().strength
+    assert default.parameterization == "softplus"  # the paper's coordinates stay the default
+
+
+def test_training_setting_is_checked_and_only_for_distributions_that_read_it():
+    from pluralign.errors import ConfigError as Error
+
+    with pytest.raises(Error, match="strength_parameterization='sqrt' is unknown"):
+        _recipe("training.strength_parameterization=sqrt")
+    with pytest.raises(Error, match="strength_parameterization"):
+        _recipe("training.strength=point", "training.strength_parameterization=log")
+
+
+def test_mean_cv2_checkpoints_save_and_resume(tmp_path):
+    """The saved strength tensors are log_mean/log_cv2 (not raw_shape/raw_rate); resuming from a
+    checkpoint restores them and finishes where the uninterrupted run did."""
+    from safetensors.torch import load_file
+
+    from pluralign.data import make_population
+    from pluralign.training import (
+        PreferenceConfig,
+        PreferenceTrainer,
+        build_tokenizer,
+        tiny_gpt_neox,
+    )
+
+    data = make_population(n_annotators=8, pairs_per_annotator=4, n_prompts=8,
+                           text_style="compact").dataset
+    tokenizer = build_tokenizer([t for c in ("prompt", "chosen", "rejected") for t in data[c]],
+                                300)
+
+    def trainer() -> PreferenceTrainer:
+        args = PreferenceConfig(
+            output_dir=str(tmp_path / "run"), objective="mixdpo", strength="gamma",
+            strength_parameterization="mean_cv2", strength_learning_rate=5e-2,
+            learning_rate=1e-3, optim="adamw_torch", per_device_train_batch_size=8, max_steps=4,
+            save_steps=2, logging_steps=1, seed=0, use_cpu=True, report_to="none",
+            disable_tqdm=True, max_length=48, max_prompt_length=24)
+        model = tiny_gpt_neox(len(tokenizer), seed=0, hidden_size=32, intermediate_size=64)
+        return PreferenceTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
+
+    full = trainer()
+    full.train()
+    saved = load_file(str(tmp_path / "run" / "checkpoint-2" / "strength.safetensors"))
+    assert {k.rsplit(".", 1)[-1] for k in saved} == {"log_mean", "log_cv2"}
+    start = Gamma(parameterization="mean_cv2")
+    assert float(saved[next(k for k in saved if k.endswith("log_cv2"))]) != pytest.approx(
+        float(start.log_cv2))  # it trained
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    for (name, a), (_, b) in zip(full.objective.named_parameters(),
+                                 resumed.objective.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=name)

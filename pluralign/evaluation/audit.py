@@ -98,12 +98,20 @@ class DiagnoseConfig:
         population: saved synthetic population folder (its true margins).
         column: margin column (default: margin; true_margin for ``population``).
         family: fitted strength family, gamma or lognormal.
-        by: subgroup columns for the posterior-strength profiles.
+        by: subgroup columns: a strength fit per group (mean, CV^2 with CIs) and a test that
+            the groups share one distribution.
         cluster: resampling unit of the bootstrap, e.g. annotator_id.
-        runs: MixDPO run folders whose logged Var[beta] gets a trajectory verdict.
-        compare: name -> margins file, to rank several datasets by heterogeneity.
+        runs: MixDPO run folders whose logged Var[beta] and E[beta] get a CV^2 trajectory verdict.
+        compare: name -> margins file, to rank several datasets by CV^2.
         n_boot: bootstrap refits.
-        seed: bootstrap seed.
+        seed: bootstrap and power-simulation seed.
+        power_pairs: pairs per population (one or a list) at which to simulate the power to
+            separate CV^2 power_cv2_a from power_cv2_b at 95% (Gamma fits on true margins).
+        power_cv2_a: CV^2 of the first simulated population.
+        power_cv2_b: CV^2 of the second simulated population (0 = one beta for everyone).
+        power_pairs_per_annotator: pairs each simulated annotator labels with one beta.
+        power_margin_scale: standard deviation of the simulated true margins.
+        power_sims: simulated pairs of populations per power estimate.
         output_dir: run folder.
     """
 
@@ -117,11 +125,22 @@ class DiagnoseConfig:
     compare: dict[str, str] = field(default_factory=dict)
     n_boot: int = 100
     seed: int = 0
+    power_pairs: int | list[int] = field(default_factory=list)
+    power_cv2_a: float = 0.75
+    power_cv2_b: float = 0.5
+    power_pairs_per_annotator: int = 1
+    power_margin_scale: float = 2.0
+    power_sims: int = 100
     output_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
             raise EvaluationError("diagnose needs --output-dir DIR")
+        if not isinstance(self.power_pairs, list):
+            self.power_pairs = [self.power_pairs]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in self.power_pairs):
+            raise EvaluationError(f"power_pairs={self.power_pairs!r}: give whole numbers of "
+                                  "pairs, e.g. power_pairs=2000 or \"power_pairs=[500, 2000]\"")
         if self.family not in ("gamma", "lognormal"):
             raise EvaluationError(f"family={self.family!r} is unknown; use gamma or lognormal")
 
@@ -224,7 +243,7 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
 
     from pluralign.evaluation.diagnose import compare_heterogeneity, diagnose
     from pluralign.evaluation.plots import plot_variance_trajectories
-    from pluralign.runs import write_config, write_report
+    from pluralign.runs import write_config, write_report, write_table
 
     out = Path(config.output_dir)
     column = config.column or ("true_margin" if config.population else "margin")
@@ -243,6 +262,8 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
                      cluster=config.cluster, n_boot=config.n_boot, seed=config.seed)
         metrics["summary"] = d.summary
         metrics["diagnosis"] = d.to_dict()
+        if d.subgroups is not None:
+            write_table(out, "subgroup_strength.csv", d.subgroups.table)
         metrics["diagnostics"].update({k: v.explanation for k, v in d.trajectories.items()})
         if d.trajectories:
             plot_variance_trajectories(d.trajectories, out / "fig4_beta_variance.png")
@@ -254,9 +275,12 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
                                     n_boot=config.n_boot,
                                     seed=config.seed)
         metrics["comparison"] = cmp.to_dict()
-        metrics["diagnostics"]["ranking by Var[β]"] = " > ".join(cmp.ranking)
+        metrics["diagnostics"]["ranking by CV²"] = " > ".join(cmp.ranking)
+    if config.power_pairs:
+        _power(config, metrics)
     if len(metrics) == 3 and not metrics["diagnostics"]:
-        raise EvaluationError("nothing to diagnose: set margins, population, runs or compare")
+        raise EvaluationError("nothing to diagnose: set margins, population, runs, compare or "
+                              "power_pairs")
     write_config(out, config)
     path = write_report(out, metrics)
     for line in metrics.get("summary", []) + [f"{k}: {v}" for k, v in
@@ -264,3 +288,20 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
         print(line)
     print(f"wrote {path}")
     return metrics
+
+
+def _power(config: DiagnoseConfig, metrics: dict[str, Any]) -> None:
+    """Simulated power to separate the two CV² at each ``power_pairs`` (into ``metrics``)."""
+    from pluralign.evaluation.power import separation_power
+
+    results = [separation_power(n, config.power_cv2_a, config.power_cv2_b,
+                                pairs_per_annotator=config.power_pairs_per_annotator,
+                                margin_scale=config.power_margin_scale, n_sims=config.power_sims,
+                                seed=config.seed)
+               for n in config.power_pairs]
+    metrics["power"] = [r.to_dict() for r in results]
+    for r in results:
+        metrics["diagnostics"][f"power at {r.n_pairs} pairs"] = (
+            f"separates CV² {r.cv2_a:g} from {r.cv2_b:g} at 95% in {r.power:.0%} of {r.n_sims} "
+            f"simulations (95% CI {r.power_ci[0]:.0%}–{r.power_ci[1]:.0%}; "
+            f"{r.pairs_per_annotator} pair(s) per annotator)")

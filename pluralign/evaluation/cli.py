@@ -42,10 +42,14 @@ def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
   pluralign diagnose margins=runs/eval/margins.csv "by=[attr.education]" --output-dir runs/diag
   pluralign diagnose population=data/synth column=true_margin --output-dir runs/diag
   pluralign diagnose compare.prism=a.csv compare.hh=b.csv family=lognormal --output-dir runs/diag
+  pluralign diagnose "power_pairs=[1000, 4000]" power_cv2_a=0.75 power_cv2_b=0.5 \\
+      power_pairs_per_annotator=20 --output-dir runs/power        # how much data is enough?
 
 Fits the preference-strength distribution by maximum likelihood on fixed margins (a binary mixed
-logit), reports mean, variance and CV^2 with bootstrap CIs, posterior strengths per subgroup, and
-collapse verdicts of MixDPO runs' logged beta variance.""")
+logit), reports mean, variance and CV^2 with bootstrap CIs, a verdict (collapsed /
+heterogeneous / inconclusive / unidentified) with the fit's identification notes, a fit per
+subgroup with an equality test (by=...), CV^2 verdicts of MixDPO runs' logged strength, and the
+simulated power to separate two CV^2 (power_pairs=...).""")
 
 
 def run_diagnose(args: argparse.Namespace) -> int:

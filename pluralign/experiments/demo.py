@@ -40,6 +40,7 @@ from pluralign.errors import ConfigError
 from pluralign.evaluation.diagnose import (
     TrajectoryVerdict,
     compare_heterogeneity,
+    fit_verdict,
     trajectory_verdict,
 )
 from pluralign.evaluation.margins import preference_margins
@@ -50,6 +51,7 @@ from pluralign.evaluation.plots import (
 )
 from pluralign.evaluation.subgroups import SubgroupTable, margin_gains, subgroup_table
 from pluralign.runs import format_estimate, format_interval, write_config, write_report
+from pluralign.strength import PARAMETERIZATIONS
 from pluralign.training import (
     PreferenceConfig,
     PreferenceTrainer,
@@ -106,6 +108,8 @@ class DemoConfig:
         sft: :class:`~pluralign.training.SFTConfig` fields.
         preference: :class:`~pluralign.training.PreferenceConfig` fields shared by every method.
         methods: method name -> PreferenceConfig fields of that method (objective, strength).
+        strength_parameterization: coordinates of every learned LogNormal/Gamma strength
+            (``softplus``: the paper's; ``log``; ``mean_cv2``), unless a method sets its own.
         subgroups: attribute columns of the subgroup tables (``attr.*`` / ``ctx.*``).
         n_boot: bootstrap resamples of the subgroup tables.
         fit_boot: bootstrap refits of the standalone strength fits.
@@ -124,6 +128,7 @@ class DemoConfig:
     sft: dict[str, Any] = field(default_factory=default_sft)
     preference: dict[str, Any] = field(default_factory=default_preference)
     methods: dict[str, dict[str, Any]] = field(default_factory=_default_methods)
+    strength_parameterization: str = "softplus"
     subgroups: list[str] = field(default_factory=lambda: [
         "attr.education", "attr.age", "attr.gender", "attr.employment_status", "ctx.domain"])
     n_boot: int = 1000
@@ -134,6 +139,12 @@ class DemoConfig:
         if BASELINE not in self.methods or GAMMA_METHOD not in self.methods:
             raise ConfigError(f"demo methods must include {BASELINE!r} and {GAMMA_METHOD!r} "
                               f"(got {sorted(self.methods)})")
+        if self.strength_parameterization not in PARAMETERIZATIONS:
+            raise ConfigError(f"strength_parameterization={self.strength_parameterization!r} is "
+                              f"unknown; use one of {', '.join(PARAMETERIZATIONS)}")
+        self.methods = {name: ({"strength_parameterization": self.strength_parameterization, **m}
+                               if m.get("strength") in ("gamma", "lognormal") else m)
+                        for name, m in self.methods.items()}
         if not 0 < self.test_size < 1:
             raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
         try:
@@ -254,8 +265,9 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
         f = fits.fits[k]
         diagnostics[f"{k} / fit on true margins"] = (
             f"Gamma fit: mean {f.mean:.3g}, Var {f.variance:.3g} "
-            f"(CI {format_interval(f.variance_ci, '.3g')}), CV² {f.cv2:.3g}, point-mass test p = "
-            f"{f.heterogeneity_pvalue:.3g}")
+            f"(CI {format_interval(f.variance_ci, '.3g')}), CV² {f.cv2:.3g} "
+            f"(CI {format_interval(f.cv2_ci, '.3g')}), point-mass test p = "
+            f"{f.heterogeneity_pvalue:.3g}; verdict: {fit_verdict(f)}")
     figures = []
     for k in POPULATIONS:
         fig = f"fig2_subgroup_margins_{k}.png"
@@ -286,7 +298,7 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
         + (" — the CI includes 0." if gamma_gain.ci_low <= 0 <= gamma_gain.ci_high else "."),
         *[f"{m} final Var[β]: heterogeneous {final_var('heterogeneous', m):.4g} vs homogeneous "
           f"{final_var('homogeneous', m):.4g}." for m in het.trajectories if m != GAMMA_METHOD],
-        f"Standalone fit on true margins ranks {' > '.join(fits.ranking)} by Var[β].",
+        f"Standalone fit on true margins ranks {' > '.join(fits.ranking)} by CV².",
         "Margins are log-probability ratios without β: a method whose learned E[β] exceeds DPO's "
         "fixed β fits the same labels with smaller margins, so raw margin differences between "
         "methods mix alignment with scale.",

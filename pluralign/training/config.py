@@ -6,7 +6,7 @@ understands (``output_dir``, ``seed``, ``save_steps``, ``report_to``, ``bf16``, 
 available as well. Defaults follow seeds/001 §4.3 and Appendix E: RMSprop with policy learning rate
 5e-7, gradient clipping at 1.0, batch 64 (eval 32), no gradient accumulation, one epoch, max length
 128 with max prompt length 64, a float32 reference model, DPO β = 0.1, LogNormal(μ=−2.3, σ=0.6) and
-Gamma(k=2.0, λ=16.7) initial strength distributions (both with E[β] ≈ 0.1) and a strength learning
+Gamma(k=2.0, λ=16.7) initial strength distributions (both with E[β] ≈ 0.12) and a strength learning
 rate of 1e-4 (the paper's recommended value, §5.2 and Appendix F). Invalid values raise
 :class:`~pluralign.errors.ConfigError` at construction, before any model is touched.
 """
