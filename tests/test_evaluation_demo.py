@@ -118,7 +118,12 @@ progress: false
             est = metrics["methods"][method][avg]
             assert est["ci_low"] <= est["mean"] <= est["ci_high"]
     assert "heterogeneous: MixDPO-Gamma − DPO (macro)" in metrics["differences"]
-    assert metrics["claim"]["holds"] == (lbv["heterogeneous"] > lbv["homogeneous"])
+    # the claim is judged on the scale-free CV² = Var/mean² of the final learned strength
+    final = metrics["final_strength"]
+    cv2 = {k: final[k]["MixDPO-Gamma"]["beta_var"] / final[k]["MixDPO-Gamma"]["beta_mean"] ** 2
+           for k in lbv}
+    assert metrics["learned_beta_cv2"] == pytest.approx(cv2, rel=1e-6)
+    assert metrics["claim"]["holds"] == (cv2["heterogeneous"] > cv2["homogeneous"])
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(metrics["figures"]) == 5
     for fig in metrics["figures"]:
