@@ -41,7 +41,7 @@ FINGERPRINT_FILE = "pluralign_fingerprint.json"
 RESUME_IGNORED = (
     "output_dir", "logging_*", "report_to", "run_name", "disable_tqdm", "save_*", "eval_*",
     "per_device_eval_batch_size", "dataloader_*", "resume*", "overwrite*", "max_steps",
-    "num_train_epochs", "push_to_hub", "hub_*", "threads",
+    "num_train_epochs", "push_to_hub", "hub_*", "threads", "local_rank",
 )
 #: Files whose presence marks a checkpoint's model weights as written.
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
@@ -210,7 +210,7 @@ def resume_checkpoint(run_dir: str | os.PathLike[str],
         found = f" (only incomplete ones: {', '.join(partial)})" if partial else ""
         raise ConfigError(
             f"nothing to resume in {run_dir}: no complete checkpoint-N folder{found}; run "
-            "without --resume to start training")
+            "with resume=false to start training")
     if fingerprint is not None:
         check_checkpoint(checkpoint, fingerprint)
     return checkpoint
@@ -233,8 +233,8 @@ def prepare_fresh_run(run_dir: str | os.PathLike[str], overwrite: bool = False) 
     if not overwrite:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise ConfigError(
-            f"run folder {run_dir} is not empty ({shown}); pass --resume to continue that run, "
-            "--overwrite to replace it, or choose another output_dir")
+            f"run folder {run_dir} is not empty ({shown}); set resume=true to continue that "
+            "run, overwrite=true to replace it, or choose another output_dir")
     for folder in [*checkpoint_folders(root), root / STAGING_DIR]:
         shutil.rmtree(folder, ignore_errors=True)
     (root / "metrics.json").unlink(missing_ok=True)

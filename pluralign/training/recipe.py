@@ -25,7 +25,7 @@ import datasets
 from pluralign.data.synthetic import PopulationConfig
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
-from pluralign.runs import write_config, write_metrics
+from pluralign.runs import plain, write_config, write_metrics
 from pluralign.training.config import PreferenceConfig
 from pluralign.training.sft import SFTConfig
 
@@ -93,7 +93,11 @@ class _Recipe:
     Attributes:
         model: the model to train and its tokenizer.
         data: the preference pairs and the held-out split.
-        resume: continue from the last complete checkpoint in the run folder.
+        resume: continue from the last complete checkpoint in the run folder; refused when that
+            checkpoint was written by another configuration (anything but the output folder,
+            logging, saving, evaluation cadence and the step budget) or when there is none.
+        overwrite: let a fresh run (resume=false) start in a non-empty run folder, deleting its
+            old checkpoints and metrics.json; without it such a folder is refused.
     """
 
     OUTPUT_DIR = "training.output_dir"
@@ -101,6 +105,15 @@ class _Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(source="synthetic"))
     resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("resume", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; use true or false")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume=true and overwrite=true contradict each other: resume "
+                              "continues the run in output_dir, overwrite replaces it; pick one")
 
 
 @dataclass
@@ -177,10 +190,25 @@ def build_model_and_tokenizer(spec: ModelConfig, train: datasets.Dataset, seed: 
     return model, tokenizer
 
 
-def _last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def prepare_run_folder(recipe: TrainRecipe | SFTRecipe) -> tuple[dict[str, Any], str | None]:
+    """The run's fingerprint and the checkpoint to resume from (None for a fresh run).
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    Called before anything is written: ``resume`` refuses a run folder whose last complete
+    checkpoint another configuration wrote, or that has none; a fresh run refuses a non-empty
+    folder unless ``overwrite`` (which deletes the old checkpoints and metrics.json).
+    """
+    from pluralign.training.checkpoints import (
+        prepare_fresh_run,
+        resume_checkpoint,
+        run_fingerprint,
+    )
+
+    fingerprint = run_fingerprint(plain(recipe))
+    output_dir = recipe.training.output_dir
+    if recipe.resume:
+        return fingerprint, str(resume_checkpoint(output_dir, fingerprint))
+    prepare_fresh_run(output_dir, overwrite=recipe.overwrite)
+    return fingerprint, None
 
 
 def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,6 +216,7 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
     (saved as ``config.yaml``). Returns the metrics written to ``metrics.json``."""
     from pluralign.training.tokenization import check_pair_columns
 
+    fingerprint, checkpoint = prepare_run_folder(recipe)
     train, test = load_data(recipe.data)
     args = recipe.training
     extra: Callable[[], dict[str, Any]] = dict
@@ -196,7 +225,8 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
 
         check_pair_columns(train, "train", required=("prompt", "chosen"))
         model, tokenizer = build_model_and_tokenizer(recipe.model, train, args.seed)
-        trainer = build_sft_trainer(model, tokenizer, train, args, eval_dataset=test)
+        trainer = build_sft_trainer(model, tokenizer, train, args, eval_dataset=test,
+                                    run_fingerprint=fingerprint)
     else:
         from pluralign.training.models import load_causal_lm
         from pluralign.training.trainer import PreferenceTrainer
@@ -208,14 +238,15 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
         ref = load_causal_lm(recipe.model.ref_model) if recipe.model.ref_model else None
         trainer = PreferenceTrainer(model, ref_model=ref, args=args, train_dataset=train,
                                     eval_dataset=test, processing_class=tokenizer)
+        trainer.run_fingerprint = fingerprint
 
         def extra() -> dict[str, Any]:
             return {"strength": trainer.objective.metrics()}
 
     output_dir = args.output_dir
+    trainer.accelerator.wait_for_everyone()  # every rank has checked the folder before it changes
     if trainer.is_world_process_zero():
         write_config(output_dir, recorded)
-    checkpoint = _last_checkpoint(output_dir) if recipe.resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics: dict[str, Any] = {"train": result.metrics, **extra()}
     if test is not None:
