@@ -25,7 +25,7 @@ import dataclasses
 import html
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,23 +97,39 @@ def write_table(run_dir: str | os.PathLike[str], name: str, frame: Any,
     return path
 
 
-def read_table(path: str | os.PathLike[str]) -> Any:
-    """Read a csv, parquet or jsonl table (by suffix) as a pandas DataFrame; a missing,
-    unsupported or unreadable file raises :class:`RunFolderError` naming it."""
+def read_table(path: str | os.PathLike[str], required: Sequence[str] = ()) -> Any:
+    """Read a csv, parquet or jsonl table (by suffix) as a pandas DataFrame.
+
+    Raises :class:`RunFolderError` naming the file when it is missing, of another format, not
+    readable as its format (empty, binary, truncated), lacks one of the ``required`` columns or
+    has no rows: never pandas' or pyarrow's traceback.
+    """
     import pandas as pd
 
     p = Path(path)
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
                ".jsonl": lambda f: pd.read_json(f, lines=True)}
-    if p.suffix.lower() not in readers:
+    kind = p.suffix.lower()
+    if kind not in readers:
         raise RunFolderError(f"{path}: unsupported table format {p.suffix!r}; use .csv, "
                              ".parquet or .jsonl")
     if not p.is_file():
         raise RunFolderError(f"{path}: no such file")
     try:
-        return readers[p.suffix.lower()](p)
-    except (ValueError, OSError) as exc:
-        raise RunFolderError(f"{path}: cannot read table: {exc}") from exc
+        frame = readers[kind](p)
+    except (ValueError, OSError) as exc:  # EmptyDataError, ParserError, UnicodeDecodeError, Arrow
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunFolderError(f"{path}: cannot read it as {kind[1:]} ({reason}); pass a "
+                             f"well-formed {kind[1:]} table") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        noun = "column" if len(missing) == 1 else "columns"
+        raise RunFolderError(f"{path}: no {', '.join(map(repr, missing))} {noun}; columns: "
+                             f"{sorted(map(str, frame.columns))}")
+    if frame.empty:
+        raise RunFolderError(f"{path}: no rows")
+    return frame
+
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }

@@ -57,6 +57,7 @@ from pluralign.training import (
     run_sft,
     tiny_gpt_neox,
 )
+from pluralign.validation import COUNT, INDEX, check_fields, check_lengths
 
 POPULATIONS = ("heterogeneous", "homogeneous")
 BASELINE = "DPO"
@@ -125,8 +126,13 @@ class DemoConfig:
         if BASELINE not in self.methods or GAMMA_METHOD not in self.methods:
             raise ConfigError(f"demo methods must include {BASELINE!r} and {GAMMA_METHOD!r} "
                               f"(got {sorted(self.methods)})")
-        if not 0 < self.test_size < 1:
-            raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
+        check_fields(self, {
+            "threads": COUNT, "seed": INDEX, "n_boot": COUNT, "fit_boot": INDEX,
+            "test_size": {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
+                          "exclusive_maximum": True},
+            "tokenizer_vocab": {"minimum": 257, "integer": True},
+        })
+        check_lengths(self.max_length, self.max_prompt_length, "DemoConfig")
         try:
             PopulationConfig(**self.population)
         except TypeError as exc:

@@ -28,6 +28,7 @@ from pluralign.io import atomic_path
 from pluralign.runs import plain, write_config, write_metrics
 from pluralign.training.config import PreferenceConfig
 from pluralign.training.sft import SFTConfig
+from pluralign.validation import check_number
 
 
 @dataclass
@@ -54,6 +55,41 @@ class ModelConfig:
     tokenizer_vocab_size: int = 512
     ref_model: str | None = None
     lora: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        from pluralign.training.models import BYTE_VOCAB, tiny_model_overrides
+
+        for name in ("name_or_path", "tokenizer", "ref_model"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ConfigError(f"model.{name}={value!r} is invalid; use a model name or a "
+                                  "local folder")
+        if self.name_or_path == "tiny":
+            self.config = tiny_model_overrides(self.config)
+            check_number(self.tokenizer_vocab_size, "model.tokenizer_vocab_size",
+                         minimum=BYTE_VOCAB, integer=True)
+        elif self.config:
+            raise ConfigError(f"model.config is only read for model 'tiny', not for "
+                              f"{self.name_or_path!r}; remove it")
+        if self.lora is not None:
+            self.lora = _lora_fields(self.lora)
+
+
+def _lora_fields(lora: object) -> dict[str, Any]:
+    """``lora`` checked against peft's ``LoraConfig`` fields (unknown keys named)."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    if not isinstance(lora, Mapping):
+        raise ConfigError(f"model.lora={lora!r} is invalid; use a mapping of peft LoraConfig "
+                          "fields, e.g. {r: 8, lora_alpha: 16}")
+    valid = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"task_type"}
+    unknown = sorted(str(k) for k in lora if k not in valid)
+    if unknown:
+        raise ConfigError(f"model.lora: unknown LoraConfig key(s) {', '.join(unknown)}; valid "
+                          "keys include r, lora_alpha, lora_dropout, target_modules")
+    return dict(lora)
 
 
 @dataclass
@@ -82,8 +118,17 @@ class DataConfig:
         if self.source is None:
             raise ConfigError("data.source is missing: use 'synthetic' or a path to preference "
                               "data")
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError(f"data.source={self.source!r} is invalid; use 'synthetic' or a "
+                              "path to preference data")
         if self.source != "synthetic" and self.population is not None:
             raise ConfigError("data.population is only read with data.source: synthetic")
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"data.options={self.options!r} is invalid; use a mapping of "
+                              "loader options, e.g. {split: test, limit: 100}")
+        check_number(self.test_size, "data.test_size", minimum=0, maximum=1,
+                     exclusive_maximum=True)
+        check_number(self.seed, "data.seed", minimum=0, integer=True)
 
 
 @dataclass
@@ -150,7 +195,9 @@ def load_data(spec: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | No
         dataset = load_preferences(spec.source, format=spec.format, **spec.options)
     if not spec.test_size:
         return dataset, None
-    split = dataset.train_test_split(test_size=spec.test_size, seed=spec.seed)
+    from pluralign.data.splits import train_test_split_pairs
+
+    split = train_test_split_pairs(dataset, test_size=spec.test_size, seed=spec.seed)
     return split["train"], split["test"]
 
 
