@@ -25,6 +25,7 @@ from pluralign.config import apply_overrides, build_config, describe_fields
 from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
+from pluralign.errors import ConfigError
 from pluralign.runs import write_config, write_metrics
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
@@ -108,6 +109,10 @@ def _subgroup_table(df: pd.DataFrame, column: str, name: str, args: argparse.Nam
 
 def _inspect(args: argparse.Namespace, console: Console) -> int:
     options = apply_overrides({}, args.overrides)
+    for flag in ("split", "limit", "format"):
+        if flag in options:
+            raise ConfigError(f"{flag}={options[flag]!r}: {flag} is a flag of data inspect; "
+                              f"pass --{flag} instead")
     fmt = args.format or detect_format(args.source)
     ds = load_preferences(args.source, format=fmt, split=args.split, limit=args.limit, **options)
     df = to_pandas(ds)

@@ -29,6 +29,7 @@ from pluralign.social_choice.shares import (
     shares_from_respondents,
     shares_from_share_table,
 )
+from pluralign.validation import NON_NEGATIVE, POSITIVE, check_fields, check_names
 
 #: min-TV quantiles reported in metrics.json and the report.
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -72,6 +73,19 @@ class NBCConfig:
         if self.link not in LINKS:
             raise SocialChoiceError(f"link={self.link!r} is unknown; use one of "
                                     f"{', '.join(LINKS)}")
+        check_fields(self, {"floor": {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
+                                      "exclusive_maximum": True},
+                            "eps": NON_NEGATIVE, "temperature": POSITIVE})
+        for name in ("table", "options", "question"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise SocialChoiceError(f"NBCConfig.{name}={value!r} is invalid; use a "
+                                        f"{'question id' if name == 'question' else 'file path'}")
+        if not isinstance(self.skip_incomplete, bool):
+            raise SocialChoiceError(f"NBCConfig.skip_incomplete={self.skip_incomplete!r} is "
+                                    "invalid; use true or false")
+        if self.types is not None:
+            self.types = check_names(self.types, "NBCConfig.types", SocialChoiceError)
 
 
 def read_options(path: str | Path) -> dict[str, list[str]]:
