@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pluralign.errors import ConfigError
-from pluralign.io import parse_yaml_value, read_yaml_mapping
+from pluralign.io import check_output_dir, parse_yaml_value, read_yaml_mapping
 
 C = TypeVar("C")
 
@@ -140,6 +140,7 @@ def read_config(cls: type, path: str | os.PathLike[str] | None = None,
     values = read_yaml_mapping(path, f"{cls.__name__} fields") if path is not None else {}
     values = apply_overrides(_sections_as_mappings(cls, values), overrides)
     if output_dir is not None:
+        check_output_dir(output_dir)
         set_dotted(values, getattr(cls, "OUTPUT_DIR", "output_dir"), os.fspath(output_dir))
     return values
 

@@ -93,3 +93,12 @@ def check_names(value: object, field: str, error: type[Exception] = ConfigError)
         return list(value)
     raise error(f"{field}={value!r} is invalid; use a name or a list of names, e.g. "
                 "[attr.age, attr.education]")
+
+
+def check_numbers(values: object, field: str, **rule: object) -> tuple[float | int, ...]:
+    """``values`` (a list of numbers) as a tuple, each checked by :func:`check_number` with
+    ``rule`` and named ``field[i]``; anything but a list or tuple raises :class:`ConfigError`."""
+    if not isinstance(values, list | tuple):
+        raise ConfigError(f"{field}={values!r} is invalid; use a list of numbers, e.g. [1, 2]")
+    return tuple(check_number(v, f"{field}[{i}]", **rule)  # type: ignore[arg-type]
+                 for i, v in enumerate(values))

@@ -26,6 +26,7 @@ from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
+from pluralign.io import check_output_dir
 from pluralign.runs import write_config, write_metrics
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
@@ -173,6 +174,7 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
 
 def _synthetic(args: argparse.Namespace, console: Console) -> int:
     config = build_config(PopulationConfig, args.config, args.overrides)
+    check_output_dir(args.output_dir)
     if args.homogeneous:
         config = config.homogeneous_control()
     population = make_population(config)

@@ -129,7 +129,7 @@ class DiagnoseConfig:
             raise EvaluationError("diagnose needs --output-dir DIR")
         if self.family not in ("gamma", "lognormal"):
             raise EvaluationError(f"family={self.family!r} is unknown; use gamma or lognormal")
-        check_fields(self, {"n_boot": INDEX, "seed": INDEX})
+        check_fields(self, {"n_boot": COUNT, "seed": INDEX})
         self.by = check_names(self.by, "DiagnoseConfig.by")
         self.runs = check_names(self.runs, "DiagnoseConfig.runs") if self.runs else []
         if not isinstance(self.compare, dict):
@@ -147,6 +147,8 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     from pluralign.training import load_causal_lm, load_tokenizer
 
     out = Path(config.output_dir)
+    base = (read_table(config.baseline_margins, required=("margin", *config.by))
+            if config.baseline_margins and config.by else None)
     dataset = config.load()
     model = load_causal_lm(config.model)
     ref = load_causal_lm(config.ref_model) if config.ref_model else None
@@ -171,8 +173,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         plot_subgroup_margins(table, out / "fig2_subgroup_margins.png")
         metrics["figures"].append({"file": "fig2_subgroup_margins.png",
                                    "caption": "Subgroup mean margins with micro/macro lines"})
-        if config.baseline_margins:
-            base = read_table(config.baseline_margins, required=("margin", *config.by))
+        if base is not None:
             gains = margin_gains(df, base, config.by, n_boot=config.n_boot, seed=config.seed)
             metrics["differences"] = {"policy − baseline (macro)": gains.macro.to_dict(),
                                       "policy − baseline (micro)": gains.micro.to_dict()}

@@ -39,6 +39,15 @@ from pluralign.objectives import (
     repeat_label_variance,
 )
 from pluralign.runs import write_config, write_report, write_table
+from pluralign.validation import (
+    COUNT,
+    INDEX,
+    NON_NEGATIVE,
+    POSITIVE,
+    check_fields,
+    check_names,
+    check_numbers,
+)
 
 METHODS = ("dpo", "corrected", "agreement", "indirect")
 
@@ -82,8 +91,8 @@ class ExperimentConfig:
     methods: tuple[str, ...] = METHODS
 
     def __post_init__(self) -> None:
-        self.alphas = tuple(float(a) for a in self.alphas)
-        self.methods = tuple(self.methods)
+        self.alphas = check_numbers(self.alphas, "ExperimentConfig.alphas", **NON_NEGATIVE)
+        self.methods = tuple(check_names(self.methods, "ExperimentConfig.methods"))
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; valid methods: {', '.join(METHODS)}")
@@ -92,11 +101,9 @@ class ExperimentConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
-        for name in ("num_pairs", "num_paired", "num_full", "steps", "hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if any(a < 0 for a in self.alphas) or not self.lr > 0:
-            raise ConfigError("alphas must be >= 0 and lr > 0")
+        check_fields(self, {
+            **dict.fromkeys(("num_pairs", "num_paired", "num_full", "steps", "hidden"), COUNT),
+            "seed": INDEX, "lr": POSITIVE})
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from pluralign.errors import ConfigError
-from pluralign.io import write_json
+from pluralign.io import follow_umask, write_json
 
 STAGING_DIR = ".staging"
 #: Written into every checkpoint: ``{"fingerprint": {dotted key: value}}``.
@@ -72,6 +72,15 @@ class StagedCheckpoints:
             resume_from_checkpoint = str(
                 resume_checkpoint(self.args.output_dir, self.run_fingerprint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save as ``Trainer`` does, then give the model weights the umask's mode (transformers
+        writes them through a private 0o600 temporary file)."""
+        super()._save(output_dir, state_dict)
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if self.args.should_save:
+            for weights in [*folder.glob("*.safetensors"), *folder.glob("*.bin")]:
+                follow_umask(weights)
 
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)

@@ -65,7 +65,7 @@ class ModelConfig:
                 raise ConfigError(f"model.{name}={value!r} is invalid; use a model name or a "
                                   "local folder")
         if self.name_or_path == "tiny":
-            self.config = tiny_model_overrides(self.config)
+            self.config = tiny_model_overrides(self.config, "model.config")
             check_number(self.tokenizer_vocab_size, "model.tokenizer_vocab_size",
                          minimum=BYTE_VOCAB, integer=True)
         elif self.config:
