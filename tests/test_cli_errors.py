@@ -168,3 +168,16 @@ def test_a_single_subgroup_column_is_one_column(work, capsys):
     config = yaml.safe_load((work / "diag" / "config.yaml").read_text())
     assert config["by"] == ["attr.age"]
     assert json.loads((work / "diag" / "metrics.json").read_text())["diagnosis"]
+
+
+def test_dahp_at_a_huge_beta_reports_spearman_as_undefined(work):
+    """Found by the property test: at beta = 5.5e16 pi* is uniform, Spearman's rho is undefined,
+    and the NaN it gave made writing metrics.json raise a ValueError traceback."""
+    (work / "dahp.yaml").write_text(yaml.safe_dump({
+        "environment": {"num_states": 4, "num_actions": 6, "shifts": [-1, 0, 1],
+                        "beta": 5.5e16},
+        "experiment": {"num_pairs": 300, "num_paired": 300, "num_full": 300, "steps": 3,
+                       "methods": ["dpo"]}}))
+    assert main(["experiment", "dahp", "--config", "dahp.yaml", "--output-dir", "dahp"]) == 0
+    metrics = json.loads((work / "dahp" / "metrics.json").read_text())
+    assert metrics["dpo"]["spearman_optimal"] is None
