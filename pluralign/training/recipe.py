@@ -64,13 +64,10 @@ class ModelConfig:
             if value is not None and not (isinstance(value, str) and value):
                 raise ConfigError(f"model.{name}={value!r} is invalid; use a model name or a "
                                   "local folder")
-        if self.name_or_path == "tiny":
-            self.config = tiny_model_overrides(self.config, "model.config")
-            check_number(self.tokenizer_vocab_size, "model.tokenizer_vocab_size",
-                         minimum=BYTE_VOCAB, integer=True)
-        elif self.config:
-            raise ConfigError(f"model.config is only read for model 'tiny', not for "
-                              f"{self.name_or_path!r}; remove it")
+        # checked even where unused (a tiny recipe pointed at a trained model keeps its section)
+        self.config = tiny_model_overrides(self.config, "model.config")
+        check_number(self.tokenizer_vocab_size, "model.tokenizer_vocab_size",
+                     minimum=BYTE_VOCAB, integer=True)
         if self.lora is not None:
             self.lora = _lora_fields(self.lora)
 
