@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluralignError as exc:
         print(f"pluralign {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused a read or write: not a pluralign bug
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"pluralign {args.command}: error: {exc.strerror or exc}{where}; check the path "
+              "and its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"pluralign {args.command}: interrupted; files already written are intact.",
               file=sys.stderr)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pluralign.errors import ConfigError
-from pluralign.io import parse_yaml_value, read_yaml_mapping
+from pluralign.io import check_output_dir, parse_yaml_value, read_yaml_mapping
 
 C = TypeVar("C")
 
@@ -81,6 +81,7 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any] | None, where: str 
         section = _dataclass_type(hints.get(key))
         if section is not None and not dataclasses.is_dataclass(value) and value is not None:
             value = config_from_dict(section, value, f"{where}.{key}")
+        _check_scalar_type(hints.get(key), value, f"{where}: {key}")
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -88,6 +89,20 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any] | None, where: str 
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_scalar_type(hint: Any, value: Any, where: str) -> None:
+    """Refuse a non-text value for a ``str`` / ``str | None`` field and a non-boolean for a
+    ``bool`` field (numbers are checked by each config's own rules, see
+    :mod:`pluralign.validation`), so ``tokenizer=.nan`` fails here, not as a TypeError later."""
+    if value is None:
+        return
+    args = set(typing.get_args(hint)) if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else {hint}
+    if args in ({str}, {str, type(None)}) and not isinstance(value, str):
+        raise ConfigError(f"{where}={value!r} is invalid; use a text value (a name or a path)")
+    if args == {bool} and not isinstance(value, bool):
+        raise ConfigError(f"{where}={value!r} is invalid; use true or false")
 
 
 def set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
@@ -165,6 +180,7 @@ def read_config(cls: type, path: str | os.PathLike[str] | None = None,
         _seed_mapping_defaults(cls, values, item.partition("=")[0].split("."))
     values = apply_overrides(values, overrides)
     if output_dir is not None:
+        check_output_dir(output_dir)
         set_dotted(values, getattr(cls, "OUTPUT_DIR", "output_dir"), os.fspath(output_dir))
     return values
 

@@ -31,6 +31,29 @@ def _current_umask() -> int:
     return mask
 
 
+def check_output_dir(path: str | os.PathLike[str], where: str = "--output-dir") -> Path:
+    """``path`` as a run folder that can be created or written: not empty, not an existing file,
+    and not below one; else :class:`ConfigError` naming it, before anything is computed."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise ConfigError(f"{where} is empty; name the run folder to write, e.g. runs/x")
+    target = Path(text)
+    existing = next(f for f in (target, *target.parents, Path(".")) if f.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{where} {text}: {existing} is a file, not a folder; choose another "
+                          "run folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where} {text}: {existing} is not writable; choose another run "
+                          "folder")
+    return target
+
+
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give the file ``path`` the mode ``open()`` would (0o666 less the umask): for files that
+    another library writes through a private temporary file (transformers' model shards)."""
+    os.chmod(path, _CREATE_MODE & ~_current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it.
@@ -50,7 +73,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, _CREATE_MODE & ~_current_umask())
+        follow_umask(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -35,7 +35,7 @@ from pluralign.strength import (
     PointMass,
     StrengthDistribution,
 )
-from pluralign.validation import check_number
+from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_number
 
 # ----------------------------------------------------------------------------------------------
 # Losses (pure functions)
@@ -169,9 +169,7 @@ class DPOObjective(Objective):
 
     def __init__(self, beta: float = 0.1) -> None:
         super().__init__()
-        if not beta > 0:
-            raise ConfigError(f"DPO beta must be > 0, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = check_number(beta, "DPO beta", **POSITIVE)
 
     @classmethod
     def from_settings(cls, settings: DPOSettings) -> Objective:
@@ -527,9 +525,8 @@ class CorrectedDPOObjective(Objective):
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.1) -> None:
         super().__init__()
-        if not beta > 0 or not alpha >= 0:
-            raise ConfigError(f"corrected DPO needs beta > 0 and alpha >= 0, got {beta}, {alpha}")
-        self.alpha, self.beta = float(alpha), float(beta)
+        self.beta = check_number(beta, "corrected DPO beta", **POSITIVE)
+        self.alpha = check_number(alpha, "corrected DPO correction_alpha", **NON_NEGATIVE)
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         variance = _batch_field(batch, "pair_variance", "CorrectedDPOObjective")
@@ -568,10 +565,8 @@ class AgreementObjective(Objective):
 
     def __init__(self, num_types: int, beta: float = 0.1) -> None:
         super().__init__()
-        if not beta > 0 or int(num_types) < 1:
-            raise ConfigError(f"agreement needs beta > 0 and num_types >= 1, got {beta}, "
-                              f"{num_types}")
-        self.num_types, self.beta = int(num_types), float(beta)
+        self.beta = check_number(beta, "agreement beta", **POSITIVE)
+        self.num_types = check_number(num_types, "agreement_num_types", **COUNT)
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         agreement = _batch_field(batch, "agreement", "AgreementObjective")

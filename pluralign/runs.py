@@ -25,7 +25,7 @@ import dataclasses
 import html
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,23 +97,39 @@ def write_table(run_dir: str | os.PathLike[str], name: str, frame: Any,
     return path
 
 
-def read_table(path: str | os.PathLike[str]) -> Any:
-    """Read a csv, parquet or jsonl table (by suffix) as a pandas DataFrame; a missing,
-    unsupported or unreadable file raises :class:`RunFolderError` naming it."""
+def read_table(path: str | os.PathLike[str], required: Sequence[str] = ()) -> Any:
+    """Read a csv, parquet or jsonl table (by suffix) as a pandas DataFrame.
+
+    Raises :class:`RunFolderError` naming the file when it is missing, of another format, not
+    readable as its format (empty, binary, truncated), lacks one of the ``required`` columns or
+    has no rows: never pandas' or pyarrow's traceback.
+    """
     import pandas as pd
 
     p = Path(path)
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet,
                ".jsonl": lambda f: pd.read_json(f, lines=True)}
-    if p.suffix.lower() not in readers:
+    kind = p.suffix.lower()
+    if kind not in readers:
         raise RunFolderError(f"{path}: unsupported table format {p.suffix!r}; use .csv, "
                              ".parquet or .jsonl")
     if not p.is_file():
         raise RunFolderError(f"{path}: no such file")
     try:
-        return readers[p.suffix.lower()](p)
-    except (ValueError, OSError) as exc:
-        raise RunFolderError(f"{path}: cannot read table: {exc}") from exc
+        frame = readers[kind](p)
+    except (ValueError, OSError) as exc:  # EmptyDataError, ParserError, UnicodeDecodeError, Arrow
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunFolderError(f"{path}: cannot read it as {kind[1:]} ({reason}); pass a "
+                             f"well-formed {kind[1:]} table") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        noun = "column" if len(missing) == 1 else "columns"
+        raise RunFolderError(f"{path}: no {', '.join(map(repr, missing))} {noun}; columns: "
+                             f"{sorted(map(str, frame.columns))}")
+    if frame.empty:
+        raise RunFolderError(f"{path}: no rows")
+    return frame
+
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -171,6 +187,45 @@ def _figure(run_dir: Path, file: str, caption: str) -> str:
             f"(<code>{html.escape(file)}</code>)</figcaption></figure>")
 
 
+#: The shape every recognised top-level key of metrics.json must have (others are free).
+_SHAPES: dict[str, tuple[type | tuple[type, ...], type | tuple[type, ...] | None, str]] = {
+    "summary": (list, None, "a list of lines"),
+    "notes": (list, None, "a list of lines"),
+    "figures": (list, None, "a list of {file, caption}"),
+    "failed_items": (list, Mapping, "a list of mappings"),
+    "tables": (list, Mapping, "a list of {title, columns, rows}"),
+    "methods": (Mapping, Mapping, "a mapping name -> {micro, macro}"),
+    "differences": (Mapping, Mapping, "a mapping name -> estimate"),
+    "win_rates": (Mapping, Mapping, "a mapping name -> win-rate stats"),
+    "diagnostics": (Mapping, None, "a mapping name -> verdict"),
+    "learned_beta_variance": (Mapping, None, "a mapping population -> number"),
+    "claim": (Mapping, None, "a mapping {holds, text}"),
+    "runtime_seconds": ((int, float), None, "a number"),
+}
+
+
+def check_metrics(metrics: Any, where: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """``metrics`` if it is a mapping whose recognised keys (module docstring) have their shape,
+    else :class:`RunFolderError` naming ``where``, the key and the shape it needs."""
+    if not isinstance(metrics, Mapping):
+        raise RunFolderError(f"{where}: expected a JSON object (keys such as 'title', "
+                             f"'figures'), got a {type(metrics).__name__}")
+    for key, (outer, inner, wanted) in _SHAPES.items():
+        value = metrics.get(key)
+        if value is None:
+            continue
+        items = value.values() if isinstance(value, Mapping) else value
+        ok = (isinstance(value, outer) and not isinstance(value, bool)
+              and (inner is None or all(isinstance(v, inner) for v in items)))
+        if ok and key == "tables":
+            ok = all(isinstance(t.get("columns"), list) and isinstance(t.get("rows"), list)
+                     and all(isinstance(r, list) for r in t["rows"]) for t in value)
+        if not ok:
+            raise RunFolderError(f"{where}: {key!r} must be {wanted}, got {value!r:.80}; "
+                                 "rewrite it or delete the key")
+    return metrics
+
+
 def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> str:
     """The report page for ``metrics`` (figures are read from ``run_dir``)."""
     run_dir = Path(run_dir)
@@ -215,10 +270,10 @@ def render_html(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> 
                          _fmt(w.get("p_value")), _fmt(w.get("n"))])
         parts.append("<h2>Win rates vs baseline (%)</h2>"
                      + _table(["policy", "WR [CI]", "LC-WR [CI]", "sign-flip p", "n"], rows))
-    for t in metrics.get("tables", []):
+    for t in metrics.get("tables") or []:
         parts.append(f"<h2>{html.escape(str(t.get('title', '')))}</h2>" + _table(
             [str(c) for c in t["columns"]], [[_fmt(c) for c in row] for row in t["rows"]]))
-    for fig in metrics.get("figures", []):
+    for fig in metrics.get("figures") or []:
         if not isinstance(fig, Mapping) or not isinstance(fig.get("file"), str):
             parts.append(f"<p class='bad'>figure not embedded: entry has no file name "
                          f"(<code>{html.escape(repr(fig))}</code>)</p>")
@@ -259,7 +314,5 @@ def build_report(run_dir: str | os.PathLike[str]) -> Path:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RunFolderError(f"{path}: invalid JSON ({exc})") from exc
-    if not isinstance(metrics, dict):
-        raise RunFolderError(f"{path}: expected a JSON object (keys such as 'title', "
-                              f"'figures'), got a {type(metrics).__name__}")
-    return write_text(Path(run_dir) / REPORT_FILE, render_html(metrics, run_dir))
+    return write_text(Path(run_dir) / REPORT_FILE,
+                      render_html(check_metrics(metrics, path), run_dir))

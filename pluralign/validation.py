@@ -69,3 +69,36 @@ def check_fields(config: object, rules: dict[str, dict[str, object]]) -> None:
     owner = type(config).__name__
     for name, rule in rules.items():
         check_number(getattr(config, name), f"{owner}.{name}", **rule)  # type: ignore[arg-type]
+
+
+def check_lengths(max_length: object, max_prompt_length: object, where: str = "") -> None:
+    """Raise :class:`ConfigError` unless ``0 <= max_prompt_length < max_length`` (integers), so
+    that every completion keeps at least one token (else all log-probs and margins are 0)."""
+    prefix = f"{where}." if where else ""
+    check_number(max_length, f"{prefix}max_length", minimum=1, integer=True)
+    check_number(max_prompt_length, f"{prefix}max_prompt_length", minimum=0, integer=True)
+    if not max_prompt_length < max_length:  # type: ignore[operator]
+        raise ConfigError(
+            f"{prefix}max_prompt_length={max_prompt_length!r} must be in [0, max_length="
+            f"{max_length!r}): the completion needs at least one token; use the lengths the "
+            "model was trained with")
+
+
+def check_names(value: object, field: str, error: type[Exception] = ConfigError) -> list[str]:
+    """``value`` as a list of column / attribute names: a single name ``"age"`` is ``["age"]``
+    (never its characters); anything but a name or a list of names raises ``error``."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    raise error(f"{field}={value!r} is invalid; use a name or a list of names, e.g. "
+                "[attr.age, attr.education]")
+
+
+def check_numbers(values: object, field: str, **rule: object) -> tuple[float | int, ...]:
+    """``values`` (a list of numbers) as a tuple, each checked by :func:`check_number` with
+    ``rule`` and named ``field[i]``; anything but a list or tuple raises :class:`ConfigError`."""
+    if not isinstance(values, list | tuple):
+        raise ConfigError(f"{field}={values!r} is invalid; use a list of numbers, e.g. [1, 2]")
+    return tuple(check_number(v, f"{field}[{i}]", **rule)  # type: ignore[arg-type]
+                 for i, v in enumerate(values))

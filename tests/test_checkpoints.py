@@ -175,7 +175,7 @@ def test_fresh_run_refuses_a_non_empty_run_folder_unless_overwrite(finished_run,
     (run / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match=r"run folder .*copy is not empty \(checkpoint-2, "
                                           r"checkpoint-4, checkpoint-6, metrics.json, notes.txt\)"
-                                          r"; pass --resume .* --overwrite"):
+                                          r"; set resume=true .* overwrite=true"):
         prepare_fresh_run(run)
     prepare_fresh_run(run, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]

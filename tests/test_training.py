@@ -136,8 +136,16 @@ def test_sequence_logps_chunked_head_is_exact_and_differentiable(model, tokenize
 # ------------------------------------------------------------------ config errors
 @pytest.mark.parametrize("kwargs, message", [
     ({"objective": "ppo"}, "objective='ppo' is unknown"),
-    ({"learning_rate": -1e-5}, "learning_rate=-1e-05 is negative"),
-    ({"strength_learning_rate": -1.0}, "strength_learning_rate=-1.0 is negative"),
+    ({"learning_rate": -1e-5}, "learning_rate=-1e-05 is invalid; use a finite number >= 0"),
+    ({"strength_learning_rate": -1.0}, "strength_learning_rate=-1.0 is invalid"),
+    # issue 15 #10: inf passed validation and failed mid-training; a string gave "'>=' not
+    # supported"
+    ({"learning_rate": float("inf")}, "learning_rate=inf is invalid; use a finite number"),
+    ({"strength_learning_rate": float("inf")}, "strength_learning_rate=inf is invalid"),
+    ({"learning_rate": "abc"}, "learning_rate='abc' is invalid; use a finite number >= 0"),
+    ({"beta": float("inf")}, "beta=inf is"),
+    ({"per_device_train_batch_size": 0}, "per_device_train_batch_size=0 is invalid; use an "
+     "integer >= 1"),
     ({"objective": "mixdpo", "strength": "gamma", "strength_rate": 0.0},
      "strength_rate=0.0 is out of range"),
     ({"objective": "mixdpo", "strength": "lognormal", "strength_sigma": -0.6},

@@ -30,6 +30,8 @@ from pluralign.data.export import EXPORT_FORMATS, export_preferences
 from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
+from pluralign.errors import ConfigError
+from pluralign.io import check_output_dir
 from pluralign.runs import write_config, write_metrics
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
@@ -138,6 +140,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The dataset SOURCE names (:func:`_add_source_arguments`) and the settings it was loaded
     with (what ``config.yaml`` records)."""
     options = apply_overrides({}, args.overrides)
+    for flag in ("split", "limit", "format"):
+        if flag in options:
+            raise ConfigError(f"{flag}={options[flag]!r}: {flag} is a flag of data inspect; "
+                              f"pass --{flag} instead")
     fmt = args.format or detect_format(args.source)
     ds = load_preferences(args.source, format=fmt, split=args.split, limit=args.limit, **options)
     return ds, {"source": args.source, "format": fmt, "split": args.split, "limit": args.limit,
@@ -204,6 +210,7 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
 
 def _synthetic(args: argparse.Namespace, console: Console) -> int:
     config = build_config(PopulationConfig, args.config, args.overrides)
+    check_output_dir(args.output_dir)
     if args.homogeneous:
         config = config.homogeneous_control()
     population = make_population(config)

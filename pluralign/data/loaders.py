@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from pluralign.data.schema import (
     validate,
 )
 from pluralign.errors import ConfigError
+from pluralign.validation import COUNT, check_names, check_number
 
 logger = logging.getLogger("pluralign.data.loaders")
 
@@ -368,10 +369,21 @@ def load_preferences(source: str | os.PathLike[str] | datasets.Dataset, format: 
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}; use one of {FORMATS}")
     _check_options(format, options)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be >= 1, got {limit}")
+    if limit is not None:
+        limit = check_number(limit, "limit", **COUNT)
     name = "<in-memory dataset>" if isinstance(source, datasets.Dataset) else str(source)
     generic = {k: options.pop(k, None) for k in _GENERIC_OPTIONS}
+    column_map = generic["column_map"]
+    if column_map is not None and not (
+            isinstance(column_map, Mapping)
+            and all(isinstance(v, str) for v in column_map.values())):
+        raise ConfigError(f"column_map={column_map!r} is invalid; use a mapping schema column -> "
+                          "source column, e.g. {prompt: question, annotator_id: user}")
+    for key in ("attribute_columns", "context_columns"):
+        if generic[key] is not None:
+            generic[key] = check_names(generic[key], key)
+    if attributes is not None:
+        attributes = check_names(attributes, "attributes")
     if _is_local(source):
         loaded = _load_local(source, format, split, options, limit)
     else:

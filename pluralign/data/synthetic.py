@@ -69,6 +69,7 @@ from pluralign.data.schema import (
 )
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, write_json
+from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields
 
 TEMPLATES_RESOURCE = "synthetic_templates.json"
 
@@ -163,22 +164,17 @@ class PopulationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_annotators", "n_prompts", "pairs_per_annotator", "n_types"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"PopulationConfig.{name} must be >= 1, "
-                                  f"got {getattr(self, name)}")
-        if self.responses_per_prompt < 2:
-            raise ConfigError("PopulationConfig.responses_per_prompt must be >= 2 to form pairs")
+        check_fields(self, {
+            **dict.fromkeys(("n_annotators", "n_prompts", "pairs_per_annotator", "n_types"),
+                            COUNT),
+            "responses_per_prompt": {"minimum": 2, "integer": True},
+            **dict.fromkeys(("type_spread", "demographic_signal", "reward_scale"), NON_NEGATIVE),
+            "mu": {},
+            **dict.fromkeys(("beta", "sigma", "shape", "rate"), POSITIVE),
+        })
         if self.strength not in STRENGTH_FAMILIES:
             raise ConfigError(f"PopulationConfig.strength must be one of {STRENGTH_FAMILIES}, "
                               f"got {self.strength!r}")
-        for name in ("type_spread", "demographic_signal", "reward_scale"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"PopulationConfig.{name} must be >= 0, "
-                                  f"got {getattr(self, name)}")
-        for name in ("beta", "sigma", "shape", "rate"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"PopulationConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.text_style not in ("natural", "compact"):
             raise ConfigError(f"PopulationConfig.text_style must be 'natural' or 'compact', "
                               f"got {self.text_style!r}")
@@ -336,6 +332,9 @@ class Population:
 def load_population(directory: str | os.PathLike[str]) -> Population:
     """Read a folder written by :meth:`Population.save`."""
     src = Path(directory)
+    if not (src / "truth.json").is_file():
+        raise ConfigError(f"{directory}: not a saved synthetic population (no truth.json); write "
+                          "one with `pluralign data synthetic --output-dir DIR`")
     meta = json.loads((src / "truth.json").read_text(encoding="utf-8"))
     responses = pd.read_parquet(src / "responses.parquet")
     prompts = pd.read_parquet(src / "prompts.parquet")

@@ -25,6 +25,7 @@ from scipy.special import expit
 
 from pluralign.errors import ConfigError
 from pluralign.social_choice import average_reward, dpo_limit, normalized_borda
+from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, check_numbers
 
 
 @dataclass
@@ -50,23 +51,21 @@ class ProximityConfig:
     beta: float = 1.0
 
     def __post_init__(self) -> None:
-        self.shifts = tuple(int(s) for s in self.shifts)
-        self.rates = tuple(float(r) for r in self.rates)
-        self.scales = tuple(float(s) for s in self.scales)
+        check_fields(self, {"num_states": COUNT, "num_actions": {"minimum": 2, "integer": True},
+                            "beta": POSITIVE})
+        self.shifts = check_numbers(self.shifts, "ProximityConfig.shifts", integer=True)
+        self.rates = check_numbers(self.rates, "ProximityConfig.rates", **NON_NEGATIVE)
+        self.scales = check_numbers(self.scales, "ProximityConfig.scales")
         num_types = len(self.shifts)
         if num_types == 0 or len(self.rates) != num_types or len(self.scales) != num_types:
             raise ConfigError("shifts, rates and scales need one entry per type (same lengths), "
                               f"got {len(self.shifts)}, {len(self.rates)}, {len(self.scales)}")
-        if self.num_states < 1 or self.num_actions < 2:
-            raise ConfigError("need num_states >= 1 and num_actions >= 2")
         if self.type_probs is not None:
-            probs = np.asarray(self.type_probs, dtype=float)
+            probs = np.asarray(check_numbers(self.type_probs, "ProximityConfig.type_probs"))
             if probs.shape != (num_types,) or np.any(probs < 0) or not np.isclose(probs.sum(), 1):
                 raise ConfigError(f"type_probs must be {num_types} nonnegative numbers summing "
                                   f"to 1, got {self.type_probs}")
             self.type_probs = tuple(float(p) for p in probs)
-        if not self.beta > 0:
-            raise ConfigError(f"beta must be > 0, got {self.beta}")
 
 
 @dataclass

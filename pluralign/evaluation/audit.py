@@ -9,6 +9,7 @@ from typing import Any
 
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.runs import read_table
+from pluralign.validation import COUNT, INDEX, check_fields, check_lengths, check_names
 
 
 @dataclass
@@ -87,6 +88,10 @@ class EvaluateConfig(PairSource):
         if self.model is None or self.output_dir is None:
             raise EvaluationError("evaluate needs model=FOLDER and --output-dir DIR")
         super().__post_init__()
+        check_fields(self, {"n_prompts": COUNT, "batch_size": COUNT, "n_boot": COUNT,
+                            "seed": INDEX})
+        check_lengths(self.max_length, self.max_prompt_length, "EvaluateConfig")
+        self.by = check_names(self.by, "EvaluateConfig.by")
 
 
 @dataclass
@@ -143,6 +148,12 @@ class DiagnoseConfig:
                                   "pairs, e.g. power_pairs=2000 or \"power_pairs=[500, 2000]\"")
         if self.family not in ("gamma", "lognormal"):
             raise EvaluationError(f"family={self.family!r} is unknown; use gamma or lognormal")
+        check_fields(self, {"n_boot": COUNT, "seed": INDEX})
+        self.by = check_names(self.by, "DiagnoseConfig.by")
+        self.runs = check_names(self.runs, "DiagnoseConfig.runs") if self.runs else []
+        if not isinstance(self.compare, dict):
+            raise EvaluationError(f"DiagnoseConfig.compare={self.compare!r} is invalid; use a "
+                                  "mapping name -> margins file, e.g. compare.prism=a.csv")
 
 
 def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
@@ -155,6 +166,8 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     from pluralign.training import load_causal_lm, load_tokenizer
 
     out = Path(config.output_dir)
+    base = (read_table(config.baseline_margins, required=("margin", *config.by))
+            if config.baseline_margins and config.by else None)
     dataset = config.load()
     model = load_causal_lm(config.model)
     ref = load_causal_lm(config.ref_model) if config.ref_model else None
@@ -179,8 +192,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
         plot_subgroup_margins(table, out / "fig2_subgroup_margins.png")
         metrics["figures"].append({"file": "fig2_subgroup_margins.png",
                                    "caption": "Subgroup mean margins with micro/macro lines"})
-        if config.baseline_margins:
-            base = read_table(config.baseline_margins)
+        if base is not None:
             gains = margin_gains(df, base, config.by, n_boot=config.n_boot, seed=config.seed)
             metrics["differences"] = {"policy − baseline (macro)": gains.macro.to_dict(),
                                       "policy − baseline (micro)": gains.micro.to_dict()}
@@ -254,7 +266,8 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
 
         df = to_pandas(load_population(config.population).dataset)
     elif config.margins:
-        df = read_table(config.margins)
+        wanted = [column, *config.by, *([config.cluster] if config.cluster else [])]
+        df = read_table(config.margins, required=wanted)
     runs = {Path(r).name or r: r for r in config.runs}
     metrics: dict[str, Any] = {"title": "pluralign diagnose", "figures": [], "diagnostics": {}}
     if df is not None or runs:
@@ -270,7 +283,8 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
             metrics["figures"].append({"file": "fig4_beta_variance.png",
                                        "caption": "Learned Var[beta] during training"})
     if config.compare:
-        cmp = compare_heterogeneity({n: np.asarray(read_table(f)[column], dtype=float)
+        cmp = compare_heterogeneity({n: np.asarray(read_table(f, required=(column,))[column],
+                                                      dtype=float)
                                      for n, f in config.compare.items()}, config.family,
                                     n_boot=config.n_boot,
                                     seed=config.seed)

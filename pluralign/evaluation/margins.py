@@ -29,9 +29,9 @@ from pluralign.training.logps import sequence_logps
 from pluralign.training.tokenization import (
     TOKEN_COLUMNS,
     PreferenceCollator,
-    check_lengths,
     tokenize_pair,
 )
+from pluralign.validation import check_lengths
 
 #: Text columns left out of the margins table (they are in the dataset; the table stays light).
 _TEXT_COLUMNS = ("prompt", "chosen", "rejected")

@@ -39,6 +39,15 @@ from pluralign.objectives import (
     repeat_label_variance,
 )
 from pluralign.runs import write_config, write_report, write_table
+from pluralign.validation import (
+    COUNT,
+    INDEX,
+    NON_NEGATIVE,
+    POSITIVE,
+    check_fields,
+    check_names,
+    check_numbers,
+)
 
 METHODS = ("dpo", "corrected", "agreement", "indirect")
 
@@ -82,8 +91,8 @@ class ExperimentConfig:
     methods: tuple[str, ...] = METHODS
 
     def __post_init__(self) -> None:
-        self.alphas = tuple(float(a) for a in self.alphas)
-        self.methods = tuple(self.methods)
+        self.alphas = check_numbers(self.alphas, "ExperimentConfig.alphas", **NON_NEGATIVE)
+        self.methods = tuple(check_names(self.methods, "ExperimentConfig.methods"))
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; valid methods: {', '.join(METHODS)}")
@@ -92,11 +101,9 @@ class ExperimentConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
-        for name in ("num_pairs", "num_paired", "num_full", "steps", "hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if any(a < 0 for a in self.alphas) or not self.lr > 0:
-            raise ConfigError("alphas must be >= 0 and lr > 0")
+        check_fields(self, {
+            **dict.fromkeys(("num_pairs", "num_paired", "num_full", "steps", "hidden"), COUNT),
+            "seed": INDEX, "lr": POSITIVE})
 
 
 @dataclass
@@ -216,7 +223,19 @@ def relabel_pairs_with_average_reward(pairs: Pairs, type_rewards: np.ndarray,
                      num_states, num_actions, weight=np.concatenate([q, 1.0 - q]))
 
 
-def policy_metrics(env: ProximityEnv, policy: np.ndarray) -> dict[str, float]:
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation, or None where it is undefined (one side constant, e.g. a
+    uniform π* at a huge β)."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b)[0])
+
+
+def _rho(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def policy_metrics(env: ProximityEnv, policy: np.ndarray) -> dict[str, float | None]:
     """TV to π*, peak offset and Spearman correlations of a ``[state, action]`` policy.
 
     Like Fig. 4, metrics use the 1-D representation: the policy rolled so that each state sits
@@ -230,8 +249,8 @@ def policy_metrics(env: ProximityEnv, policy: np.ndarray) -> dict[str, float]:
         "tv_to_optimal": float(0.5 * np.abs(rolled - env.roll(optimal).mean(axis=0)).sum()),
         "tv_to_optimal_per_state": float(0.5 * np.abs(policy - optimal).sum(axis=1).mean()),
         "peak_offset": int(env.offsets()[np.argmax(rolled)]),
-        "spearman_nbc": float(spearmanr(rolled, env.roll(env.nbc()).mean(axis=0))[0]),
-        "spearman_optimal": float(spearmanr(rolled, env.roll(optimal).mean(axis=0))[0]),
+        "spearman_nbc": spearman(rolled, env.roll(env.nbc()).mean(axis=0)),
+        "spearman_optimal": spearman(rolled, env.roll(optimal).mean(axis=0)),
     }
 
 
@@ -372,7 +391,7 @@ def run_simulation(config: SimulateConfig) -> dict[str, Any]:
     for name, row in result.metrics.items():
         if name != "reference":
             print(f"{name:>18}: TV to pi* {row['tv_to_optimal']:.4f}  peak at delta="
-                  f"{row['peak_offset']:+d}  Spearman vs NBC {row['spearman_nbc']:.3f}")
+                  f"{row['peak_offset']:+d}  Spearman vs NBC {_rho(row['spearman_nbc'])}")
     print(f"total {sum(result.timings.values()):.1f}s; wrote {out}")
     return metrics
 
@@ -392,8 +411,8 @@ def simulate_metrics(per_method: dict[str, Any], timings: dict[str, float],
                f"pairs, {config.num_paired:,} paired annotators, {config.num_full:,} "
                "all-types items."]
     summary += [f"{name}: TV to π* {row['tv_to_optimal']:.4f}, peak at δ = "
-                f"{row['peak_offset']:+d}, Spearman vs NBC {row['spearman_nbc']:.3f}, vs π* "
-                f"{row['spearman_optimal']:.3f}" for name, row in named.items()]
+                f"{row['peak_offset']:+d}, Spearman vs NBC {_rho(row['spearman_nbc'])}, vs π* "
+                f"{_rho(row['spearman_optimal'])}" for name, row in named.items()]
     summary.append(f"Total time {sum(timings.values()):.1f} s (data generation included).")
     return {
         **per_method,

@@ -61,6 +61,7 @@ from pluralign.training import (
     run_sft,
     tiny_gpt_neox,
 )
+from pluralign.validation import COUNT, INDEX, check_fields, check_lengths
 
 POPULATIONS = ("heterogeneous", "homogeneous")
 BASELINE = "DPO"
@@ -140,14 +141,19 @@ class DemoConfig:
         if BASELINE not in self.methods or GAMMA_METHOD not in self.methods:
             raise ConfigError(f"demo methods must include {BASELINE!r} and {GAMMA_METHOD!r} "
                               f"(got {sorted(self.methods)})")
+        check_fields(self, {
+            "threads": COUNT, "seed": INDEX, "n_boot": COUNT, "fit_boot": INDEX,
+            "test_size": {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
+                          "exclusive_maximum": True},
+            "tokenizer_vocab": {"minimum": 257, "integer": True},
+        })
+        check_lengths(self.max_length, self.max_prompt_length, "DemoConfig")
         if self.strength_parameterization not in PARAMETERIZATIONS:
             raise ConfigError(f"strength_parameterization={self.strength_parameterization!r} is "
                               f"unknown; use one of {', '.join(PARAMETERIZATIONS)}")
         self.methods = {name: ({"strength_parameterization": self.strength_parameterization, **m}
                                if m.get("strength") in ("gamma", "lognormal") else m)
                         for name, m in self.methods.items()}
-        if not 0 < self.test_size < 1:
-            raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
         try:
             PopulationConfig(**self.population)
         except TypeError as exc:

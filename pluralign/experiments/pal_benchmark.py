@@ -52,6 +52,7 @@ from pluralign.reward.encoders import (
 from pluralign.reward.pal import PALConfig, PALRewardModel
 from pluralign.reward.relabel import relabel_with_average_reward
 from pluralign.runs import write_config, write_report
+from pluralign.validation import COUNT, check_number
 
 DEFAULT_POPULATION: dict[str, Any] = {
     "n_types": 3, "type_spread": 10.0, "seed": 143, "reward_scale": 12.0, "n_annotators": 160,
@@ -351,7 +352,7 @@ def run_benchmark(config: BenchmarkConfig | None = None, out_dir: str | Path | N
 def main(config: BenchmarkConfig) -> dict[str, Any]:
     """Run the benchmark into ``config.output_dir`` and print its headline numbers."""
     if config.threads is not None:
-        torch.set_num_threads(config.threads)
+        torch.set_num_threads(check_number(config.threads, "BenchmarkConfig.threads", **COUNT))
     m = run_benchmark(config, out_dir=config.output_dir, cache_dir=config.cache_dir,
                       show_progress=config.progress)
     u, h = m["unseen_accuracy_at_20"], m.get("homogeneous_accuracy")

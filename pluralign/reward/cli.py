@@ -23,6 +23,7 @@ from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, read_yaml_mapping, write_json
 from pluralign.reward.encoders import DEFAULT_CACHE_DIR
 from pluralign.runs import write_config, write_metrics
+from pluralign.validation import COUNT, check_number
 
 _EPILOG = """Examples:
   pluralign data synthetic n_annotators=300 pairs_per_annotator=50 --output-dir runs/pop
@@ -103,7 +104,7 @@ def _setup(args: argparse.Namespace) -> None:
     if args.threads is not None:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(check_number(args.threads, "--threads", **COUNT))
 
 
 def _load(args: argparse.Namespace) -> Any:

@@ -30,6 +30,7 @@ from pluralign.social_choice.shares import (
     shares_from_share_table,
 )
 from pluralign.social_choice.surveys import PEW_MISSING_CODES, read_survey
+from pluralign.validation import NON_NEGATIVE, POSITIVE, check_fields, check_names
 
 #: suffixes that are always wide survey files (one row per respondent, value labels).
 WIDE_SUFFIXES = (".sav", ".zsav", ".dta")
@@ -95,6 +96,20 @@ class NBCConfig:
         if self.link not in LINKS:
             raise SocialChoiceError(f"link={self.link!r} is unknown; use one of "
                                     f"{', '.join(LINKS)}")
+        check_fields(self, {"floor": {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
+                                      "exclusive_maximum": True},
+                            "eps": NON_NEGATIVE, "temperature": POSITIVE})
+        kinds = {"table": "file path", "options": "file path", "question": "question id",
+                 "type_column": "column name", "weight_column": "column name"}
+        for name, kind in kinds.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise SocialChoiceError(f"NBCConfig.{name}={value!r} is invalid; use a {kind}")
+        if not isinstance(self.skip_incomplete, bool):
+            raise SocialChoiceError(f"NBCConfig.skip_incomplete={self.skip_incomplete!r} is "
+                                    "invalid; use true or false")
+        if self.types is not None:
+            self.types = check_names(self.types, "NBCConfig.types", SocialChoiceError)
         for name in ("missing_codes", "type_missing_codes"):
             if not isinstance(getattr(self, name), list):
                 raise SocialChoiceError(f"{name} must be a list of codes, e.g. {name}=[98, 99]; "

@@ -30,7 +30,7 @@ from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from pluralign.errors import ConfigError
-from pluralign.io import write_json
+from pluralign.io import follow_umask, write_json
 
 STAGING_DIR = ".staging"
 #: Written into every checkpoint: ``{"fingerprint": {dotted key: value}}``.
@@ -41,7 +41,7 @@ FINGERPRINT_FILE = "pluralign_fingerprint.json"
 RESUME_IGNORED = (
     "output_dir", "logging_*", "report_to", "run_name", "disable_tqdm", "save_*", "eval_*",
     "per_device_eval_batch_size", "dataloader_*", "resume*", "overwrite*", "max_steps",
-    "num_train_epochs", "push_to_hub", "hub_*", "threads",
+    "num_train_epochs", "push_to_hub", "hub_*", "threads", "local_rank",
 )
 #: Files whose presence marks a checkpoint's model weights as written.
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
@@ -72,6 +72,15 @@ class StagedCheckpoints:
             resume_from_checkpoint = str(
                 resume_checkpoint(self.args.output_dir, self.run_fingerprint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save as ``Trainer`` does, then give the model weights the umask's mode (transformers
+        writes them through a private 0o600 temporary file)."""
+        super()._save(output_dir, state_dict)
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if self.args.should_save:
+            for weights in [*folder.glob("*.safetensors"), *folder.glob("*.bin")]:
+                follow_umask(weights)
 
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -210,7 +219,7 @@ def resume_checkpoint(run_dir: str | os.PathLike[str],
         found = f" (only incomplete ones: {', '.join(partial)})" if partial else ""
         raise ConfigError(
             f"nothing to resume in {run_dir}: no complete checkpoint-N folder{found}; run "
-            "without --resume to start training")
+            "with resume=false to start training")
     if fingerprint is not None:
         check_checkpoint(checkpoint, fingerprint)
     return checkpoint
@@ -233,8 +242,8 @@ def prepare_fresh_run(run_dir: str | os.PathLike[str], overwrite: bool = False) 
     if not overwrite:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise ConfigError(
-            f"run folder {run_dir} is not empty ({shown}); pass --resume to continue that run, "
-            "--overwrite to replace it, or choose another output_dir")
+            f"run folder {run_dir} is not empty ({shown}); set resume=true to continue that "
+            "run, overwrite=true to replace it, or choose another output_dir")
     for folder in [*checkpoint_folders(root), root / STAGING_DIR]:
         shutil.rmtree(folder, ignore_errors=True)
     (root / "metrics.json").unlink(missing_ok=True)

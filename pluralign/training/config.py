@@ -20,6 +20,7 @@ from transformers import TrainingArguments
 
 from pluralign.errors import ConfigError
 from pluralign.objectives import OBJECTIVES, build_objective, objective_settings
+from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, check_lengths
 
 REFERENCE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -162,16 +163,10 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
             f"reference_dtype={self.reference_dtype!r} is unknown; use one of "
             f"{', '.join(REFERENCE_DTYPES)}",
         )
-        for name in ("learning_rate", "strength_learning_rate"):
-            value = getattr(self, name)
-            need(
-                value >= 0,
-                f"{name}={value!r} is negative; learning rates must be >= 0 "
-                f"(the paper uses learning_rate=5e-7 and strength_learning_rate=1e-4)",
-            )
-        need(self.max_length >= 2, f"max_length={self.max_length!r} must be >= 2 (paper: 128)")
-        need(
-            0 <= self.max_prompt_length < self.max_length,
-            f"max_prompt_length={self.max_prompt_length!r} must be in [0, max_length="
-            f"{self.max_length}) so completions keep at least one token",
-        )
+        check_fields(self, {
+            "learning_rate": NON_NEGATIVE, "strength_learning_rate": NON_NEGATIVE,
+            "num_train_epochs": POSITIVE, "max_grad_norm": POSITIVE,
+            **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size",
+                             "gradient_accumulation_steps"), COUNT),
+        })
+        check_lengths(self.max_length, self.max_prompt_length, "PreferenceConfig")

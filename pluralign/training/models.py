@@ -60,7 +60,7 @@ def _config_fields() -> list[str]:
     return sorted(n for n in names if n not in ("self", "kwargs", "transformers_version"))
 
 
-def tiny_model_overrides(model_config: object) -> dict[str, Any]:
+def tiny_model_overrides(model_config: object, where: str = "model_config") -> dict[str, Any]:
     """Check a recipe's ``model_config`` (GPTNeoXConfig overrides for ``model: tiny``).
 
     ``None`` is ``{}``; anything but a mapping, an unknown or pluralign-fixed key, a size that is
@@ -71,24 +71,24 @@ def tiny_model_overrides(model_config: object) -> dict[str, Any]:
         return {}
     if not isinstance(model_config, Mapping):
         raise ConfigError(
-            "model_config must be a mapping of GPTNeoXConfig fields (e.g. {hidden_size: 64, "
+            f"{where} must be a mapping of GPTNeoXConfig fields (e.g. {{hidden_size: 64, "
             f"num_hidden_layers: 2}}), got {type(model_config).__name__} {model_config!r}")
     valid = [n for n in _config_fields() if n not in _FIXED_FIELDS]
     for key in model_config:
         if key in _FIXED_FIELDS:
-            raise ConfigError(f"model_config: {key!r} is fixed by pluralign for tiny models; "
+            raise ConfigError(f"{where}: {key!r} is fixed by pluralign for tiny models; "
                               "remove it")
     unknown = sorted(str(k) for k in model_config if k not in valid)
     if unknown:
-        raise ConfigError(f"model_config: unknown key(s) {unknown}; valid keys: {valid}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
     out = dict(model_config)
     for key in _SIZE_FIELDS:
         if key in out:
-            out[key] = check_number(out[key], f"model_config.{key}", **COUNT)
+            out[key] = check_number(out[key], f"{where}.{key}", **COUNT)
     sizes = {**TINY_DEFAULTS, **out}
     if sizes["hidden_size"] % sizes["num_attention_heads"]:
         raise ConfigError(
-            f"model_config: hidden_size={sizes['hidden_size']} must be a multiple of "
+            f"{where}: hidden_size={sizes['hidden_size']} must be a multiple of "
             f"num_attention_heads={sizes['num_attention_heads']}")
     return out
 

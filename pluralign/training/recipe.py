@@ -25,9 +25,10 @@ import datasets
 from pluralign.data.synthetic import PopulationConfig
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
-from pluralign.runs import write_config, write_metrics
+from pluralign.runs import plain, write_config, write_metrics
 from pluralign.training.config import PreferenceConfig
 from pluralign.training.sft import SFTConfig
+from pluralign.validation import check_number
 
 
 @dataclass
@@ -54,6 +55,38 @@ class ModelConfig:
     tokenizer_vocab_size: int = 512
     ref_model: str | None = None
     lora: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        from pluralign.training.models import BYTE_VOCAB, tiny_model_overrides
+
+        for name in ("name_or_path", "tokenizer", "ref_model"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ConfigError(f"model.{name}={value!r} is invalid; use a model name or a "
+                                  "local folder")
+        # checked even where unused (a tiny recipe pointed at a trained model keeps its section)
+        self.config = tiny_model_overrides(self.config, "model.config")
+        check_number(self.tokenizer_vocab_size, "model.tokenizer_vocab_size",
+                     minimum=BYTE_VOCAB, integer=True)
+        if self.lora is not None:
+            self.lora = _lora_fields(self.lora)
+
+
+def _lora_fields(lora: object) -> dict[str, Any]:
+    """``lora`` checked against peft's ``LoraConfig`` fields (unknown keys named)."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    if not isinstance(lora, Mapping):
+        raise ConfigError(f"model.lora={lora!r} is invalid; use a mapping of peft LoraConfig "
+                          "fields, e.g. {r: 8, lora_alpha: 16}")
+    valid = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"task_type"}
+    unknown = sorted(str(k) for k in lora if k not in valid)
+    if unknown:
+        raise ConfigError(f"model.lora: unknown LoraConfig key(s) {', '.join(unknown)}; valid "
+                          "keys include r, lora_alpha, lora_dropout, target_modules")
+    return dict(lora)
 
 
 @dataclass
@@ -82,8 +115,17 @@ class DataConfig:
         if self.source is None:
             raise ConfigError("data.source is missing: use 'synthetic' or a path to preference "
                               "data")
+        if not isinstance(self.source, str) or not self.source:
+            raise ConfigError(f"data.source={self.source!r} is invalid; use 'synthetic' or a "
+                              "path to preference data")
         if self.source != "synthetic" and self.population is not None:
             raise ConfigError("data.population is only read with data.source: synthetic")
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"data.options={self.options!r} is invalid; use a mapping of "
+                              "loader options, e.g. {split: test, limit: 100}")
+        check_number(self.test_size, "data.test_size", minimum=0, maximum=1,
+                     exclusive_maximum=True)
+        check_number(self.seed, "data.seed", minimum=0, integer=True)
 
 
 @dataclass
@@ -93,7 +135,11 @@ class _Recipe:
     Attributes:
         model: the model to train and its tokenizer.
         data: the preference pairs and the held-out split.
-        resume: continue from the last complete checkpoint in the run folder.
+        resume: continue from the last complete checkpoint in the run folder; refused when that
+            checkpoint was written by another configuration (anything but the output folder,
+            logging, saving, evaluation cadence and the step budget) or when there is none.
+        overwrite: let a fresh run (resume=false) start in a non-empty run folder, deleting its
+            old checkpoints and metrics.json; without it such a folder is refused.
     """
 
     OUTPUT_DIR = "training.output_dir"
@@ -101,6 +147,15 @@ class _Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(source="synthetic"))
     resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("resume", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; use true or false")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume=true and overwrite=true contradict each other: resume "
+                              "continues the run in output_dir, overwrite replaces it; pick one")
 
 
 @dataclass
@@ -137,7 +192,9 @@ def load_data(spec: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | No
         dataset = load_preferences(spec.source, format=spec.format, **spec.options)
     if not spec.test_size:
         return dataset, None
-    split = dataset.train_test_split(test_size=spec.test_size, seed=spec.seed)
+    from pluralign.data.splits import train_test_split_pairs
+
+    split = train_test_split_pairs(dataset, test_size=spec.test_size, seed=spec.seed)
     return split["train"], split["test"]
 
 
@@ -177,10 +234,25 @@ def build_model_and_tokenizer(spec: ModelConfig, train: datasets.Dataset, seed: 
     return model, tokenizer
 
 
-def _last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def prepare_run_folder(recipe: TrainRecipe | SFTRecipe) -> tuple[dict[str, Any], str | None]:
+    """The run's fingerprint and the checkpoint to resume from (None for a fresh run).
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    Called before anything is written: ``resume`` refuses a run folder whose last complete
+    checkpoint another configuration wrote, or that has none; a fresh run refuses a non-empty
+    folder unless ``overwrite`` (which deletes the old checkpoints and metrics.json).
+    """
+    from pluralign.training.checkpoints import (
+        prepare_fresh_run,
+        resume_checkpoint,
+        run_fingerprint,
+    )
+
+    fingerprint = run_fingerprint(plain(recipe))
+    output_dir = recipe.training.output_dir
+    if recipe.resume:
+        return fingerprint, str(resume_checkpoint(output_dir, fingerprint))
+    prepare_fresh_run(output_dir, overwrite=recipe.overwrite)
+    return fingerprint, None
 
 
 def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,6 +260,7 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
     (saved as ``config.yaml``). Returns the metrics written to ``metrics.json``."""
     from pluralign.training.tokenization import check_pair_columns
 
+    fingerprint, checkpoint = prepare_run_folder(recipe)
     train, test = load_data(recipe.data)
     args = recipe.training
     extra: Callable[[], dict[str, Any]] = dict
@@ -196,7 +269,8 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
 
         check_pair_columns(train, "train", required=("prompt", "chosen"))
         model, tokenizer = build_model_and_tokenizer(recipe.model, train, args.seed)
-        trainer = build_sft_trainer(model, tokenizer, train, args, eval_dataset=test)
+        trainer = build_sft_trainer(model, tokenizer, train, args, eval_dataset=test,
+                                    run_fingerprint=fingerprint)
     else:
         from pluralign.training.models import load_causal_lm
         from pluralign.training.trainer import PreferenceTrainer
@@ -208,14 +282,15 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
         ref = load_causal_lm(recipe.model.ref_model) if recipe.model.ref_model else None
         trainer = PreferenceTrainer(model, ref_model=ref, args=args, train_dataset=train,
                                     eval_dataset=test, processing_class=tokenizer)
+        trainer.run_fingerprint = fingerprint
 
         def extra() -> dict[str, Any]:
             return {"strength": trainer.objective.metrics()}
 
     output_dir = args.output_dir
+    trainer.accelerator.wait_for_everyone()  # every rank has checked the folder before it changes
     if trainer.is_world_process_zero():
         write_config(output_dir, recorded)
-    checkpoint = _last_checkpoint(output_dir) if recipe.resume else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics: dict[str, Any] = {"train": result.metrics, **extra()}
     if test is not None:

@@ -15,8 +15,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from pluralign.training.checkpoints import StagedCheckpoints
-from pluralign.training.tokenization import check_lengths, check_pair_columns, tokenize_pair
-from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields
+from pluralign.training.tokenization import check_pair_columns, tokenize_pair
+from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, check_lengths
 
 IGNORE_INDEX = -100
 

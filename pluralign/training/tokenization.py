@@ -34,7 +34,6 @@ from transformers import PreTrainedTokenizerBase
 from pluralign.data import SchemaError
 from pluralign.data.schema import is_conversational
 from pluralign.errors import ConfigError
-from pluralign.validation import check_number
 
 #: Token columns produced by :func:`tokenize_pair`.
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -96,19 +95,6 @@ def _through_last(ids: list[int], token_id: int | None) -> list[int]:
     if token_id is None or token_id not in ids:
         return ids
     return ids[: len(ids) - ids[::-1].index(token_id)]
-
-
-def check_lengths(max_length: object, max_prompt_length: object, where: str = "") -> None:
-    """Raise :class:`ConfigError` unless ``0 <= max_prompt_length < max_length`` (integers), so
-    that every completion keeps at least one token (else all log-probs and margins are 0)."""
-    prefix = f"{where}." if where else ""
-    check_number(max_length, f"{prefix}max_length", minimum=1, integer=True)
-    check_number(max_prompt_length, f"{prefix}max_prompt_length", minimum=0, integer=True)
-    if not max_prompt_length < max_length:  # type: ignore[operator]
-        raise ConfigError(
-            f"{prefix}max_prompt_length={max_prompt_length!r} must be in [0, max_length="
-            f"{max_length!r}): the completion needs at least one token; use the lengths the "
-            "model was trained with")
 
 
 def tokenize_pair(
