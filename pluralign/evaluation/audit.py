@@ -108,7 +108,7 @@ class DiagnoseConfig:
         cluster: resampling unit of the bootstrap, e.g. annotator_id.
         runs: MixDPO run folders whose logged Var[beta] and E[beta] get a CV^2 trajectory verdict.
         compare: name -> margins file, to rank several datasets by CV^2.
-        n_boot: bootstrap refits.
+        n_boot: bootstrap refits (0: fits without bootstrap intervals).
         seed: bootstrap and power-simulation seed.
         power_pairs: pairs per population (one or a list) at which to simulate the power to
             separate CV^2 power_cv2_a from power_cv2_b at 95% (Gamma fits on true margins).
@@ -148,7 +148,7 @@ class DiagnoseConfig:
                                   "pairs, e.g. power_pairs=2000 or \"power_pairs=[500, 2000]\"")
         if self.family not in ("gamma", "lognormal"):
             raise EvaluationError(f"family={self.family!r} is unknown; use gamma or lognormal")
-        check_fields(self, {"n_boot": COUNT, "seed": INDEX})
+        check_fields(self, {"n_boot": INDEX, "seed": INDEX})  # 0: no bootstrap CIs
         self.by = check_names(self.by, "DiagnoseConfig.by")
         self.runs = check_names(self.runs, "DiagnoseConfig.runs") if self.runs else []
         if not isinstance(self.compare, dict):

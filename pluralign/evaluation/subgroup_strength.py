@@ -56,7 +56,9 @@ class SubgroupStrength:
     fits: dict[tuple[str, str], StrengthFit] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"table": self.table.to_dict(orient="records"), "tests": self.tests}
+        """JSON-ready: a group that was not fitted has ``null`` estimates (JSON has no NaN)."""
+        table = self.table.astype(object).where(self.table.notna(), None)
+        return {"table": table.to_dict(orient="records"), "tests": self.tests}
 
     def summary(self, level: float = 0.05) -> list[str]:
         """One line per attribute: the test, and the extreme groups only if it rejects."""
