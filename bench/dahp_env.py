@@ -1,4 +1,4 @@
-"""Timing of the DAHP proximity experiment (seeds/003 §7.2): data generation plus all methods.
+"""Timing of the DAHP proximity experiment ([DAHP, §7.2]): data generation plus all methods.
 
 Prints, for the paper's configuration, the seconds spent generating each dataset and fitting
 each method, the total, and two side-by-side ratios measured in this run:

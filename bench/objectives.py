@@ -14,7 +14,7 @@ The DPO row is the honest baseline: ``DPOObjective`` computes ``-F.logsigmoid(be
 with the same NaN/inf input check as the MixDPO kernels (one reduction and host sync per call, see
 ``pluralign.numerics._check_result``), so the ratios compare like with like.
 
-The reference it is compared with is the paper's Gamma evaluation (seeds/001 Appendix C.1): the
+The reference it is compared with is the paper's Gamma evaluation ([MixDPO, App. C.1]): the
 alternating series truncated at n = 1000 terms, differentiated by autograd. It lives only here.
 """
 

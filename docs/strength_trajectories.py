@@ -4,7 +4,7 @@ A stand-in for the demo's language model that keeps the one property that matter
 policy's margins start at 0 (policy = reference) and grow while the strength distribution is
 trained with them. Each pair's margin is ``Δ_i = s · Δ*_i`` with ``Δ*`` the synthetic population's
 *true* margin (oriented chosen − rejected) and ``s`` a learnable scale starting at 1e-3; the loss
-is MixDPO's ``−log E_β σ(β Δ_i)`` (seeds/001 eq. 3), full batch, Adam on ``s`` and the strength's
+is MixDPO's ``−log E_β σ(β Δ_i)`` ([MixDPO, Eq. 3]), full batch, Adam on ``s`` and the strength's
 raw parameters (the paper's optimiser family), for every (family, population, parameterization,
 learning rate). Run from the repository root:
 

@@ -1,4 +1,4 @@
-"""Exception hierarchy: one base class, one subclass per layer (DESIGN.md "Errors").
+"""Exception hierarchy: one base class, one subclass per layer ([CONVENTIONS, Errors]).
 
 Every error message says what to fix. The CLI turns any :class:`PluralignError` into a one-line
 message and exit status 2 instead of a traceback.

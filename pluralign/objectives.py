@@ -1,4 +1,4 @@
-"""Per-pair preference losses on reward margins (seeds/001 Eq. 1 and Eq. 3).
+"""Per-pair preference losses on reward margins ([MixDPO, Eq. 1; Eq. 3]).
 
 A *margin* is ``Δ = r(x, y_chosen) − r(x, y_rejected)``; for a policy ``r = log π_θ − log π_ref``
 summed over completion tokens, with no β inside. Every loss here is per pair (no reduction), so the
@@ -43,7 +43,7 @@ from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_number
 
 
 def dpo_loss(margin: Tensor, beta: float | Tensor) -> Tensor:
-    """DPO loss per pair, ``−log σ(β·Δ)`` (seeds/001 Eq. 1; Rafailov et al. 2023).
+    """DPO loss per pair, ``−log σ(β·Δ)`` ([MixDPO, Eq. 1]; [DPO]).
 
     Computed as ``−logsigmoid(β·Δ)`` in at least float32 (bfloat16/float16 margins are upcast and
     the loss is float32), so it is finite for any finite margin. ``beta`` (a number, or a tensor
@@ -59,7 +59,7 @@ def dpo_loss(margin: Tensor, beta: float | Tensor) -> Tensor:
 
 
 def mixdpo_loss(margin: Tensor, strength: StrengthDistribution) -> Tensor:
-    """MixDPO loss per pair, ``−log E_{β~p(β)}[σ(β·Δ)]`` (seeds/001 Eq. 3).
+    """MixDPO loss per pair, ``−log E_{β~p(β)}[σ(β·Δ)]`` ([MixDPO, Eq. 3]).
 
     The expectation is evaluated by the strength distribution in log space
     (:meth:`StrengthDistribution.log_expected_sigmoid`), which is finite for ``|Δ|`` up to 1e4.
@@ -161,7 +161,7 @@ class DPOSettings:
 
 
 class DPOObjective(Objective):
-    """DPO with a fixed preference strength ``beta`` (seeds/001 Eq. 1)."""
+    """DPO with a fixed preference strength ``beta`` ([MixDPO, Eq. 1])."""
 
     name = "dpo"
     Settings = DPOSettings
@@ -227,7 +227,7 @@ STRENGTH_SETTINGS: dict[str, tuple[str, ...]] = {
 
 
 class MixDPOObjective(Objective):
-    """MixDPO: DPO marginalised over a preference-strength distribution (seeds/001 Eq. 3).
+    """MixDPO: DPO marginalised over a preference-strength distribution ([MixDPO, Eq. 3]).
 
     Owns its :class:`~pluralign.strength.StrengthDistribution`, so a learnable strength's
     parameters are this module's parameters and reach the optimiser with the policy's.
@@ -347,7 +347,7 @@ def objective_settings() -> dict[str, tuple[Any, Any, str, list[str]]]:
 # ----------------------------------------------------------------------------------------------
 # DAHP objectives (first-order-corrected DPO, agreement loss) — appended by the DAHP work
 # ----------------------------------------------------------------------------------------------
-# Notation (seeds/003): h = β·Δ is the difference of the policy's induced rewards (Eq. 18) and
+# Notation ([DAHP]): h = β·Δ is the difference of the policy's induced rewards (Eq. 18) and
 # s = σ(h). With user types u, the population preference is P(w≻l) = E_u σ(Δ_u) (Eq. 8), where
 # Δ_u = r_u(w) − r_u(l) (β folded in). At the optimum π* of Eq. 10, h = E_u Δ_u (Eq. 11).
 
@@ -366,7 +366,7 @@ def corrected_dpo_loss(
     beta: float = 0.1,
     floor: float = CORRECTION_FLOOR,
 ) -> Tensor:
-    """First-order-corrected DPO loss per pair, ``−log(s + α·c)`` (seeds/003 §5.1, Eqs. 17–19).
+    """First-order-corrected DPO loss per pair, ``−log(s + α·c)`` ([DAHP, §5.1; Eqs. 17–19]).
 
     Derivation. Expand ``E_u σ(Δ_u)`` around ``Δ̄ = E_u Δ_u`` to second order:
     ``P(w≻l) ≈ σ(Δ̄) + ½ σ''(Δ̄) Var_u(Δ_u)`` with ``σ'' = s(1−s)(1−2s)`` (Eq. 17; DPO keeps only
@@ -438,7 +438,7 @@ def corrected_dpo_loss(
 def agreement_loss(
     margin: Tensor, agreement: Tensor, num_types: int, beta: float = 0.1
 ) -> Tensor:
-    """Consistent loss on items labelled by every type (seeds/003 §6, Eq. 20 and Prop. 6.1).
+    """Consistent loss on items labelled by every type ([DAHP, §6; Eq. 20; Prop. 6.1]).
 
     ``ℓ = −[all chose w]·log σ(e·h) − [all chose l]·log σ(−e·h)``, ``h = β·margin``, ``e`` = number
     of (equally represented) types; items with any disagreement contribute 0.

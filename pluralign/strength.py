@@ -1,4 +1,4 @@
-"""Preference-strength distributions p(β) for mixed-logit (MixDPO) losses (seeds/001 §3).
+"""Preference-strength distributions p(β) for mixed-logit (MixDPO) losses ([MixDPO, §3]).
 
 Each distribution is an ``nn.Module``. With ``learnable=True`` its raw parameters are
 ``nn.Parameter`` s (trained jointly with the policy, as in the paper); otherwise buffers.
@@ -141,7 +141,7 @@ class StrengthDistribution(nn.Module):
 
 
 class PointMass(StrengthDistribution):
-    """A single preference strength β (standard DPO, seeds/001 Eq. 1).
+    """A single preference strength β (standard DPO, [MixDPO, Eq. 1]).
 
     ``learnable=False`` (default) keeps β exactly as given, so MixDPO with ``PointMass(β)`` is
     bit-for-bit DPO; ``learnable=True`` trains ``β = softplus(raw)``.
@@ -182,7 +182,7 @@ class PointMass(StrengthDistribution):
 
 
 class LogNormal(StrengthDistribution):
-    """``β = exp(μ + σ ε)``, ε ~ N(0, 1), σ = softplus(raw σ) (seeds/001 §3, Appendix B).
+    """``β = exp(μ + σ ε)``, ε ~ N(0, 1), σ = softplus(raw σ) ([MixDPO, §3; App. B]).
 
     ``method="quadrature"`` (default) evaluates ``E[σ(βΔ)]`` deterministically with
     ``num_points`` nodes; ``method="monte_carlo"`` is the paper's reparameterised estimator with
@@ -291,7 +291,7 @@ class LogNormal(StrengthDistribution):
 class Gamma(StrengthDistribution):
     """``β ~ Gamma(shape k, rate λ)``: density ``λ^k β^{k−1} e^{−λβ}/Γ(k)``, mean ``k/λ``.
 
-    ``E[σ(βΔ)]`` has the closed form of seeds/001 Eq. 4–5, evaluated exactly by
+    ``E[σ(βΔ)]`` has the closed form of [MixDPO, Eq. 4–5], evaluated exactly by
     :func:`~pluralign.numerics.gamma_expected_sigmoid`. ``k = softplus(raw k)``,
     ``λ = softplus(raw λ)``.
     """

@@ -1,4 +1,4 @@
-"""Corrected DPO, agreement loss and the joint-likelihood variance (seeds/003 §5-6).
+"""Corrected DPO, agreement loss and the joint-likelihood variance ([DAHP, §5–6]).
 
 References: the mixture likelihood E_u σ(Δ_u) and the formulas evaluated in mpmath, brute-force
 enumeration of classes and annotator pairs, and exact minimisation of population losses.

@@ -1,4 +1,4 @@
-"""The DAHP proximity environment (seeds/003 §7.2): rewards, sampling, methods and the CLI."""
+"""The DAHP proximity environment ([DAHP, §7.2]): rewards, sampling, methods and the CLI."""
 
 import json
 

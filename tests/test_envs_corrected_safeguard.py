@@ -1,6 +1,6 @@
 """Corrected DPO's safeguard must not move the corrected optimum (issue 12, defect 5).
 
-The population version of the proximity environment (seeds/003 §7.2): every cell (x, a, b) weighted
+The population version of the proximity environment ([DAHP, §7.2]): every cell (x, a, b) weighted
 by the population preference P(a ≻ b | x) = E_u σ(r_u(a) − r_u(b)), with the exact type variance
 V = Var_u σ(r_u(a) − r_u(b)). The corrected objective's optimum is a stationary point of the *raw*
 loss −log(s + α·c), with no safeguard; the safeguarded loss must reach it for every α.
@@ -30,7 +30,7 @@ def _population(env):
 
 
 def _raw_loss(log_probs, cells, alpha, beta):
-    """The corrected loss of seeds/003 Eqs. 17–19 without any safeguard (NaN where q ≤ 0)."""
+    """The corrected loss of [DAHP, Eqs. 17–19] without any safeguard (NaN where q ≤ 0)."""
     s = torch.sigmoid(beta * all_margins(log_probs))
     v = cells.extras["pair_variance"]
     q = s + alpha * 0.5 * (1 - 2 * s) * v / (s * (1 - s))

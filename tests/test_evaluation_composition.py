@@ -1,4 +1,4 @@
-"""Composition matrix (seeds/004): train per group on size-matched subsets, evaluate on all."""
+"""Composition matrix ([COMPOSITION]): train per group on size-matched subsets, evaluate on all."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""`pluralign experiment composition`: the seeds/004 composition matrix from the command line."""
+"""`pluralign experiment composition`: the [COMPOSITION] composition matrix from the command
+line."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""NBC, average reward, DPO limit, Luce-Shepard rewards and the min-TV LP (seeds/003 §4, App. E).
+"""NBC, average reward, DPO limit, Luce-Shepard rewards and the min-TV LP ([DAHP, §4; App. E]).
 
 References are independent of the code under test: explicit loops over the definition with
 ``math``/``mpmath``, ``scipy.optimize.minimize`` on DPO's population loss, a fractional-knapsack

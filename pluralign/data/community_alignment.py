@@ -3,10 +3,10 @@
 Source: the release CSV (``community_alignment.csv``; the older ``full_``/``filtered_`` CSVs have
 the same columns) or the Hub id. One CSV row is one annotator's conversation of up to four turns
 (``first`` … ``fourth``); each turn shows four candidates ``response_a`` … ``response_d`` and
-``{turn}_turn_preferred_response`` names the preferred one's column suffix (DATASETS.md §2.2).
+``{turn}_turn_preferred_response`` names the preferred one's column suffix ([CA-FORMAT, Columns]).
 
 Pairs: per turn, the preferred candidate vs each of the other three (**3 pairs per complete
-turn**; DATASETS.md §2.3). Prompt: earlier turns (user prompt + preferred response) and the turn's
+turn**; [CA-FORMAT, Pairs]). Prompt: earlier turns (user prompt + preferred response) and the turn's
 prompt, rendered per ``chat``. Candidates that are empty/missing or identical to the preferred
 text are dropped with counts in the log; a turn without a prompt or preferred response ends the
 conversation (remaining turns counted as dropped). A trailing ``<|end_of_text|>`` is stripped.

@@ -3,11 +3,11 @@
 Source: a ``train.jsonl(.gz)``/``test.jsonl(.gz)`` file, a subset folder (``helpful-base/``
 holding ``train.jsonl.gz`` and ``test.jsonl.gz``), a root folder holding subset folders (option
 ``subsets``; default every preference subset present, never ``red-team-attempts``), or the Hub id.
-Rows are ``{"chosen": transcript, "rejected": transcript}`` (DATASETS.md §3.2).
+Rows are ``{"chosen": transcript, "rejected": transcript}`` ([HH-FORMAT, Rows]).
 
-Split (DPO reference convention, DATASETS.md §3.3): the prompt is ``chosen`` up to and including
-its last ``"\\n\\nAssistant:"``; ``chosen``/``rejected`` are the remainders (leading space kept),
-so ``prompt + chosen`` and ``prompt + rejected`` are exactly the two transcripts. Unlike a
+Split (DPO reference convention, [HH-FORMAT, Prompt split]): the prompt is ``chosen`` up to and
+including its last ``"\\n\\nAssistant:"``; ``chosen``/``rejected`` are the remainders (leading space
+kept), so ``prompt + chosen`` and ``prompt + rejected`` are exactly the two transcripts. Unlike a
 character-level common prefix, this never cuts into responses that share their first words.
 With ``chat=True`` the prompt becomes user/assistant messages and each response one assistant
 message (TRL's conversational convention, leading space removed).

@@ -1,11 +1,11 @@
-"""Datasets with annotator structure that the DAHP methods need (seeds/003 §5.3 and §6).
+"""Datasets with annotator structure that the DAHP methods need ([DAHP, §5.3; §6]).
 
 * :func:`paired_preferences` — two comparisons labelled by the *same* annotator per row, the data a
   joint-likelihood model needs to estimate the variance term of first-order-corrected DPO
-  (seeds/003 §5.3, Eq. 19).
+  ([DAHP, §5.3; Eq. 19]).
 * :func:`full_information_items` — every user type labels the same item; per-type labels and an
   agreement flag (+1: all types preferred ``chosen``; −1: all preferred ``rejected``; 0: they
-  disagree), the input of the consistent agreement-only loss (seeds/003 §6, Eq. 20).
+  disagree), the input of the consistent agreement-only loss ([DAHP, §6; Eq. 20]).
   Built either from a synthetic :class:`~pluralign.data.synthetic.Population` (each type labels each
   item from the ground-truth rewards) or from any dataset whose items were labelled by several
   annotators, grouped into "types" by a column or an annotator attribute.
@@ -98,7 +98,7 @@ def full_information_items(source: Population | datasets.Dataset, *, by: str = "
     From a :class:`Population`: every distinct item of ``population.dataset`` (prompt and
     unordered response pair) is labelled once by each type t with
     ``P(t prefers a) = σ(β_t (r_t(a) − r_t(b)))``, β_t = the mean β of the type's annotators (or
-    ``beta``). With ``until_consensus`` all types relabel the item until they agree (seeds/003 §7:
+    ``beta``). With ``until_consensus`` all types relabel the item until they agree ([DAHP, §7]:
     "sample the preferences of the three user types until a consensus is reached"); items still
     split after ``max_rounds`` are dropped with a logged count. Extra column
     ``true_average_margin`` = Σ_t p_t (r_t(chosen) − r_t(rejected)).

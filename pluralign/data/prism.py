@@ -5,7 +5,7 @@ ignored), or the Hub id. Conversations are joined with the survey on ``user_id``
 whose user has no survey row is an error (``SchemaError`` naming the conversations file, row and
 ``user_id``).
 
-Pairs, per rated turn (``conversation_history`` items grouped by ``turn``; DATASETS.md §1.7):
+Pairs, per rated turn (``conversation_history`` items grouped by ``turn``; [PRISM-FORMAT, Pairs]):
 
 * ``pairs="chosen_vs_rest"`` (default; LoRe's construction): the ``if_chosen`` response vs each
   other response of the turn. A turn with 4 rated responses gives **3 pairs**, a later turn with

@@ -1,6 +1,7 @@
 """The one preference-data schema every layer reads, and its validator.
 
-A preference dataset is a :class:`datasets.Dataset` with these columns (DESIGN.md):
+A preference dataset is a :class:`datasets.Dataset` with these columns
+([CONVENTIONS, Dataset columns]):
 
 ============== ==================================================================================
 ``prompt``     str, or a list of ``{"role", "content"}`` chat messages (TRL conversational format)

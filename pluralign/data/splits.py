@@ -1,11 +1,11 @@
 """Train/test splits and subgroup subsets of a preference dataset.
 
 * :func:`train_test_split_pairs` — random split by pair (seen annotators in both parts).
-* :func:`split_by_annotator` — held-out annotators (unseen-user evaluation, seeds/002; LoRe's PRISM
+* :func:`split_by_annotator` — held-out annotators (unseen-user evaluation, [PAL]; LoRe's PRISM
   protocol splits users the same way).
 * :func:`filter_by_attribute` — rows whose annotator attribute (or context key) takes given values.
 * :func:`size_matched_subsets` — one equally sized subset per attribute value, for composition
-  experiments (train on group A vs group B with the same n; seeds/004).
+  experiments (train on group A vs group B with the same n; [COMPOSITION]).
 
 All functions are deterministic for a given ``seed`` and never modify their input.
 """

@@ -1,6 +1,6 @@
 """Synthetic preference populations with known ground truth (the embedded default data).
 
-Generative model (seeds/001 §3 mixed-logit Bradley–Terry; seeds/003 §2 user types):
+Generative model ([MixDPO, §3] mixed-logit Bradley–Terry [BRADLEY-TERRY]; [DAHP, §2] user types):
 
 * **Items.** ``n_prompts`` value-laden prompts ("Should companies use AI to screen job
   applicants?"), each with ``responses_per_prompt`` English responses composed of 1–3 sentences,
@@ -21,7 +21,7 @@ Generative model (seeds/001 §3 mixed-logit Bradley–Terry; seeds/003 §2 user 
   space), for a chat model's own template. Everything random (items, types, annotators, pairs,
   labels) is the same as in the string form for the same seed.
 * **Labels.** Each annotator compares ``pairs_per_annotator`` random response pairs (a, b) of
-  random prompts; ``P(a ≻ b) = σ(β_i · (r_t(a) − r_t(b)))`` (mixed-logit BT, seeds/001 Eq. 3
+  random prompts; ``P(a ≻ b) = σ(β_i · (r_t(a) − r_t(b)))`` (mixed-logit BT, [MixDPO, Eq. 3]
   with β_i per annotator). ``chosen`` is whichever response won.
 * **Exact composition** (off by default): ``exact_type_shares`` replaces the per-annotator type
   draw by exactly ``round(n_annotators · type_probs)`` annotators per type; ``conflict_share``
@@ -31,7 +31,7 @@ Generative model (seeds/001 §3 mixed-logit Bradley–Terry; seeds/003 §2 user 
 The **homogeneous control** (``homogeneous=True``) keeps the same prompts, responses, annotators,
 compared pairs and uniform draws for the same seed, but has one type whose weights are the
 heterogeneous population's type-share-weighted average ``Σ_t p_t w_t`` (so its reward is the
-average reward, the target of seeds/003 §3) and constant β equal to the mean of the strength
+average reward, the target of [DAHP, §3]) and constant β equal to the mean of the strength
 distribution.
 
 Every random quantity comes from its own stream ``numpy.random.default_rng([seed, stream, ...])``,
@@ -263,7 +263,7 @@ class PopulationTruth:
         return self.type_weights @ feats.T
 
     def average_reward(self, response_ids: Any = None) -> np.ndarray:
-        """Σ_t p_t r_t(y): the type-share-weighted average reward (seeds/003 §3 target)."""
+        """Σ_t p_t r_t(y): the type-share-weighted average reward ([DAHP, §3] target)."""
         return self.type_probs @ self.type_rewards(response_ids)
 
     def annotator_index(self) -> dict[str, int]:

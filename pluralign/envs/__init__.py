@@ -1,4 +1,4 @@
-"""Simulation environments with heterogeneous annotators (seeds/003 §7.2).
+"""Simulation environments with heterogeneous annotators ([DAHP, §7.2]).
 
 The §7.2 experiment that trains policies in them is :mod:`pluralign.experiments.dahp`.
 """

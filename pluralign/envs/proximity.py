@@ -1,4 +1,4 @@
-"""The discrete proximity environment with user types (seeds/003 §7.2, after Xu et al. 2024).
+"""The discrete proximity environment with user types ([DAHP, §7.2], after [XU2024]).
 
 States (prompts) ``x ∈ {0, …, S−1}`` and actions (responses) ``y ∈ {0, …, A−1}``, ``S = A = 40``.
 Type ``u`` rewards a response by how close it is to its own optimum ``x + shift_u``:
@@ -30,7 +30,7 @@ from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, ch
 
 @dataclass
 class ProximityConfig:
-    """The environment's parameters (defaults: seeds/003 §7.2).
+    """The environment's parameters (defaults: [DAHP, §7.2]).
 
     Attributes:
         num_states: number of prompts ``S``.

@@ -23,7 +23,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 Win rates (policy vs ref_model generations): judge_model is a local sequence-classification
 checkpoint, judge_bt a pluralign Bradley-Terry reward model; judge_url/judge_name use an
 OpenAI-compatible endpoint (opt-in) with the key from the env var named by judge_key_env.
-The composition matrix (seeds/004) is `pluralign experiment composition`.""")
+The composition matrix ([COMPOSITION]) is `pluralign experiment composition`.""")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """Composition matrix: whose feedback a model is trained on vs whose preferences it then fits
-(seeds/004: models trained on one demographic group's feedback differ by 3–5 points).
+([COMPOSITION]: models trained on one demographic group's feedback differ by 3–5 points).
 
 For an annotator attribute with groups ``g = 1..G``: train one model per group on a size-matched
 subset of that group's training pairs (so groups differ only in *who* labelled, not in how much

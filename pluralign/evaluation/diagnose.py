@@ -1,4 +1,4 @@
-"""Preference-strength heterogeneity diagnostic (seeds/000; seeds/001 §5.3, Fig. 4).
+"""Preference-strength heterogeneity diagnostic ([VARIANCE-CLAIM]; [MixDPO, §5.3; Fig. 4]).
 
 Four views of how strongly, and how differently, a population expresses its preferences:
 

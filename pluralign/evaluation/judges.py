@@ -1,4 +1,4 @@
-"""Pluggable pairwise judges for win rates (seeds/001 §4.4, Table 1).
+"""Pluggable pairwise judges for win rates ([MixDPO, §4.4; Tab. 1]).
 
 A judge answers "which response to this prompt is better?" with a preference ``o ∈ [0, 1]`` for
 response A over response B (1 = A, 0 = B, ½ = tie; soft judges return a probability). Any object

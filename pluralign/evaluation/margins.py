@@ -1,4 +1,4 @@
-"""Per-pair preference margins of a policy on labelled pairs (seeds/001 §4.4 "Preference Margin").
+"""Per-pair preference margins of a policy on labelled pairs ([MixDPO, §4.4] "Preference Margin").
 
 For pair ``i`` with prompt ``x``, chosen ``y_w`` and rejected ``y_l``:
 

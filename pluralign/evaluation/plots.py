@@ -1,4 +1,5 @@
-"""PNG figures of the evaluation (seeds/001 Fig. 2, 3/6 and 4; seeds/004 composition heatmap).
+"""PNG figures of the evaluation ([MixDPO, Fig. 2; Fig. 3/6; Fig. 4]; [COMPOSITION] composition
+heatmap).
 
 Every function takes the result objects of this package, writes one PNG atomically through
 :func:`pluralign.io.atomic_path` (matplotlib's non-interactive Agg backend) and returns its path.

@@ -1,14 +1,15 @@
 """Power of the heterogeneity diagnostic: how much data separates two populations' CV²?
 
-seeds/000 compares the spread of preference strength between populations. :func:`separation_power`
-answers "given ``n`` pairs (and how many annotators share a β), how often does a Gamma fit on the
-true margins tell populations with CV² ``a`` and ``b`` apart at level 95%?" by simulation:
+[VARIANCE-CLAIM] compares the spread of preference strength between populations.
+:func:`separation_power` answers "given ``n`` pairs (and how many annotators share a β), how often
+does a Gamma fit on the true margins tell populations with CV² ``a`` and ``b`` apart at level 95%?"
+by simulation:
 
 1. per population, annotators draw ``β ~ Gamma(k = 1/CV², rate = k/mean)`` (a point mass when
    CV² = 0), each labels ``pairs_per_annotator`` pairs whose true reward margin is
    ``Δ ~ N(0, margin_scale²)`` (on a fine grid of ``grid`` values, so each fit costs the same at
    any ``n``: the likelihood depends only on the distinct margins and their counts), with labels
-   from Bradley–Terry ``P(chosen) = σ(βΔ)`` (seeds/001 eq. 3);
+   from Bradley–Terry ``P(chosen) = σ(βΔ)`` ([MixDPO, Eq. 3]);
 2. :func:`~pluralign.evaluation.strength_fit.fit_strength` fits a Gamma on each population;
 3. the two fitted CV² are compared with a Wald test, ``z = (ĉ_a − ĉ_b)/√(se_a² + se_b²)``, whose
    standard errors come from the sandwich ``H⁻¹ B H⁻¹`` of the likelihood in (log k, log λ)

@@ -1,4 +1,5 @@
-"""Maximum-likelihood fit of the preference-strength distribution on fixed margins (seeds/001 eq.3).
+"""Maximum-likelihood fit of the preference-strength distribution on fixed margins
+([MixDPO, Eq. 3]).
 
 For comparisons ``i`` with a fixed margin ``Δ_i = r(x, y_chosen) − r(x, y_rejected)`` (from a reward
 model, or policy-vs-reference log-probs, or a synthetic population's true rewards), MixDPO's

@@ -1,7 +1,7 @@
 """Per-subgroup preference strength: one fitted p(β) per group and a test that they are equal.
 
 What it measures. For the comparisons of one subgroup, :func:`fit_strength` finds the strength
-distribution under which the group's labels are most likely given the margins (seeds/001 eq. 3):
+distribution under which the group's labels are most likely given the margins ([MixDPO, Eq. 3]):
 E[β] says how sharply the group's labels follow the margin (a group whose labels agree with the
 margin's sign more often at the same |Δ| has a larger E[β]); CV² = Var β / (E β)² says how unevenly
 that sharpness is spread among the group's comparisons (annotators). Means are in the units of

@@ -1,4 +1,4 @@
-"""Subgroup tables: per-subgroup mean margins, micro/macro averages, bootstrap CIs (seeds/001 §5.1).
+"""Subgroup tables: per-subgroup mean margins, micro/macro averages, bootstrap CIs ([MixDPO, §5.1]).
 
 For a value ``v_i`` per comparison (a preference margin, or a margin *gain* over a baseline) and a
 partition of the comparisons into subgroups ``g`` by an annotator or context attribute:
@@ -278,7 +278,7 @@ def margin_gains(
     key: str | Sequence[str] | None = None,
     **kwargs: Any,
 ) -> SubgroupTable:
-    """Per-subgroup gain of ``run`` over ``baseline`` on the same comparisons (seeds/001 Fig. 3/6).
+    """Per-subgroup gain of ``run`` over ``baseline`` on the same comparisons ([MixDPO, Fig. 3/6]).
 
     The gain of comparison ``i`` is ``v_i(run) − v_i(baseline)``; the table of gains has the
     subgroup, micro and macro *differences* with paired-bootstrap intervals (both models are

@@ -1,4 +1,4 @@
-"""Win rates against a baseline, length-controlled win rates, their uncertainty (seeds/001 Tab. 1).
+"""Win rates against a baseline, length-controlled win rates, their uncertainty ([MixDPO, Tab. 1]).
 
 Per prompt ``i`` a judge returns ``o_i ∈ [0, 1]``, the preference for the policy's response over the
 baseline's (1 = policy wins, 0 = baseline wins, 0.5 = tie; soft judges give probabilities).

@@ -36,13 +36,13 @@ EXPERIMENTS: dict[str, Experiment] = {
                        "and its homogeneous control", "configs/demo.yaml"),
     "composition": Experiment("pluralign.experiments.composition", "CompositionConfig", "main",
                               "composition matrix: one DPO model per annotator group, each "
-                              "scored on every group (seeds/004)"),
+                              "scored on every group ([COMPOSITION])"),
     "pal_benchmark": Experiment("pluralign.experiments.pal_benchmark", "BenchmarkConfig",
                                 "main", "PAL vs homogeneous Bradley-Terry vs per-type oracle on "
-                                "a synthetic population (seeds/002)"),
+                                "a synthetic population ([PAL])"),
     "dahp": Experiment("pluralign.experiments.dahp", "SimulateConfig", "run_simulation",
                        "DAHP proximity environment: DPO, corrected DPO, agreement loss, "
-                       "indirect route (seeds/003 §7.2)"),
+                       "indirect route ([DAHP, §7.2])"),
     "group_robust": Experiment("pluralign.experiments.group_robust", "GroupRobustConfig", "main",
                                "DPO vs MixDPO vs group-robust DPO on an 80/20 majority/minority "
                                "population: worst-group accuracy gain (Ramesh et al. 2024)"),

@@ -27,7 +27,7 @@ Examples:
 
 The run folder gets config.yaml, metrics.json (TV to the optimal policy, peak offset and
 Spearman correlations per method, plus timings), policies.csv (each policy against the offset
-delta = response - prompt, averaged over states), policies.png (Fig. 4 of seeds/003) and
+delta = response - prompt, averaged over states), policies.png ([DAHP, Fig. 4]) and
 report.html (all of it on one page; `pluralign report --output-dir RUN` rebuilds it).
 """
 

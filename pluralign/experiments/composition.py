@@ -1,4 +1,4 @@
-"""The composition matrix experiment (seeds/004): one DPO model per annotator group.
+"""The composition matrix experiment ([COMPOSITION]): one DPO model per annotator group.
 
 Copies of the SFT model (also the reference) are DPO-trained, one per value of the annotator
 attribute, on size-matched subsets of the training split; every model is then scored on every

@@ -363,7 +363,7 @@ class SimulateConfig:
     """``pluralign simulate`` / ``pluralign experiment dahp``: environment, experiment, folder.
 
     Attributes:
-        environment: the proximity environment (seeds/003 §7.2).
+        environment: the proximity environment ([DAHP, §7.2]).
         experiment: which methods to fit and how.
         output_dir: run folder (config.yaml, metrics.json, policies.csv, policies.png,
             report.html).
@@ -417,7 +417,7 @@ def simulate_metrics(per_method: dict[str, Any], timings: dict[str, float],
     return {
         **per_method,
         "timings_s": timings,
-        "title": "pluralign simulate: DAHP proximity environment (seeds/003 §7.2)",
+        "title": "pluralign simulate: DAHP proximity environment ([DAHP, §7.2])",
         "summary": summary,
         "tables": [
             {"title": "Policies vs the optimum π* and NBC",
@@ -428,7 +428,7 @@ def simulate_metrics(per_method: dict[str, Any], timings: dict[str, float],
         ],
         "figures": [{"file": "policies.png", "caption": "Learned policies against the offset "
                      "δ = response − prompt, averaged over states, with the optimum π*, DPO's "
-                     "infinite-data limit and NBC (seeds/003 Fig. 4)"}],
+                     "infinite-data limit and NBC ([DAHP, Fig. 4])"}],
         "notes": ["'(exact)' rows are closed-form references: dpo_limit is DPO's infinite-data "
                   "optimum (ranks like NBC), optimal is π* ∝ π_ref·exp(E_u r_u / β)."],
     }

@@ -3,10 +3,11 @@
 1. Two synthetic populations of the same size on the same prompts, responses and compared pairs,
    differing only in annotator heterogeneity: a *heterogeneous* one (several user types whose
    value weights differ, Gamma-distributed preference strength) and its *homogeneous control*
-   (one type with the average weights, constant β = the mean strength) — seeds/000's contrast.
+   (one type with the average weights, constant β = the mean strength) — [VARIANCE-CLAIM]'s
+   contrast.
 2. A tiny GPT-NeoX and a byte-level BPE tokenizer built from the texts (no download); SFT on
    prompt + chosen of each population's training split.
-3. DPO, MixDPO-Gamma and MixDPO-LogNormal from each SFT model (seeds/001 §3-4, learnable strength).
+3. DPO, MixDPO-Gamma and MixDPO-LogNormal from each SFT model ([MixDPO, §3–4], learnable strength).
 4. Preference margins on held-out pairs → subgroup micro/macro tables with bootstrap CIs
    (Fig. 2), margin gains over DPO with paired CIs (Fig. 3), learned β-variance trajectories
    (Fig. 4) with collapse verdicts, and the standalone strength fit on the populations' true
@@ -253,7 +254,7 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
                    "single run of this size cannot tell such a gap from noise.")
     else:
         verdict = (f"the heterogeneous population keeps a {gap:+.0%} larger CV², as "
-                   "seeds/000 claims.")
+                   "[VARIANCE-CLAIM] claims.")
     claim = (f"Learned CV² (Var/mean²) of Gamma MixDPO: heterogeneous {_g(cv2['heterogeneous'])} "
              f"vs homogeneous {_g(cv2['homogeneous'])} — {verdict} (Var[β]: "
              f"{lbv['heterogeneous']:.4g} vs {lbv['homogeneous']:.4g}.)")

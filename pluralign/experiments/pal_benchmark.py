@@ -1,4 +1,4 @@
-"""PAL benchmark on synthetic populations with known user types (shared/PAL.md, seeds/002).
+"""PAL benchmark on synthetic populations with known user types ([PAL-NOTES]; [PAL]).
 
 One run, one population with K opposed latent types plus its homogeneous control (same texts, pairs
 and annotators; one type with the average weights), all items embedded by the real MiniLM encoder:
@@ -12,7 +12,7 @@ and annotators; one type with the average weights), all items embedded by the re
 3. Unseen users: PAL adapts only each new user's K mixture logits on their first n pairs, n in
    ``curve`` (the sample-efficiency curve); BT and the oracle need no per-user fitting.
 4. Group recovery: adjusted Rand index between the users' dominant prototypes and their true types.
-5. Relabeling (seeds/003 §6): the oracle's per-type models, averaged with the population type
+5. Relabeling ([DAHP, §6]): the oracle's per-type models, averaged with the population type
    shares, relabel the unseen users' anonymous pairs; agreement with the true average reward
    before and after.
 """
@@ -391,5 +391,5 @@ def benchmark_report(m: dict[str, Any]) -> dict[str, Any]:
     return {**m, "title": "PAL benchmark on a synthetic population", "summary": summary,
             "tables": [table],
             "figures": [{"file": "sample_efficiency.png",
-                         "caption": "Few-shot adaptation of unseen users (seeds/002)"}]}
+                         "caption": "Few-shot adaptation of unseen users ([PAL])"}]}
 

@@ -2,7 +2,7 @@
 
 Public names: :class:`ItemEncoder`, :class:`MiniLMEncoder`, :class:`HFEncoder`,
 :func:`embed_pairs` (encoders with an on-disk cache); :class:`BradleyTerryRewardModel`,
-:func:`train_per_group` (Bradley–Terry); :func:`relabel_with_average_reward` (seeds/003 §6);
+:func:`train_per_group` (Bradley–Terry); :func:`relabel_with_average_reward` ([DAHP, §6]);
 :class:`PALRewardModel`, :class:`PALConfig` (PAL-A / PAL-B); :func:`adjusted_rand_index`.
 """
 

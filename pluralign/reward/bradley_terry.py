@@ -3,7 +3,7 @@
 ``r(x, y) = MLP([e(x); e(y)])`` where ``e`` is a frozen
 :class:`~pluralign.reward.encoders.ItemEncoder`; trained by maximum likelihood under P(y_w ≻ y_l |
 x) = σ(r(x, y_w) − r(x, y_l)). Also per-group models (one per annotator type), the ingredient of the
-relabeling route of seeds/003 §6.
+relabeling route of [DAHP, §6].
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Items (prompt x, response y) are embedded by a frozen encoder e(.) and mapped by
 A preference y_w ≻ y_l follows the Bradley–Terry likelihood σ(r_u(x, y_w) − r_u(x, y_l)) (the
 learnable scale is s or τ), optionally the authors' hinge for PAL-A. Seen users learn θ_u jointly
 with the projector and prototypes; an unseen user is fitted by :meth:`PALRewardModel.adapt`, which
-trains only that user's K logits with everything else frozen. Method notes: ``shared/PAL.md``.
+trains only that user's K logits with everything else frozen. Method notes: [PAL-NOTES].
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Relabel preference pairs with the type-weighted average reward (seeds/003 §6, indirect route).
+"""Relabel preference pairs with the type-weighted average reward ([DAHP, §6], indirect route).
 
 "Learn personalized reward models for different user types, calculate a user-weighted expected
 reward, and use it to relabel a preference dataset": with per-type rewards r_t and type

@@ -1,4 +1,4 @@
-"""Social-choice analysis of preference aggregation (seeds/003 §4, §7.1, App. E).
+"""Social-choice analysis of preference aggregation ([DAHP, §4; §7.1; App. E]).
 
 Normalized Borda count (what DPO optimises under heterogeneous preferences), the user-weighted
 average reward (what it should optimise), the infinite-data DPO optimum over a finite option set,

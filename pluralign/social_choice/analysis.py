@@ -1,6 +1,6 @@
 """The survey analysis behind ``pluralign nbc``: average reward vs normalized Borda count per
 question, DPO's infinite-data ranking, and the smallest change of the comparison distribution
-(min TV) that flips NBC (seeds/003 §4). :func:`run_analysis` writes the run folder."""
+(min TV) that flips NBC ([DAHP, §4]). :func:`run_analysis` writes the run folder."""
 
 from __future__ import annotations
 
@@ -291,9 +291,9 @@ def nbc_metrics(per_question: pd.DataFrame, shown: str, source: str,
         "figures": [
             {"file": "bump.png", "caption": f"Question {shown}: option ranks by average "
              "reward, by NBC under uniform alternatives and under the smallest-TV flipping "
-             "distribution (seeds/003 Fig. 1)"},
+             "distribution ([DAHP, Fig. 1])"},
             {"file": "min_tv_cdf.png", "caption": "CDF over questions of the min TV change of "
-             "the alternatives' distribution that changes the NBC ranking (seeds/003 Fig. 2)"},
+             "the alternatives' distribution that changes the NBC ranking ([DAHP, Fig. 2])"},
         ],
         "notes": ["questions.csv and options.csv hold every question and option; "
                   "NBC ranks like DPO's infinite-data optimum (dpo_ranking, Prop. 4.2)."]

@@ -1,6 +1,6 @@
 """Normalized Borda count, user-weighted average reward and the infinite-data DPO optimum.
 
-Notation (seeds/003, §3–4): user types ``u`` with prior ``p(u)``, per-type rewards ``r_u(a)`` over a
+Notation ([DAHP, §3–4]): user types ``u`` with prior ``p(u)``, per-type rewards ``r_u(a)`` over a
 finite set of options ``a``, a link ``F`` (Eq. 2; Bradley–Terry ``F = σ``), and the distribution
 ``μ`` from which alternative responses are sampled when the preference dataset is built.
 
@@ -33,7 +33,7 @@ def preference_matrix(
 ) -> np.ndarray:
     """Population preference probabilities ``P[..., a, b] = Σ_u p(u) F((r_u(a) − r_u(b)) / τ)``.
 
-    Eq. 8 of seeds/003 with the temperature-scaled link of §4.3 ("a variation of BT with a
+    [DAHP, Eq. 8] with the temperature-scaled link of [DAHP, §4.3] ("a variation of BT with a
     temperature τ"). ``link="bt"`` uses ``F = σ`` (Bradley–Terry), ``link="thurstone"`` the standard
     normal CDF (Thurstone–Mosteller). The diagonal is ``F(0) = ½`` for both links.
     """
@@ -61,7 +61,7 @@ def normalized_borda(
     link: Link = "bt",
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """Normalized Borda count (Definition 4.1 / Eq. 13 of seeds/003).
+    """Normalized Borda count ([DAHP, Def. 4.1; Eq. 13]).
 
     ``NBC(a) = E_{u∼p} E_{a'∼μ} [F((r_u(a) − r_u(a')) / τ)]``: the probability that an annotator
     of a random type prefers ``a`` over an alternative drawn from ``μ``. The alternative ``a' = a``

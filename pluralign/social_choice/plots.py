@@ -1,4 +1,4 @@
-"""Plots of the NBC analysis: bump chart (Fig. 1 of seeds/003) and CDF of min TV (Fig. 2)."""
+"""Plots of the NBC analysis: bump chart ([DAHP, Fig. 1]) and CDF of min TV (Fig. 2)."""
 
 from __future__ import annotations
 

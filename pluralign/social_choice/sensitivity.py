@@ -2,7 +2,7 @@
 
 NBC is linear in the sampling distribution: ``NBC_μ(a) = Σ_b μ(b) P[a, b]`` (Eq. 13). For two
 options with ``NBC_μ(better) > NBC_μ(worse)`` the smallest total-variation change that swaps them
-is the linear program (App. E of seeds/003)
+is the linear program ([DAHP, App. E])
 
     minimise   ½ Σ_b t_b                         (= TV(μ, μ'))
     subject to −t_b ≤ μ'(b) − μ(b) ≤ t_b          (t_b ≥ |μ' − μ|)

@@ -1,4 +1,4 @@
-"""From survey answers to per-type choice shares and Luce–Shepard rewards (seeds/003, App. E)."""
+"""From survey answers to per-type choice shares and Luce–Shepard rewards ([DAHP, App. E])."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DEFAULT_SHARE_FLOOR = 1e-3
 
 
 def luce_shepard_rewards(shares: np.ndarray, floor: float = DEFAULT_SHARE_FLOOR) -> np.ndarray:
-    """Per-type rewards that explain observed choice shares (Eq. 27 of seeds/003).
+    """Per-type rewards that explain observed choice shares ([DAHP, Eq. 27]).
 
     The Luce–Shepard choice model says type ``u`` picks option ``a`` among the options ``O`` with
     probability ``p_u(a) = exp r_u(a) / Σ_{b∈O} exp r_u(b)``, so rewards are identified up to a

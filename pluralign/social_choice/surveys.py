@@ -1,6 +1,6 @@
 """Wide survey files (SPSS ``.sav``, Stata ``.dta``, csv, parquet) -> the long respondent table.
 
-The DAHP analysis (seeds/003 §7.1, App. E) runs on Pew American Trends Panel waves: one row per
+The DAHP analysis ([DAHP, §7.1; App. E]) runs on Pew American Trends Panel waves: one row per
 respondent, one column per question holding numeric codes with value labels (``1 = "Very
 likely"``, ..., ``99 = "Refused"``), a demographic column whose labels define the user types (e.g.
 party), and a survey-weight column. :func:`read_survey` turns such a file into the long table

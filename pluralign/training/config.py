@@ -3,7 +3,7 @@ defaults.
 
 It is a :class:`transformers.TrainingArguments`, so everything the Hugging Face ``Trainer``
 understands (``output_dir``, ``seed``, ``save_steps``, ``report_to``, ``bf16``, ``fsdp``, ...) is
-available as well. Defaults follow seeds/001 §4.3 and Appendix E: RMSprop with policy learning rate
+available as well. Defaults follow [MixDPO, §4.3; App. E]: RMSprop with policy learning rate
 5e-7, gradient clipping at 1.0, batch 64 (eval 32), no gradient accumulation, one epoch, max length
 128 with max prompt length 64, a float32 reference model, DPO β = 0.1, LogNormal(μ=−2.3, σ=0.6) and
 Gamma(k=2.0, λ=16.7) initial strength distributions (both with E[β] ≈ 0.12) and a strength learning
@@ -45,7 +45,7 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
         default="dpo",
         metadata={
             "help": "Loss on the policy's reward margins: 'dpo' (fixed beta), 'mixdpo' (beta "
-            "drawn from the `strength` distribution, seeds/001 Eq. 3), 'corrected_dpo' "
+            "drawn from the `strength` distribution, [MixDPO, Eq. 3]), 'corrected_dpo' "
             "(first-order-corrected DPO, needs a `pair_variance` column), 'agreement' "
             "(needs an `agreement` column), 'group_dpo' or 'group_mixdpo' (group-robust DPO / "
             "MixDPO, Ramesh et al. 2024; groups from `group_by`). Its settings are the fields "

@@ -1,5 +1,5 @@
 """Supervised fine-tuning on ``prompt + chosen`` (the paper starts every preference run from SFT on
-the same dataset, seeds/001 Appendix E). The loss is the mean token cross-entropy over completion
+the same dataset, [MixDPO, App. E]). The loss is the mean token cross-entropy over completion
 tokens only; prompt tokens are masked with -100. Tokenisation and truncation are those of the
 preference trainer.
 """

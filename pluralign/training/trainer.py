@@ -1,7 +1,7 @@
 """``PreferenceTrainer``: DPO / MixDPO / corrected DPO / agreement / group-robust training on
 ``transformers.Trainer``.
 
-Per step (seeds/001 §3): one forward pass of the policy over the batch (by default packed: each
+Per step ([MixDPO, §3]): one forward pass of the policy over the batch (by default packed: each
 prompt once, no padding, :mod:`pluralign.training.packing`; else ``[2B, L]`` padded rows, chosen
 then rejected) gives summed completion log-probs; the reference log-probs come from a frozen
 reference model (under ``torch.inference_mode``), from the same peft model with its adapters
