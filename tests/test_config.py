@@ -88,13 +88,23 @@ def test_train_help_lists_the_preference_config_fields(capsys):
     assert "Initial Gamma shape k > 0" in text
 
 
-@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"pal", "data"}))
+def _every_command() -> list[list[str]]:
+    """Each command and subcommand a user runs (``pluralign experiment NAME`` for every shipped
+    experiment)."""
+    from pluralign.experiments import EXPERIMENTS
+
+    grouped = {"data": ["inspect", "synthetic", "export"], "pal": ["train", "eval", "adapt"],
+               "experiment": sorted(EXPERIMENTS)}
+    return [[name, *([sub] if sub else [])] for name in sorted(COMMANDS)
+            for sub in grouped.get(name, [None])]
+
+
+@pytest.mark.parametrize("command", _every_command(), ids=" ".join)
 def test_every_command_takes_config_and_output_dir(command, capsys):
     with pytest.raises(SystemExit):
-        main([command, "--help"])
-    text = capsys.readouterr().out
-    if command != "experiment":
-        assert "--config FILE" in text and "--output-dir DIR" in text and "key=value" in text
+        main([*command, "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]  # the usage line(s) argparse prints first
+    assert "--config" in usage and "--output-dir" in usage and "key=value" in usage, usage
 
 
 def _imports(path: Path) -> set[str]:

@@ -22,8 +22,13 @@ def test_inspect_prism_prints_counts_subgroups_and_small_group_warnings(capsys):
     assert "conversation_type='values guided'" not in out
 
 
-def test_inspect_passes_loader_options_and_reports_anonymous_data(capsys):
+def test_inspect_passes_loader_options_and_reports_anonymous_data(tmp_path, capsys):
     assert main(["data", "inspect", str(FIXTURES / "prism"), "pairs=by_score",
+                 "--examples", "0"]) == 0
+    assert "21 │" in capsys.readouterr().out
+    options = tmp_path / "loader.yaml"
+    options.write_text("pairs: by_score\n")  # --config: the same loader options as a file
+    assert main(["data", "inspect", str(FIXTURES / "prism"), "--config", str(options),
                  "--examples", "0"]) == 0
     assert "21 │" in capsys.readouterr().out
     assert main(["data", "inspect", str(FIXTURES / "hh_rlhf"), "--split", "test"]) == 0

@@ -78,6 +78,13 @@ def test_pal_train_eval_adapt_commands(tmp_path, cache_dir, capsys):
                  "--output-dir", str(tmp_path / "eval"), *common]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["pairs"] == len(
         split["test"])
+    (tmp_path / "loader.yaml").write_text("limit: 10\n")  # eval/adapt: --config = loader options
+    for options, pairs in ((["--config", str(tmp_path / "loader.yaml")], 10),
+                           (["--config", str(tmp_path / "loader.yaml"), "limit=7"], 7)):
+        assert main(["pal", "eval", "--model", str(adapted), "--data", str(unseen), *options,
+                     "--output-dir", str(tmp_path / f"eval{pairs}"), *common]) == 0
+        written = json.loads((tmp_path / f"eval{pairs}" / "metrics.json").read_text())
+        assert written["pairs"] == pairs
 
 
 def test_shipped_configs_parse():

@@ -31,7 +31,7 @@ from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
-from pluralign.io import check_output_dir
+from pluralign.io import check_output_dir, read_yaml_mapping
 from pluralign.runs import write_config, write_metrics
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
@@ -61,6 +61,8 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, help="source format (default: detected)")
     parser.add_argument("--split", help="split to read (HH-RLHF files, Hub datasets)")
     parser.add_argument("--limit", type=int, help="read at most this many pairs")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML mapping of loader options (key=value overrides apply on top)")
     parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                         help="loader option, e.g. pairs=by_score, language=en, chat=true")
 
@@ -139,7 +141,8 @@ def _subgroup_table(df: pd.DataFrame, column: str, name: str, args: argparse.Nam
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The dataset SOURCE names (:func:`_add_source_arguments`) and the settings it was loaded
     with (what ``config.yaml`` records)."""
-    options = apply_overrides({}, args.overrides)
+    base = read_yaml_mapping(args.config, "loader options") if args.config else {}
+    options = apply_overrides(base, args.overrides)
     for flag in ("split", "limit", "format"):
         if flag in options:
             raise ConfigError(f"{flag}={options[flag]!r}: {flag} is a flag of data inspect; "

@@ -50,9 +50,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _data_args(parser: argparse.ArgumentParser) -> None:
+def _data_args(parser: argparse.ArgumentParser, loader_options: bool = False) -> None:
+    """--data SOURCE and its format; with ``loader_options`` (commands whose --config is not a
+    model config) also --config and key=value for the loader's options."""
     parser.add_argument("--data", required=True, help="preference source (file, folder, HF id)")
     parser.add_argument("--format", default=None, help="source format (detected when omitted)")
+    if loader_options:
+        parser.add_argument("--config", dest="loader_config", metavar="FILE",
+                            help="YAML mapping of loader options for --data")
+        parser.add_argument("loader_overrides", nargs="*", default=[], metavar="key=value",
+                            help="loader option for --data, e.g. pairs=by_score")
 
 
 def add_pal_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +90,7 @@ def add_pal_arguments(parser: argparse.ArgumentParser) -> None:
 
     evaluate = sub.add_parser("eval", help="pairwise accuracy of a saved model",
                               epilog=_EPILOG, formatter_class=fmt)
-    _data_args(evaluate)
+    _data_args(evaluate, loader_options=True)
     evaluate.add_argument("--model", required=True, help="folder written by `pal train`")
     evaluate.add_argument("--unknown", choices=("error", "average"), default="error",
                           help="PAL: unknown annotators raise (error) or get the population-"
@@ -93,7 +100,7 @@ def add_pal_arguments(parser: argparse.ArgumentParser) -> None:
 
     adapt = sub.add_parser("adapt", help="fit new users' mixture weights (few-shot)",
                            epilog=_EPILOG, formatter_class=fmt)
-    _data_args(adapt)
+    _data_args(adapt, loader_options=True)
     adapt.add_argument("--model", required=True, help="PAL folder written by `pal train`")
     adapt.add_argument("--n", type=int, default=None, help="pairs per new user (default: all)")
     adapt.add_argument("--output-dir", required=True, help="folder for the adapted model")
@@ -110,7 +117,9 @@ def _setup(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace) -> Any:
     from pluralign.data import load_preferences
 
-    return load_preferences(args.data, format=args.format)
+    options = apply_overrides(_read_yaml(getattr(args, "loader_config", None)),
+                              getattr(args, "loader_overrides", None))
+    return load_preferences(args.data, format=args.format, **options)
 
 
 def _load_model(folder: str, cache_dir: str) -> Any:
