@@ -49,9 +49,15 @@ def gamma_reference():
     return {args: ref.gamma_expected_sigmoid(*args) for args in GAMMA_GRID}
 
 
-def _assert_same_values_and_gradients(fast, reference, inputs, rtol=1e-9, atol=1e-13):
+def _assert_same_values_and_gradients(fast, reference, inputs, rtol=1e-8, atol=1e-13):
     """``fast(*inputs)`` and ``reference(*inputs)`` agree in value and in every input gradient
-    (of the sum, so broadcasting is undone the same way)."""
+    (of the sum, so broadcasting is undone the same way).
+
+    ``rtol`` is the reference's own error, not the kernel's: the plain sum ``1 − S`` loses digits
+    to cancellation. At Δ = 1, raw k = 0, raw λ = 20.5 (found by hypothesis in CI) mpmath gives
+    ∂/∂raw λ = −8.0880116575e-4; the kernel is 1.2e-10 off in relative terms, the reference
+    1.4e-9 (which failed a 1e-9 tolerance). The kernel's accuracy is tested against mpmath
+    directly."""
     results = []
     for f in (fast, reference):
         out = f(*inputs)
@@ -265,6 +271,7 @@ def test_gamma_kernel_matches_reference_with_per_pair_parameters(d, k, lam):
 
 @settings(max_examples=40, deadline=None)
 @given(d=GAMMA_MARGINS, raw_k=st.floats(-2.2, 50), raw_lam=st.floats(-4.6, 100))
+@example(d=[1.0], raw_k=0.0, raw_lam=20.5)  # the reference is 1.4e-9 off here (see the helper)
 def test_gamma_kernel_softplus_matches_reference_through_softplus(d, raw_k, raw_lam):
     def fast(m, rk, rl):
         return log_gamma_expected_sigmoid(m, rk, rl, softplus=True)
