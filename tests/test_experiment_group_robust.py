@@ -61,3 +61,16 @@ def test_listed_and_configured_through_the_experiment_command(tmp_path, capsys):
                  "--output-dir", str(tmp_path)]) == 2
     assert "majority_share" in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("override", ["seed=abc", "threads=0", "n_boot=.inf", "max_length=5",
+                                      "conflict_share=1.5", "test_size=x"])
+def test_bad_settings_are_one_line_errors(override, tmp_path, capsys):
+    """seed=abc reached numpy and ended in a raw 'ValueError: unrecognized seed string'."""
+    from pluralign.cli import main
+
+    assert main(["experiment", "group_robust", override,
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pluralign experiment: error: GroupRobustConfig.")
+    assert not (tmp_path / "out").exists()

@@ -62,6 +62,7 @@ from pluralign.evaluation.worst_group_plots import plot_group_accuracy, plot_gro
 from pluralign.experiments.demo import default_preference, default_sft, train_tiny_methods
 from pluralign.runs import format_estimate, write_config, write_report
 from pluralign.training import build_tokenizer
+from pluralign.validation import COUNT, INDEX, check_fields, check_lengths
 
 GROUP = "user_type"
 MAJORITY, MINORITY = "majority", "minority"
@@ -128,12 +129,15 @@ class GroupRobustConfig:
         if BASELINE not in self.methods or ROBUST not in self.methods:
             raise ConfigError(f"group-robust methods must include {BASELINE!r} and {ROBUST!r}, "
                               f"got {sorted(self.methods)}")
-        if not 0.5 < self.majority_share < 1:
-            raise ConfigError(f"majority_share must be in (0.5, 1), got {self.majority_share}")
-        if not 0 <= self.conflict_share <= 1:
-            raise ConfigError(f"conflict_share must be in [0, 1], got {self.conflict_share}")
-        if not 0 < self.test_size < 1:
-            raise ConfigError(f"test_size must be in (0, 1), got {self.test_size}")
+        open_unit = {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
+                     "exclusive_maximum": True}
+        check_fields(self, {
+            "threads": COUNT, "seed": INDEX, "n_boot": COUNT, "test_size": open_unit,
+            "majority_share": {**open_unit, "minimum": 0.5},
+            "conflict_share": {"minimum": 0, "maximum": 1},
+            "tokenizer_vocab": {"minimum": 257, "integer": True},
+        })
+        check_lengths(self.max_length, self.max_prompt_length, "GroupRobustConfig")
         try:
             self.population_config()
         except TypeError as exc:
