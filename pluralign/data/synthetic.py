@@ -69,7 +69,7 @@ from pluralign.data.schema import (
 )
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path, write_json
-from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields
+from pluralign.validation import COUNT, INDEX, NON_NEGATIVE, POSITIVE, check_fields
 
 TEMPLATES_RESOURCE = "synthetic_templates.json"
 
@@ -171,6 +171,7 @@ class PopulationConfig:
             **dict.fromkeys(("type_spread", "demographic_signal", "reward_scale"), NON_NEGATIVE),
             "mu": {},
             **dict.fromkeys(("beta", "sigma", "shape", "rate"), POSITIVE),
+            "seed": INDEX,
         })
         if self.strength not in STRENGTH_FAMILIES:
             raise ConfigError(f"PopulationConfig.strength must be one of {STRENGTH_FAMILIES}, "

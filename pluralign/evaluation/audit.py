@@ -9,7 +9,16 @@ from typing import Any
 
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.runs import read_table
-from pluralign.validation import COUNT, INDEX, check_fields, check_lengths, check_names
+from pluralign.validation import (
+    COUNT,
+    INDEX,
+    NON_NEGATIVE,
+    POSITIVE,
+    check_fields,
+    check_lengths,
+    check_names,
+    check_number,
+)
 
 
 @dataclass
@@ -148,7 +157,12 @@ class DiagnoseConfig:
                                   "pairs, e.g. power_pairs=2000 or \"power_pairs=[500, 2000]\"")
         if self.family not in ("gamma", "lognormal"):
             raise EvaluationError(f"family={self.family!r} is unknown; use gamma or lognormal")
-        check_fields(self, {"n_boot": INDEX, "seed": INDEX})  # 0: no bootstrap CIs
+        check_fields(self, {"n_boot": INDEX, "seed": INDEX,  # n_boot 0: no bootstrap CIs
+                            **dict.fromkeys(("power_cv2_a", "power_cv2_b"), NON_NEGATIVE),
+                            "power_margin_scale": POSITIVE,
+                            **dict.fromkeys(("power_pairs_per_annotator", "power_sims"), COUNT)})
+        for n in self.power_pairs:
+            check_number(n, "DiagnoseConfig.power_pairs", **COUNT)
         self.by = check_names(self.by, "DiagnoseConfig.by")
         self.runs = check_names(self.runs, "DiagnoseConfig.runs") if self.runs else []
         if not isinstance(self.compare, dict):
