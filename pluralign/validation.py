@@ -56,6 +56,8 @@ def check_number(value: object, field: str, *, minimum: float | None = None,
 POSITIVE = {"minimum": 0, "exclusive_minimum": True}
 NON_NEGATIVE = {"minimum": 0}
 FRACTION = {"minimum": 0, "maximum": 1, "exclusive_maximum": True}
+#: The open interval (0, 1), e.g. a held-out share.
+OPEN_UNIT = {"minimum": 0, "maximum": 1, "exclusive_minimum": True, "exclusive_maximum": True}
 COUNT = {"minimum": 1, "integer": True}
 INDEX = {"minimum": 0, "integer": True}
 

@@ -62,7 +62,7 @@ from pluralign.training import (
     run_sft,
     tiny_gpt_neox,
 )
-from pluralign.validation import COUNT, INDEX, check_fields, check_lengths
+from pluralign.validation import COUNT, INDEX, OPEN_UNIT, check_fields, check_lengths
 
 POPULATIONS = ("heterogeneous", "homogeneous")
 BASELINE = "DPO"
@@ -144,8 +144,7 @@ class DemoConfig:
                               f"(got {sorted(self.methods)})")
         check_fields(self, {
             "threads": COUNT, "seed": INDEX, "n_boot": COUNT, "fit_boot": INDEX,
-            "test_size": {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
-                          "exclusive_maximum": True},
+            "test_size": OPEN_UNIT,
             "tokenizer_vocab": {"minimum": 257, "integer": True},
         })
         check_lengths(self.max_length, self.max_prompt_length, "DemoConfig")

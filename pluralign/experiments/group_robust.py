@@ -62,7 +62,7 @@ from pluralign.evaluation.worst_group_plots import plot_group_accuracy, plot_gro
 from pluralign.experiments.demo import default_preference, default_sft, train_tiny_methods
 from pluralign.runs import format_estimate, write_config, write_report
 from pluralign.training import build_tokenizer
-from pluralign.validation import COUNT, INDEX, check_fields, check_lengths
+from pluralign.validation import COUNT, INDEX, OPEN_UNIT, check_fields, check_lengths
 
 GROUP = "user_type"
 MAJORITY, MINORITY = "majority", "minority"
@@ -129,11 +129,9 @@ class GroupRobustConfig:
         if BASELINE not in self.methods or ROBUST not in self.methods:
             raise ConfigError(f"group-robust methods must include {BASELINE!r} and {ROBUST!r}, "
                               f"got {sorted(self.methods)}")
-        open_unit = {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
-                     "exclusive_maximum": True}
         check_fields(self, {
-            "threads": COUNT, "seed": INDEX, "n_boot": COUNT, "test_size": open_unit,
-            "majority_share": {**open_unit, "minimum": 0.5},
+            "threads": COUNT, "seed": INDEX, "n_boot": COUNT, "test_size": OPEN_UNIT,
+            "majority_share": {**OPEN_UNIT, "minimum": 0.5},
             "conflict_share": {"minimum": 0, "maximum": 1},
             "tokenizer_vocab": {"minimum": 257, "integer": True},
         })

@@ -52,7 +52,7 @@ from pluralign.reward.encoders import (
 from pluralign.reward.pal import PALConfig, PALRewardModel
 from pluralign.reward.relabel import relabel_with_average_reward
 from pluralign.runs import write_config, write_report
-from pluralign.validation import COUNT, INDEX, check_fields, check_number
+from pluralign.validation import COUNT, INDEX, OPEN_UNIT, check_fields, check_number
 
 DEFAULT_POPULATION: dict[str, Any] = {
     "n_types": 3, "type_spread": 10.0, "seed": 143, "reward_scale": 12.0, "n_annotators": 160,
@@ -103,8 +103,7 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         check_fields(self, {
             "seed": INDEX, "test_pairs_per_user": COUNT,
-            "unseen_fraction": {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
-                                "exclusive_maximum": True},
+            "unseen_fraction": OPEN_UNIT,
             **({"threads": COUNT} if self.threads is not None else {}),
         })
 

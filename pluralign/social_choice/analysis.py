@@ -30,7 +30,7 @@ from pluralign.social_choice.shares import (
     shares_from_share_table,
 )
 from pluralign.social_choice.surveys import PEW_MISSING_CODES, read_survey
-from pluralign.validation import NON_NEGATIVE, POSITIVE, check_fields, check_names
+from pluralign.validation import NON_NEGATIVE, OPEN_UNIT, POSITIVE, check_fields, check_names
 
 #: suffixes that are always wide survey files (one row per respondent, value labels).
 WIDE_SUFFIXES = (".sav", ".zsav", ".dta")
@@ -96,8 +96,7 @@ class NBCConfig:
         if self.link not in LINKS:
             raise SocialChoiceError(f"link={self.link!r} is unknown; use one of "
                                     f"{', '.join(LINKS)}")
-        check_fields(self, {"floor": {"minimum": 0, "maximum": 1, "exclusive_minimum": True,
-                                      "exclusive_maximum": True},
+        check_fields(self, {"floor": OPEN_UNIT,
                             "eps": NON_NEGATIVE, "temperature": POSITIVE})
         kinds = {"table": "file path", "options": "file path", "question": "question id",
                  "type_column": "column name", "weight_column": "column name"}
