@@ -74,7 +74,7 @@ def test_two_process_ddp_reproduces_single_process_loss_curve(tmp_path, launcher
     cmd = [*_launcher(launcher), "train", "--config", str(recipe_path), "--output-dir",
            str(double), "training.per_device_train_batch_size=4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     one, two = _history(single), _history(double)
     assert [h["step"] for h in one] == [h["step"] for h in two] == [1, 2, 3]
     # Same global batch of 8 pairs per step; only float summation order differs (gloo all-reduce).

@@ -300,4 +300,9 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
         with atomic_path(os.path.join(output_dir, "trainer_state.json")) as tmp:
             trainer.state.save_to_json(str(tmp))
         write_metrics(output_dir, metrics)
+    # Every rank leaves together and tears its process group down: a gloo rank that exits with
+    # the group alive can abort in its worker threads (`terminate called without an active
+    # exception`, seen once in CI) after the run folder is complete.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return metrics
