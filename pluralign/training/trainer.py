@@ -286,7 +286,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
         rejected: list[float] = []
         try:
             for batch in loader:
-                batch = {k: v.to(self.args.device) for k, v in batch.items()}
+                batch = self._prepare_inputs(batch)
                 c, r = self._reference_logps(batch).chunk(2)
                 chosen += c.tolist()
                 rejected += r.tolist()
