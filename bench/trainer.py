@@ -321,7 +321,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (tiny)")
     parser.add_argument("--smol-steps", type=int, default=3, help="timed steps per run (SmolLM2)")
     parser.add_argument("--smol-rounds", type=int, default=2, help="rounds (SmolLM2)")
-    parser.add_argument("--overhead-rounds", type=int, default=30)
+    parser.add_argument("--overhead-rounds", type=int, default=30,
+                        help="MixDPO overhead rounds (< 2: skip)")
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny,smollm2")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny model only, 1 round of 1 step, 4 overhead rounds")
@@ -333,12 +334,15 @@ def main() -> None:
         return
     if a.quick:
         a.steps, a.warmup, a.rounds, a.overhead_rounds, a.models = 1, 1, 1, 4, "tiny"
+    print(f"command: python bench/trainer.py {' '.join(sys.argv[1:])}")
     print(f"machine: {machine()}", flush=True)
     for model_name in a.models.split(","):
         if model_name == "smollm2":
             bench_model(model_name, a.smol_steps, 1, a.smol_rounds)
         else:
             bench_model(model_name, a.steps, a.warmup, a.rounds)
+    if a.overhead_rounds < 2:
+        return
     over = _run("overhead", a.overhead_rounds)
     print(f"MixDPO step-time overhead vs DPO in PreferenceTrainer (tiny, float32, interleaved in "
           f"one process, {len(over['gamma'])} rounds, DPO step "
