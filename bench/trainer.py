@@ -25,9 +25,10 @@ per-round ratio ours/TRL.
 
 Compute floor (per model, fp32 and bf16): over the same batches as pluralign's run (its sampler),
 the unique tokens of each batch — each pair's prompt once, then chosen, then rejected, no padding —
-concatenated and cut into rows as wide as the batch's longest pair (plain causal attention), the
-model's own forward (full LM head on every token) and backward of the mean next-token loss
-(policy) plus a forward under ``inference_mode`` (reference: a frozen copy, or the adapters
+concatenated and cut into rows as wide as the batch's longest pair (plain causal attention): the
+model's transformer over all of them and its LM head only on the states that predict a completion
+token (the least any DPO loss needs), forward and backward of their mean next-token loss (policy),
+plus the same forward under ``inference_mode`` (reference: a frozen copy, or the adapters
 disabled); no optimizer step. Printed: floor pairs/s and pluralign's step time / floor.
 
 MixDPO overhead (tiny model, float32): DPO, MixDPO-Gamma and MixDPO-LogNormal trainers (learnable
@@ -181,18 +182,23 @@ def train_worker(lib: str, model_name: str, setting: str, steps: int, warmup: in
 
 def _unique_rows(examples: list[dict]) -> Iterable:
     """Each pair's prompt + chosen + rejected, concatenated and cut into rows as wide as the
-    longest pair (the last row shorter): ``[rows, W]`` and, if any, ``[1, rest]``."""
+    longest pair (the last row shorter): ``([rows, W] ids, [rows, W] bool: the token is a
+    completion token)``, and, if any tokens are left, the same for ``[1, rest]``."""
     import torch
 
-    seqs = [list(x["prompt_ids"]) + list(x["chosen_ids"]) + list(x["rejected_ids"])
-            for x in examples]
-    width = max(len(s) for s in seqs)
-    flat = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+    ids, completion = [], []
+    for x in examples:
+        ids += [*x["prompt_ids"], *x["chosen_ids"], *x["rejected_ids"]]
+        completion += [False] * len(x["prompt_ids"]) + [True] * (
+            len(x["chosen_ids"]) + len(x["rejected_ids"]))
+    width = max(len(x["prompt_ids"]) + len(x["chosen_ids"]) + len(x["rejected_ids"])
+                for x in examples)
+    flat, marks = torch.tensor(ids, dtype=torch.long), torch.tensor(completion)
     full = flat.numel() // width * width
     if full:
-        yield flat[:full].view(-1, width)
+        yield flat[:full].view(-1, width), marks[:full].view(-1, width)
     if flat.numel() > full:
-        yield flat[full:][None]
+        yield flat[full:][None], marks[full:][None]
 
 
 def floor_worker(model_name: str, bf16: bool, steps: int, warmup: int) -> dict:
@@ -210,24 +216,27 @@ def floor_worker(model_name: str, bf16: bool, steps: int, warmup: int) -> dict:
     lora = reference is None
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
-    def loss_of(net, ids):
-        logits = net(input_ids=ids, use_cache=False).logits
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    def loss_of(net, ids, completion):
+        base = net.get_base_model() if lora else net
+        hidden = base.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        scored = completion[:, 1:]  # the states that predict a completion token
+        logits = base.get_output_embeddings()(hidden[:, :-1][scored])
+        return F.cross_entropy(logits.float(), ids[:, 1:][scored])
 
     times = []
     for i, examples in enumerate(trainer.get_train_dataloader()):
         if i == warmup + steps:
             break
         start = time.process_time()
-        for ids in _unique_rows(examples):
+        for ids, completion in _unique_rows(examples):
             with autocast:
-                loss_of(model, ids).backward()
+                loss_of(model, ids, completion).backward()
             with torch.inference_mode(), autocast:
                 if lora:
                     with model.disable_adapter():
-                        loss_of(model, ids)
+                        loss_of(model, ids, completion)
                 else:
-                    loss_of(reference, ids)
+                    loss_of(reference, ids, completion)
         model.zero_grad(set_to_none=True)
         times.append(time.process_time() - start)
     step = statistics.median(times[warmup:])
