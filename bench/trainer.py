@@ -45,13 +45,14 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+
+from machine import machine
 
 MAX_LENGTH = 128
 BATCH = {"tiny": 16, "smollm2": 4}
@@ -60,28 +61,6 @@ MATCHED = {"fp32": (False, False), "bf16": (True, False), "bf16+precomputed": (T
 SETTINGS = ("defaults", *MATCHED)
 PAPER = "bf16, float32 reference"  # ours only
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-def machine() -> str:
-    """CPU model, core count, bf16-relevant CPU flags, torch and TRL versions."""
-    import torch
-    import trl
-
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    have = ", ".join(f"{f} {'yes' if f in flags else 'no'}"
-                     for f in ("avx512f", "avx512_bf16", "amx_bf16"))
-    return (f"{model}; {os.cpu_count()} logical CPUs; {have}; torch {torch.__version__}; "
-            f"TRL {trl.__version__}")
 
 
 # ------------------------------------------------------------------ models and data
