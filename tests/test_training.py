@@ -317,6 +317,24 @@ def test_peft_reference_is_the_base_model_with_adapters_disabled(tmp_path, model
     assert float(a) != pytest.approx(0.6931471805599453, abs=1e-4)
 
 
+def test_precomputed_peft_reference_has_the_adapters_disabled(tmp_path, model, tokenizer):
+    peft = pytest.importorskip("peft")
+    policy = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["query_key_value"], task_type="CAUSAL_LM"))
+    with torch.no_grad():  # a trained adapter: the policy differs from its base model
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    trainer = PreferenceTrainer(policy, args=_config(tmp_path, precompute_ref_log_probs=True),
+                                train_dataset=datasets.Dataset.from_list(PAIRS),
+                                processing_class=tokenizer)
+    rows = [trainer.train_dataset[i] for i in range(len(PAIRS))]
+    stored = torch.tensor([[r["ref_chosen_logps"] for r in rows],
+                           [r["ref_rejected_logps"] for r in rows]]).flatten()
+    torch.testing.assert_close(stored.double(), _brute_force_logps(model, _padded(tokenizer)),
+                               rtol=0, atol=1e-5)
+
+
 def test_chat_prompt_ids_are_the_same_for_training_margins_and_generation(tmp_path, monkeypatch):
     from pathlib import Path
 

@@ -281,7 +281,10 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
             collate_fn=self.data_collator,
             shuffle=False,
         )
-        ref_model, self.ref_model = self.ref_model, self.ref_model or self.model
+        # Without a reference model: a peft policy with its adapters disabled, else the policy.
+        ref_model = self.ref_model
+        if ref_model is None and not _is_peft(self.model):
+            self.ref_model = self.model
         chosen: list[float] = []
         rejected: list[float] = []
         try:
@@ -291,7 +294,7 @@ class PreferenceTrainer(StagedCheckpoints, Trainer):
                 chosen += c.tolist()
                 rejected += r.tolist()
         finally:
-            self.ref_model = ref_model if ref_model is not None or _is_peft(self.model) else None
+            self.ref_model = ref_model
         if self.accelerator.num_processes > 1:
             chosen, rejected = gather_object(chosen), gather_object(rejected)
         return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
