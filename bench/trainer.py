@@ -23,13 +23,14 @@ Rounds alternate the libraries (ours first in even rounds, TRL first in odd ones
 median pairs/s over rounds with the spread (min–max), and the median (min–max) over rounds of the
 per-round ratio ours/TRL.
 
-Compute floor (per model, fp32 and bf16): over the same batches as pluralign's run (its sampler),
-the unique tokens of each batch — each pair's prompt once, then chosen, then rejected, no padding —
-concatenated and cut into rows as wide as the batch's longest pair (plain causal attention): the
-model's transformer over all of them and its LM head only on the states that predict a completion
-token (the least any DPO loss needs), forward and backward of their mean next-token loss (policy),
-plus the same forward under ``inference_mode`` (reference: a frozen copy, or the adapters
-disabled); no optimizer step. Printed: floor pairs/s and pluralign's step time / floor.
+Compute floor (per model, fp32 and bf16, in every round): over the same batches as pluralign's run
+(its sampler), the unique tokens of each batch (each pair's prompt once, then chosen, then
+rejected, no padding) concatenated and cut into rows as wide as the batch's longest pair (plain
+causal attention): the model's transformer over all of them and its LM head only on the states
+that predict a completion token (the least any DPO loss needs), forward and backward of their mean
+next-token loss (policy), plus the same forward under ``inference_mode`` (reference: a frozen
+copy, or the adapters disabled); no optimizer step. Printed: floor pairs/s and the per-round ratio
+of pluralign's step time to the floor's.
 
 MixDPO overhead (tiny model, float32): DPO, MixDPO-Gamma and MixDPO-LogNormal trainers (learnable
 strengths) from the same weights, one optimizer step each on the same batch per round, in rotating
@@ -283,7 +284,11 @@ def bench_model(model_name: str, steps: int, warmup: int, rounds: int) -> None:
             print(f"  round {r + 1} {model_name:8s} {setting:24s} {lib:5s} "
                   f"{result['pairs_per_s']:7.2f} pairs/s (setup {result['setup_cpu_s']:.1f} s "
                   "CPU)", flush=True)
-    floors = {bf16: _run("floor", model_name, bf16, steps, warmup) for bf16 in (False, True)}
+        for name, bf16 in (("fp32", False), ("bf16", True)):
+            result = _run("floor", model_name, bf16, steps, warmup)
+            rate.setdefault(("floor", name), []).append(result["pairs_per_s"])
+            print(f"  round {r + 1} {model_name:8s} {'compute floor, ' + name:24s} "
+                  f"{result['pairs_per_s']:13.2f} pairs/s", flush=True)
     batch = BATCH[model_name]
     print(f"\n{model_name}: batch {batch}, max_length {MAX_LENGTH}, {rounds} rounds of {steps} "
           f"steps (+{warmup} warm-up), pairs/s median (min–max) over rounds")
@@ -294,11 +299,11 @@ def bench_model(model_name: str, steps: int, warmup: int, rounds: int) -> None:
         print(f"{setting:26s} {_spread(trl):>20s} {_spread(ours):>20s} "
               f"{_spread(ratios, '{:.2f}x'):>20s}")
     print(f"{PAPER:26s} {'—':>20s} {_spread(rate[('ours', PAPER)]):>20s}")
-    for bf16, name in ((False, "fp32"), (True, "bf16")):
-        floor = floors[bf16]["pairs_per_s"]
-        ours = statistics.median(rate[("ours", name)])
-        print(f"compute floor, {name}: {floor:.2f} pairs/s; pluralign {name} step / floor = "
-              f"{floor / ours:.2f}")
+    for name in ("fp32", "bf16"):
+        floor, ours = rate[("floor", name)], rate[("ours", name)]
+        ratios = [f / o for f, o in zip(floor, ours, strict=True)]
+        print(f"compute floor, {name}: {_spread(floor, '{:.2f}')} pairs/s; pluralign {name} "
+              f"step / floor: {_spread(ratios, '{:.2f}')}")
     print(flush=True)
 
 
