@@ -268,7 +268,7 @@ def _run(kind: str, *args: object) -> dict:
 
 
 # ------------------------------------------------------------------ report
-def _spread(values: list[float], fmt: str = "{:.1f}") -> str:
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return (f"{fmt.format(statistics.median(values))} "
             f"({fmt.format(min(values))}–{fmt.format(max(values))})")
 
