@@ -260,7 +260,6 @@ def packed_sequence_logps(
     """
     rows, sources, targets, sequences = (batch[k] for k in SCORE_KEYS)
     input_ids, mask = batch["input_ids"], batch.get("attention_mask")
-    groups = batch.get("row_groups") or ((0, input_ids.shape[0], input_ids.shape[1], len(rows)),)
     attention = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
     if mask is not None and attention.startswith("flash"):
         raise ConfigError(
@@ -269,6 +268,10 @@ def packed_sequence_logps(
             "with attn_implementation='sdpa'"
         )
     split = _split_lm(model) if completion_head else None
+    # A wrapped model (DDP/FSDP) gets one call per batch: each forward may run collectives (DDP
+    # broadcasts buffers), so the processes must make the same number of calls.
+    whole = ((0, input_ids.shape[0], input_ids.shape[1], len(rows)),)
+    groups = batch.get("row_groups", whole) if split is not None else whole
     outputs, offset = [], 0
     for first, end, width, count in groups:
         kwargs = {
