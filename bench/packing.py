@@ -16,10 +16,10 @@ log-prob difference to the padded layout.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
+
+from machine import machine
 
 LAYOUTS = {  # name -> (share_prompt, padding_free); None: PreferenceCollator's padded rows
     "padded": None,
@@ -28,26 +28,6 @@ LAYOUTS = {  # name -> (share_prompt, padding_free); None: PreferenceCollator's 
     "shared+padding_free": (True, True),
 }
 BATCH = 16
-
-
-def machine() -> str:
-    """CPU model, bf16-relevant CPU flags, core count and torch build, from /proc/cpuinfo."""
-    import torch
-
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    have = " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
-    return f"{model}; {have}; {os.cpu_count()} logical CPUs; torch {torch.__version__}"
 
 
 def _batches(count: int):

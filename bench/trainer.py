@@ -1,97 +1,150 @@
-"""PreferenceTrainer vs TRL's DPOTrainer on the same tiny GPT-NeoX, side by side in one run (CPU).
+"""PreferenceTrainer vs TRL's DPOTrainer, side by side in one run, with the machine named (CPU).
 
-Every configuration trains the same model (GPT-NeoX, hidden 128, 4 layers, BPE vocabulary ~2k) on
-the same synthetic preference pairs with batch 16 and max_length 128, in its own subprocess (so that
-peak memory is that configuration's own), on one torch thread. Reported per configuration:
+Two models, the same data, batches, optimizer (AdamW, fused) and learning rate for both libraries:
 
-* pairs/s = 16 / median step time, step time = CPU time of the process between the Trainer's
-  ``on_step_begin`` and ``on_step_end`` (CPU time, not wall time, which other jobs on a shared
-  machine inflate), over the steps after a warm-up;
-* peak RSS (``resource.getrusage``) of the process and its growth during training (peak minus the
-  RSS just before ``train()``; imports differ between the libraries, the growth is the training's);
-* for precomputed reference log-probs, the one-time precompute cost is printed separately.
+* ``tiny``: GPT-NeoX, hidden 256, 4 layers, BPE vocabulary ~2k, trained in full; batch 16;
+* ``smollm2``: SmolLM2-135M-Instruct with LoRA (r=16 on q, k, v, o; the reference is the base
+  model with the adapters disabled, in both libraries); batch 4.
 
-TRL runs at its defaults (bf16 autocast and gradient checkpointing are TRL's DPOConfig defaults)
-and also "matched" (float32, no checkpointing, like ours). Both use TRL's default optimizer
-(AdamW fused) and lr; ours uses the same optimizer. MixDPO overheads are step-time ratios to our
-DPO, measured step by step interleaved in one process on identical batches (a 1% difference is
-far below the noise between processes on a shared machine). TRL at its defaults runs in the first
-round only: it is an order of magnitude slower on CPU.
+Both on the synthetic population's pairs (plain prompts), max_length 128 (ours also
+max_prompt_length 64; no prompt here is that long). Settings:
 
-    python bench/trainer.py [--steps 30] [--warmup 5] [--rounds 2] [--overhead-rounds 40]
+* ``defaults``: each library at its own defaults (TRL: bf16 autocast and gradient checkpointing;
+  pluralign: float32, shared-prompt + padding-free packing);
+* ``fp32``, ``bf16``, ``bf16+precomputed`` (precomputed reference log-probs): matched, no
+  gradient checkpointing; each library's other defaults (TRL pads chosen and rejected to the
+  longest row, pluralign packs);
+* ``bf16, float32 reference`` (ours only): the paper's setting, ``reference_dtype: float32``.
+
+Each (library, setting) trains in its own subprocess on one torch thread; step time = CPU time of
+the process between the Trainer's ``on_step_begin`` and ``on_step_end`` (CPU time: a shared
+machine inflates wall time), median over the steps after a warm-up; pairs/s = batch / step time.
+Rounds alternate the libraries (ours first in even rounds, TRL first in odd ones). Reported:
+median pairs/s over rounds with the spread (min–max), and the median (min–max) over rounds of the
+per-round ratio ours/TRL.
+
+Compute floor (per model, fp32 and bf16, in every round): over the same batches as pluralign's run
+(its sampler), the unique tokens of each batch (each pair's prompt once, then chosen, then
+rejected, no padding) concatenated and cut into rows as wide as the batch's longest pair (plain
+causal attention): the model's transformer over all of them and its LM head only on the states
+that predict a completion token (the least any DPO loss needs), forward and backward of their mean
+next-token loss (policy), plus the same forward under ``inference_mode`` (reference: a frozen
+copy, or the adapters disabled); no optimizer step. Printed: floor pairs/s and the per-round ratio
+of pluralign's step time to the floor's.
+
+MixDPO overhead (tiny model, float32): DPO, MixDPO-Gamma and MixDPO-LogNormal trainers (learnable
+strengths) from the same weights, one optimizer step each on the same batch per round, in rotating
+order, in one process; the median (min–max) over rounds of the per-round step-time ratio to DPO.
+
+    python bench/trainer.py [--steps 8] [--warmup 2] [--rounds 3] [--smol-steps 3]
+        [--smol-rounds 2] [--overhead-rounds 30] [--models tiny,smollm2] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 
-BATCH = 16
+from machine import machine
+
 MAX_LENGTH = 128
+BATCH = {"tiny": 16, "smollm2": 4}
+#: setting -> (bf16, precompute_ref_log_probs); "defaults" leaves both libraries' own defaults.
+MATCHED = {"fp32": (False, False), "bf16": (True, False), "bf16+precomputed": (True, True)}
+SETTINGS = ("defaults", *MATCHED)
+PAPER = "bf16, float32 reference"  # ours only
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _data_model_tokenizer():
+# ------------------------------------------------------------------ models and data
+def _pairs(count: int | None = None):
     from pluralign.data.synthetic import PopulationConfig, make_population
-    from pluralign.training import build_tokenizer, tiny_gpt_neox
 
     pop = make_population(PopulationConfig(n_annotators=40, pairs_per_annotator=16, n_prompts=64,
                                            seed=0))
     ds = pop.dataset.select_columns(["prompt", "chosen", "rejected"])
-    tokenizer = build_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in ds], 2048)
-    model = tiny_gpt_neox(len(tokenizer), seed=0, hidden_size=128, num_hidden_layers=4,
-                          num_attention_heads=4, intermediate_size=512)
-    return ds, model, tokenizer
+    return ds if count is None else ds.select(range(count))
 
 
-def worker(name: str, steps: int, warmup: int) -> dict:
-    """Train one configuration for warmup + steps steps; return timings and memory."""
+def _model_data(model_name: str, pairs: int | None):
+    """(dataset, policy, tokenizer, lora) for one model; ``lora``: the policy is a peft model."""
+    if model_name == "tiny":
+        from pluralign.training import build_tokenizer, tiny_gpt_neox
+
+        ds = _pairs(pairs)
+        tokenizer = build_tokenizer([r["prompt"] + r["chosen"] + r["rejected"] for r in _pairs()],
+                                    2048)
+        model = tiny_gpt_neox(len(tokenizer), seed=0, hidden_size=256, num_hidden_layers=4,
+                              num_attention_heads=4, intermediate_size=1024)
+        return ds, model, tokenizer, False
+    import peft
+
+    from pluralign.training import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm("smollm2-135m-instruct")
+    model = peft.get_peft_model(model, peft.LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS,
+        task_type="CAUSAL_LM"))
+    return _pairs(pairs), model, load_tokenizer("smollm2-135m-instruct"), True
+
+
+def _common(model_name: str, steps: int, out: str, bf16: bool | None) -> dict:
+    common = dict(output_dir=out, per_device_train_batch_size=BATCH[model_name],
+                  per_device_eval_batch_size=BATCH[model_name], max_steps=steps,
+                  logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
+                  disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                  optim="adamw_torch_fused", learning_rate=1e-6)
+    if bf16 is not None:
+        common.update(bf16=bf16, gradient_checkpointing=False)
+    return common
+
+
+def _ours(model_name: str, setting: str, steps: int, out: str, pairs: int | None, **kw):
+    from pluralign.training import PreferenceConfig, PreferenceTrainer
+
+    ds, model, tokenizer, _ = _model_data(model_name, pairs)
+    bf16, precompute = MATCHED.get(setting, (None, False)) if setting != PAPER else (True, False)
+    if setting == PAPER:
+        kw["reference_dtype"] = "float32"
+    args = PreferenceConfig(max_length=MAX_LENGTH, max_prompt_length=64,
+                            precompute_ref_log_probs=precompute,
+                            **_common(model_name, steps, out, bf16), **kw)
+    return PreferenceTrainer(model, args=args, train_dataset=ds, processing_class=tokenizer)
+
+
+def _trl(model_name: str, setting: str, steps: int, out: str, pairs: int | None):
+    import trl
+
+    ds, model, tokenizer, lora = _model_data(model_name, pairs)
+    bf16, precompute = MATCHED.get(setting, (None, False))
+    args = trl.DPOConfig(max_length=MAX_LENGTH, precompute_ref_log_probs=precompute,
+                         **_common(model_name, steps, out, bf16))
+    ref = None if lora or precompute else copy.deepcopy(model)
+    return trl.DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds,
+                          processing_class=tokenizer)
+
+
+# ------------------------------------------------------------------ workers (subprocesses)
+def train_worker(lib: str, model_name: str, setting: str, steps: int, warmup: int) -> dict:
+    """Train one (library, setting) for warmup + steps steps; median CPU step time."""
     import torch
     from transformers import TrainerCallback
 
     torch.set_num_threads(1)
-    ds, model, tokenizer = _data_model_tokenizer()
-    out = tempfile.mkdtemp(prefix=f"bench_{name}_")
-    common = dict(output_dir=out, per_device_train_batch_size=BATCH, max_steps=warmup + steps,
-                  logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
-                  disable_tqdm=True, seed=0, dataloader_num_workers=0)
-    t0 = time.process_time()
-    if name.startswith("trl"):
-        import trl
-
-        extra = {} if name == "trl_defaults" else {"bf16": False, "gradient_checkpointing": False}
-        if name == "trl_precompute":
-            extra = {"bf16": False, "gradient_checkpointing": False,
-                     "precompute_ref_log_probs": True}
-        args = trl.DPOConfig(max_length=MAX_LENGTH, **common, **extra)
-        trainer = trl.DPOTrainer(model=model, ref_model=None if "precompute" in name else
-                                 _copy(model), args=args, train_dataset=ds,
-                                 processing_class=tokenizer)
-    else:
-        from pluralign.training import PreferenceConfig, PreferenceTrainer
-
-        objective = {"ours_dpo": {}, "ours_precompute": {"precompute_ref_log_probs": True},
-                     "ours_gamma": {"objective": "mixdpo", "strength": "gamma"},
-                     "ours_lognormal": {"objective": "mixdpo", "strength": "lognormal"}}[name]
-        args = PreferenceConfig(max_length=MAX_LENGTH, max_prompt_length=64,
-                                optim="adamw_torch_fused", learning_rate=1e-6, **common,
-                                **objective)
-        trainer = PreferenceTrainer(model, args=args, train_dataset=ds, processing_class=tokenizer)
-    setup = time.process_time() - t0
+    out = tempfile.mkdtemp(prefix="bench_trainer_")
+    pairs = (warmup + steps) * BATCH[model_name] if model_name == "smollm2" else None
+    build = _ours if lib == "ours" else _trl
+    start = time.process_time()
+    trainer = build(model_name, setting, warmup + steps, out, pairs)
+    setup = time.process_time() - start
     times: list[float] = []
 
     class Timer(TrainerCallback):
@@ -102,36 +155,83 @@ def worker(name: str, steps: int, warmup: int) -> dict:
             times.append(time.process_time() - self.start)
 
     trainer.add_callback(Timer())
-    rss_before = _rss_kib()
     trainer.train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step = statistics.median(times[warmup:])
-    return {"name": name, "step_s": step, "pairs_per_s": BATCH / step, "peak_rss_mib": peak / 1024,
-            "train_rss_growth_mib": (peak - rss_before) / 1024, "setup_cpu_s": setup}
+    return {"step_s": step, "pairs_per_s": BATCH[model_name] / step, "setup_cpu_s": setup}
 
 
-def overhead(rounds: int) -> dict:
-    """MixDPO step time relative to DPO, interleaved step by step in one process on equal batches.
-
-    Three trainers (DPO, MixDPO-Gamma, MixDPO-LogNormal, learnable strengths) start from the same
-    weights; each round runs one full optimizer step (forward, backward, step) of each on the same
-    batch, in rotating order. The ratio is the median over rounds of the per-round ratios.
-    """
+def _unique_rows(examples: list[dict]) -> Iterable:
+    """Each pair's prompt + chosen + rejected, concatenated and cut into rows as wide as the
+    longest pair (the last row shorter): ``([rows, W] ids, [rows, W] bool: the token is a
+    completion token)``, and, if any tokens are left, the same for ``[1, rest]``."""
     import torch
 
-    from pluralign.training import PreferenceConfig, PreferenceTrainer
+    ids, completion = [], []
+    for x in examples:
+        ids += [*x["prompt_ids"], *x["chosen_ids"], *x["rejected_ids"]]
+        completion += [False] * len(x["prompt_ids"]) + [True] * (
+            len(x["chosen_ids"]) + len(x["rejected_ids"]))
+    width = max(len(x["prompt_ids"]) + len(x["chosen_ids"]) + len(x["rejected_ids"])
+                for x in examples)
+    flat, marks = torch.tensor(ids, dtype=torch.long), torch.tensor(completion)
+    full = flat.numel() // width * width
+    if full:
+        yield flat[:full].view(-1, width), marks[:full].view(-1, width)
+    if flat.numel() > full:
+        yield flat[full:][None], marks[full:][None]
+
+
+def floor_worker(model_name: str, bf16: bool, steps: int, warmup: int) -> dict:
+    """The compute floor (module docstring) over the batches pluralign's run draws."""
+    import torch
+    import torch.nn.functional as F
 
     torch.set_num_threads(1)
-    ds, model, tokenizer = _data_model_tokenizer()
-    out = tempfile.mkdtemp(prefix="bench_overhead_")
+    pairs = (warmup + steps) * BATCH[model_name] if model_name == "smollm2" else None
+    trainer = _ours(model_name, "bf16" if bf16 else "fp32", warmup + steps,
+                    tempfile.mkdtemp(prefix="bench_floor_"), pairs)
+    trainer.data_collator = list  # the raw tokenised pairs, in the run's order
+    model = trainer.model.train()
+    reference = trainer.ref_model
+    lora = reference is None
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def loss_of(net, ids, completion):
+        base = net.get_base_model() if lora else net
+        hidden = base.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        scored = completion[:, 1:]  # the states that predict a completion token
+        logits = base.get_output_embeddings()(hidden[:, :-1][scored])
+        return F.cross_entropy(logits.float(), ids[:, 1:][scored])
+
+    times = []
+    for i, examples in enumerate(trainer.get_train_dataloader()):
+        if i == warmup + steps:
+            break
+        start = time.process_time()
+        for ids, completion in _unique_rows(examples):
+            with autocast:
+                loss_of(model, ids, completion).backward()
+            with torch.inference_mode(), autocast:
+                if lora:
+                    with model.disable_adapter():
+                        loss_of(model, ids, completion)
+                else:
+                    loss_of(reference, ids, completion)
+        model.zero_grad(set_to_none=True)
+        times.append(time.process_time() - start)
+    step = statistics.median(times[warmup:])
+    return {"step_s": step, "pairs_per_s": BATCH[model_name] / step}
+
+
+def overhead_worker(rounds: int) -> dict:
+    """MixDPO step time relative to DPO (module docstring); per-round ratios."""
+    import torch
+
+    torch.set_num_threads(1)
     trainers = {}
     for name, kw in (("dpo", {}), ("gamma", {"objective": "mixdpo", "strength": "gamma"}),
                      ("lognormal", {"objective": "mixdpo", "strength": "lognormal"})):
-        args = PreferenceConfig(output_dir=out, per_device_train_batch_size=BATCH, use_cpu=True,
-                                report_to="none", disable_tqdm=True, optim="adamw_torch_fused",
-                                learning_rate=1e-6, max_length=MAX_LENGTH, **kw)
-        trainer = PreferenceTrainer(_copy(model), args=args, train_dataset=ds,
-                                    processing_class=tokenizer)
+        trainer = _ours("tiny", "fp32", 1, tempfile.mkdtemp(prefix="bench_overhead_"), None, **kw)
         trainer.create_optimizer()
         trainers[name] = trainer
     batches = list(iter(trainers["dpo"].get_train_dataloader()))
@@ -148,77 +248,101 @@ def overhead(rounds: int) -> dict:
             trainer.optimizer.zero_grad(set_to_none=True)
             trainer.objective.zero_grad(set_to_none=True)
             times[name].append(time.process_time() - start)
-    skip = 3  # warm-up rounds
-    return {name: statistics.median(t / d for t, d in zip(times[name][skip:],
-                                                          times["dpo"][skip:], strict=True))
-            for name in ("gamma", "lognormal")} | {
-        "dpo_step_s": statistics.median(times["dpo"][skip:])}
+    skip = min(3, rounds - 1)  # warm-up rounds
+    return {name: [t / d for t, d in zip(times[name][skip:], times["dpo"][skip:], strict=True)]
+            for name in ("gamma", "lognormal")} | {"dpo_step_s": times["dpo"][skip:]}
 
 
-def _copy(model):
-    import copy
-
-    return copy.deepcopy(model)
+WORKERS: dict[str, Callable[..., dict]] = {"train": train_worker, "floor": floor_worker,
+                                           "overhead": overhead_worker}
 
 
-def _run(name: str, steps: int, warmup: int) -> dict:
+def _run(kind: str, *args: object) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(steps),
-                           "--warmup", str(warmup)], env=env, capture_output=True, text=True)
+           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps([kind, *args])],
+                          env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
+        raise SystemExit(f"{kind} {args} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ report
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return (f"{fmt.format(statistics.median(values))} "
+            f"({fmt.format(min(values))}–{fmt.format(max(values))})")
+
+
+def bench_model(model_name: str, steps: int, warmup: int, rounds: int) -> None:
+    """Every setting of one model, alternating the libraries round by round; then the floor."""
+    rate: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        libs = ("ours", "trl") if r % 2 == 0 else ("trl", "ours")
+        for setting, lib in [(s, lib) for s in SETTINGS for lib in libs] + [(PAPER, "ours")]:
+            result = _run("train", lib, model_name, setting, steps, warmup)
+            rate.setdefault((lib, setting), []).append(result["pairs_per_s"])
+            print(f"  round {r + 1} {model_name:8s} {setting:24s} {lib:5s} "
+                  f"{result['pairs_per_s']:7.2f} pairs/s (setup {result['setup_cpu_s']:.1f} s "
+                  "CPU)", flush=True)
+        for name, bf16 in (("fp32", False), ("bf16", True)):
+            result = _run("floor", model_name, bf16, steps, warmup)
+            rate.setdefault(("floor", name), []).append(result["pairs_per_s"])
+            print(f"  round {r + 1} {model_name:8s} {'compute floor, ' + name:24s} "
+                  f"{result['pairs_per_s']:13.2f} pairs/s", flush=True)
+    batch = BATCH[model_name]
+    print(f"\n{model_name}: batch {batch}, max_length {MAX_LENGTH}, {rounds} rounds of {steps} "
+          f"steps (+{warmup} warm-up), pairs/s median (min–max) over rounds")
+    print(f"{'setting':26s} {'TRL DPOTrainer':>20s} {'pluralign':>20s} {'ours / TRL':>20s}")
+    for setting in SETTINGS:
+        ours, trl = rate[("ours", setting)], rate[("trl", setting)]
+        ratios = [o / t for o, t in zip(ours, trl, strict=True)]
+        print(f"{setting:26s} {_spread(trl):>20s} {_spread(ours):>20s} "
+              f"{_spread(ratios, '{:.2f}x'):>20s}")
+    print(f"{PAPER:26s} {'—':>20s} {_spread(rate[('ours', PAPER)]):>20s}")
+    for name in ("fp32", "bf16"):
+        floor, ours = rate[("floor", name)], rate[("ours", name)]
+        ratios = [f / o for f, o in zip(floor, ours, strict=True)]
+        print(f"compute floor, {name}: {_spread(floor, '{:.2f}')} pairs/s; pluralign {name} "
+              f"step / floor: {_spread(ratios, '{:.2f}')}")
+    print(flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--overhead-rounds", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per run (tiny)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (tiny)")
+    parser.add_argument("--smol-steps", type=int, default=3, help="timed steps per run (SmolLM2)")
+    parser.add_argument("--smol-rounds", type=int, default=2, help="rounds (SmolLM2)")
+    parser.add_argument("--overhead-rounds", type=int, default=30,
+                        help="MixDPO overhead rounds (< 2: skip)")
+    parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny,smollm2")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: tiny model only, 1 round of 1 step, 4 overhead rounds")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     a = parser.parse_args()
-    if a.worker == "overhead":
-        print(json.dumps(overhead(a.steps)))
-        return
     if a.worker:
-        print(json.dumps(worker(a.worker, a.steps, a.warmup)))
+        kind, *args = json.loads(a.worker)
+        print(json.dumps(WORKERS[kind](*args)))
         return
-    results: dict[str, list[dict]] = {}
-    names = ["ours_dpo", "trl_defaults", "trl_matched", "ours_precompute", "trl_precompute"]
-    for round_ in range(a.rounds):
-        for name in names:
-            if name == "trl_defaults" and round_:  # ~10x slower than the rest; once is enough
-                continue
-            results.setdefault(name, []).append(_run(name, a.steps, a.warmup))
-            r = results[name][-1]
-            print(f"  {name:16s} {r['pairs_per_s']:7.1f} pairs/s  step {r['step_s'] * 1e3:7.1f} ms"
-                  f"  peak RSS {r['peak_rss_mib']:6.0f} MiB (+{r['train_rss_growth_mib']:.0f})",
-                  flush=True)
-    best = {n: min(rs, key=lambda r: r["step_s"]) for n, rs in results.items()}
-    step = {n: min(r["step_s"] for r in rs) for n, rs in results.items()}
-    print(f"\nPreferenceTrainer vs TRL DPOTrainer (GPT-NeoX tiny, batch {BATCH}, max_length "
-          f"{MAX_LENGTH}, CPU, 1 thread; best of {a.rounds} rounds of {a.steps} steps)")
-    print(f"{'configuration':18s} {'pairs/s':>8s} {'peak RSS MiB':>13s} {'train growth MiB':>17s}")
-    for n in names:
-        r = best[n]
-        print(f"{n:18s} {r['pairs_per_s']:8.1f} {r['peak_rss_mib']:13.0f} "
-              f"{r['train_rss_growth_mib']:17.0f}")
-    print("\nratios (higher pairs/s is better; memory ratio < 1 means we use less)")
-    for ours, theirs in [("ours_dpo", "trl_defaults"), ("ours_dpo", "trl_matched"),
-                         ("ours_precompute", "trl_defaults"), ("ours_precompute", "trl_matched"),
-                         ("ours_precompute", "trl_precompute")]:
-        rss = best[ours]["peak_rss_mib"] / best[theirs]["peak_rss_mib"]
-        growth = best[ours]["train_rss_growth_mib"] / max(best[theirs]["train_rss_growth_mib"], 1)
-        print(f"  {ours} / {theirs}: pairs/s x{step[theirs] / step[ours]:.2f}, "
-              f"peak RSS x{rss:.2f}, train growth x{growth:.2f}")
-    over = _run("overhead", a.overhead_rounds, 0)
-    print(f"\nMixDPO step-time overhead vs DPO in PreferenceTrainer (interleaved, "
-          f"{a.overhead_rounds} rounds, DPO step {over['dpo_step_s'] * 1e3:.0f} ms):")
-    for family, goal in (("gamma", 1.02), ("lognormal", 1.01)):
-        print(f"  MixDPO-{family}: x{over[family]:.3f} (goal <= {goal}; paper: "
-              f"{'1.10' if family == 'gamma' else '1.02'})")
+    if a.quick:
+        a.steps, a.warmup, a.rounds, a.overhead_rounds, a.models = 1, 1, 1, 4, "tiny"
+    print(f"command: python bench/trainer.py {' '.join(sys.argv[1:])}")
+    print(f"machine: {machine()}", flush=True)
+    for model_name in a.models.split(","):
+        if model_name == "smollm2":
+            bench_model(model_name, a.smol_steps, 1, a.smol_rounds)
+        else:
+            bench_model(model_name, a.steps, a.warmup, a.rounds)
+    if a.overhead_rounds < 2:
+        return
+    over = _run("overhead", a.overhead_rounds)
+    print(f"MixDPO step-time overhead vs DPO in PreferenceTrainer (tiny, float32, interleaved in "
+          f"one process, {len(over['gamma'])} rounds, DPO step "
+          f"{statistics.median(over['dpo_step_s']) * 1e3:.0f} ms): median (min–max) of per-round "
+          "ratios")
+    for family in ("gamma", "lognormal"):
+        print(f"  MixDPO-{family}: {_spread(over[family], '{:.3f}x')}")
 
 
 if __name__ == "__main__":

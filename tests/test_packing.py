@@ -31,6 +31,7 @@ from pluralign.training import (
 from pluralign.training.logps import sequence_logps
 from pluralign.training.packing import (
     PackedPreferenceCollator,
+    _row_groups,
     batch_sequence_logps,
     block_attention_mask,
     pack_pairs,
@@ -158,6 +159,48 @@ def test_packed_logps_equal_padded_for_any_lengths(lengths, share_prompt, paddin
     expected = _padded(model, pairs, 0)
     batch = pack_pairs(pairs, 0, share_prompt, padding_free, multiple)
     torch.testing.assert_close(packed_sequence_logps(model, batch), expected, rtol=0, atol=1e-10)
+    _check_row_groups(batch, 0)
+
+
+def _check_row_groups(batch, pad_id):
+    """Row groups tile the rows in order, and the columns a group cuts off are padding."""
+    groups = batch["row_groups"]
+    assert [g[0] for g in groups] == [0, *(g[1] for g in groups[:-1])]
+    assert groups[-1][1] == batch["input_ids"].shape[0]
+    assert sum(g[3] for g in groups) == len(batch["logp_rows"])
+    for first, end, width, _ in groups:
+        assert (batch["input_ids"][first:end, width:] == pad_id).all()
+        in_group = (batch["logp_rows"] >= first) & (batch["logp_rows"] < end)
+        assert (batch["logp_sources"][in_group] < width).all()
+
+
+def test_rows_of_very_different_widths_run_in_groups_with_equal_logps_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    pairs = [{"prompt_ids": torch.randint(1, 40, (p,), generator=gen).tolist(),
+              "chosen_ids": torch.randint(1, 40, (c,), generator=gen).tolist(),
+              "rejected_ids": torch.randint(1, 40, (r,), generator=gen).tolist()}
+             for p, c, r in [(9, 12, 10), (2, 1, 2), (8, 11, 12), (1, 2, 1), (3, 1, 1)]]
+    model = _MODEL_F64
+    batch = pack_pairs(pairs, 0, share_prompt=True, padding_free=False)
+    assert [g[2] for g in batch["row_groups"]] == [31, 5]  # the two long rows, then the rest
+    _check_row_groups(batch, 0)
+
+    def grads(logps):
+        model.zero_grad(set_to_none=True)
+        (logps * torch.arange(1.0, 11.0, dtype=torch.float64)).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    expected = _padded(model, pairs, 0)
+    got = packed_sequence_logps(model, batch)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    for g, e in zip(grads(got), grads(_padded(model, pairs, 0)), strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-10)
+
+
+def test_row_groups_split_only_where_it_saves_tokens():
+    assert _row_groups([10, 9, 3, 2], None) == [(0, 2, 10), (2, 4, 3)]
+    assert _row_groups([10, 10, 9, 9], None) == [(0, 4, 10)]  # saving 2 of 40 < one call's cost
+    assert _row_groups([10, 3], 8) == [(0, 1, 16), (1, 2, 8)]
 
 
 _MODEL_F64 = tiny_gpt_neox(40, seed=5, hidden_size=32, num_hidden_layers=2).double()

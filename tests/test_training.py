@@ -317,6 +317,24 @@ def test_peft_reference_is_the_base_model_with_adapters_disabled(tmp_path, model
     assert float(a) != pytest.approx(0.6931471805599453, abs=1e-4)
 
 
+def test_precomputed_peft_reference_has_the_adapters_disabled(tmp_path, model, tokenizer):
+    peft = pytest.importorskip("peft")
+    policy = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["query_key_value"], task_type="CAUSAL_LM"))
+    with torch.no_grad():  # a trained adapter: the policy differs from its base model
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    trainer = PreferenceTrainer(policy, args=_config(tmp_path, precompute_ref_log_probs=True),
+                                train_dataset=datasets.Dataset.from_list(PAIRS),
+                                processing_class=tokenizer)
+    rows = [trainer.train_dataset[i] for i in range(len(PAIRS))]
+    stored = torch.tensor([[r["ref_chosen_logps"] for r in rows],
+                           [r["ref_rejected_logps"] for r in rows]]).flatten()
+    torch.testing.assert_close(stored.double(), _brute_force_logps(model, _padded(tokenizer)),
+                               rtol=0, atol=1e-5)
+
+
 def test_chat_prompt_ids_are_the_same_for_training_margins_and_generation(tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -340,3 +358,69 @@ def test_chat_prompt_ids_are_the_same_for_training_margins_and_generation(tmp_pa
         assert seen == {"training": expected, "margins": expected, "generation": expected}
     whole = tok.apply_chat_template(multi_turn[0]["prompt"], add_generation_prompt=True)
     assert len(expected[0]) == 24 < len(whole["input_ids"])  # the truncation was exercised
+
+
+# ------------------------------------------------------------------ mixed precision
+def _padded(tokenizer):
+    return PreferenceCollator(tokenizer.pad_token_id)([tokenize_pair(p, tokenizer) for p in PAIRS])
+
+
+def _perturbed(model, seed=5):
+    policy = copy.deepcopy(model)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed)
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return policy
+
+
+def test_bf16_run_scores_policy_and_auto_reference_under_autocast(tmp_path, model, tokenizer):
+    """bf16=True reaches the completion-only head (which bypasses the model's autocast-wrapped
+    forward): the log-probs match an independent bf16-autocast computation far better than the
+    float32 one; the default reference ('auto') is scored the same way."""
+    policy = _perturbed(model)
+    trainer = PreferenceTrainer(copy.deepcopy(policy), ref_model=copy.deepcopy(model),
+                                args=_config(tmp_path, bf16=True),
+                                train_dataset=datasets.Dataset.from_list(PAIRS),
+                                processing_class=tokenizer)
+    assert trainer.args.reference_dtype == "auto"
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PAIRS))])
+    padded = _padded(tokenizer)
+    with torch.no_grad():
+        ours = {"policy": trainer._policy_logps(trainer.model, batch, True).double(),
+                "reference": trainer._reference_logps(batch).double()}
+        for name, net in (("policy", policy), ("reference", model)):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = _brute_force_logps(net, padded)
+            fp32 = _brute_force_logps(net, padded)
+            assert (ours[name] - bf16).abs().max() <= 2e-3, name
+            assert (ours[name] - fp32).abs().max() > 5 * (ours[name] - bf16).abs().max(), name
+
+
+def test_auto_reference_equal_to_the_policy_gives_zero_margins_in_bf16(tmp_path, model, tokenizer):
+    trainer = PreferenceTrainer(copy.deepcopy(model), args=_config(tmp_path, bf16=True),
+                                train_dataset=datasets.Dataset.from_list(PAIRS),
+                                processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PAIRS))])
+    with torch.no_grad():
+        _, out = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    assert torch.equal(out["margin"], torch.zeros_like(out["margin"]))
+
+
+def test_float32_reference_stays_float32_in_a_bf16_run(tmp_path, model, tokenizer):
+    """The paper's setting: under bf16 the float32 reference is scored outside autocast, equal to
+    the plain float32 computation."""
+    from pluralign.training.packing import batch_sequence_logps
+
+    trainer = PreferenceTrainer(copy.deepcopy(_perturbed(model)), ref_model=copy.deepcopy(model),
+                                args=_config(tmp_path, bf16=True, reference_dtype="float32"),
+                                train_dataset=datasets.Dataset.from_list(PAIRS),
+                                processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PAIRS))])
+    padded = _padded(tokenizer)
+    with torch.no_grad():
+        ref = trainer._reference_logps(batch)
+        assert ref.dtype == torch.float32
+        torch.testing.assert_close(ref, batch_sequence_logps(model, batch), rtol=0, atol=1e-6)
+        torch.testing.assert_close(ref.double(), _brute_force_logps(model, padded), rtol=0,
+                                   atol=1e-5)

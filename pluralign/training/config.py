@@ -5,10 +5,12 @@ It is a :class:`transformers.TrainingArguments`, so everything the Hugging Face 
 understands (``output_dir``, ``seed``, ``save_steps``, ``report_to``, ``bf16``, ``fsdp``, ...) is
 available as well. Defaults follow [MixDPO, §4.3; App. E]: RMSprop with policy learning rate
 5e-7, gradient clipping at 1.0, batch 64 (eval 32), no gradient accumulation, one epoch, max length
-128 with max prompt length 64, a float32 reference model, DPO β = 0.1, LogNormal(μ=−2.3, σ=0.6) and
-Gamma(k=2.0, λ=16.7) initial strength distributions (both with E[β] ≈ 0.12) and a strength learning
-rate of 1e-4 (the paper's recommended value, §5.2 and Appendix F). Invalid values raise
-:class:`~pluralign.errors.ConfigError` at construction, before any model is touched.
+128 with max prompt length 64 (the paper's float32 reference model is ``reference_dtype: float32``,
+set by the paper recipes; the default follows the policy's precision), DPO β = 0.1,
+LogNormal(μ=−2.3, σ=0.6) and Gamma(k=2.0, λ=16.7) initial strength distributions (both with
+E[β] ≈ 0.12) and a strength learning rate of 1e-4 (the paper's recommended value, §5.2 and
+Appendix F). Invalid values raise :class:`~pluralign.errors.ConfigError` at construction,
+before any model is touched.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pluralign.errors import ConfigError
 from pluralign.objectives import OBJECTIVES, build_objective, objective_settings
 from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, check_lengths
 
-REFERENCE_DTYPES = ("float32", "bfloat16", "float16")
+REFERENCE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _objective_fields() -> type:
@@ -76,10 +78,15 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
         },
     )
     reference_dtype: str = field(
-        default="float32",
+        default="auto",
         metadata={
-            "help": "dtype of the frozen reference model (paper: float32 even when the policy "
-            "is bfloat16)."
+            "help": "Precision of the reference model. 'auto' (default): the policy's, i.e. the "
+            "policy's weight dtype under the same bf16/fp16 mixed precision, so the reference "
+            "forward costs what the policy's does and the margins start at exactly 0; it is the "
+            "fast choice wherever bf16 matmuls are fast (GPUs, CPUs with AVX512-BF16/AMX; "
+            "bench/trainer.py). 'float32': weights in float32, scored outside autocast (the "
+            "paper's setting, App. E; the paper recipes set it); 'bfloat16'/'float16': weights "
+            "cast to that dtype."
         },
     )
     share_prompt: bool = field(

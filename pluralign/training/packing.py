@@ -52,6 +52,10 @@ from pluralign.training.tokenization import per_pair_columns
 
 #: Keys of a packed batch that describe which tokens are scored (see the module docstring).
 SCORE_KEYS = ("logp_rows", "logp_sources", "logp_targets", "logp_sequences")
+#: At most this many row groups of different widths (one forward call each) per batch.
+MAX_ROW_GROUPS = 3
+#: An extra row group must save this fraction of the single group's tokens to be used.
+ROW_GROUP_COST = 0.05
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,37 @@ def _rows(lengths: Sequence[int], width: int, padding_free: bool) -> list[list[i
     return rows
 
 
+def _row_groups(
+    used: Sequence[int], pad_to_multiple_of: int | None
+) -> list[tuple[int, int, int]]:
+    """Split rows sorted by used width (longest first) into at most :data:`MAX_ROW_GROUPS`
+    contiguous groups ``(first row, end row, width)``, each as wide as its widest row (rounded up
+    to ``pad_to_multiple_of``), choosing the count that minimises the tokens fed plus
+    :data:`ROW_GROUP_COST` of the single group's tokens per extra group (an extra forward call)."""
+
+    def rounded(w: int) -> int:
+        w = max(w, 1)
+        return -(-w // pad_to_multiple_of) * pad_to_multiple_of if pad_to_multiple_of else w
+
+    n = len(used)
+    # best[g][j]: (tokens, cuts) of the first j rows in g groups
+    best: list[list[tuple[int, tuple[int, ...]] | None]] = [[(0, ())] + [None] * n]
+    for _ in range(MAX_ROW_GROUPS):
+        prev, row = best[-1], [None] * (n + 1)
+        for j in range(1, n + 1):
+            options = [(prev[i][0] + (j - i) * rounded(used[i]), (*prev[i][1], i))
+                       for i in range(j) if prev[i] is not None]
+            row[j] = min(options) if options else None
+        best.append(row)
+    single = best[1][n][0]
+    tokens, cuts = min(
+        (best[g][n][0] + ROW_GROUP_COST * single * (g - 1), best[g][n][1])
+        for g in range(1, MAX_ROW_GROUPS + 1) if best[g][n] is not None
+    )
+    ends = (*cuts[1:], n)
+    return [(i, j, rounded(used[i])) for i, j in zip(cuts, ends, strict=True)]
+
+
 def block_attention_mask(unit_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
     """``[rows, 1, W, W]`` boolean mask (True: may attend) of the module docstring's rule from
     per-token ``unit_ids`` and ``segment_ids`` (``[rows, W]``): causal, within a unit, and to the
@@ -120,8 +155,12 @@ def pack_pairs(
 
     Returns ``input_ids`` and ``position_ids`` (``[rows, W]``), ``attention_mask``
     (``[rows, 1, W, W]`` bool, only with ``share_prompt``), the scored tokens as four flat long
-    tensors :data:`SCORE_KEYS` and ``sequence_lengths`` (``[2B]``: tokens scored per sequence).
-    ``W`` is the longest unit, rounded up to ``pad_to_multiple_of``.
+    tensors :data:`SCORE_KEYS` (in row order) and ``sequence_lengths`` (``[2B]``: tokens scored
+    per sequence). ``W`` is the longest unit, rounded up to ``pad_to_multiple_of``. Rows are
+    sorted by the tokens they hold, longest first, and ``row_groups`` (a tuple of plain ints
+    ``(first row, end row, width, scored tokens)``, so reading it needs no device sync) splits
+    them into runs the model is called on separately, each cut to its own width: the columns
+    cut off are padding, so the forward skips them (:func:`_row_groups`).
     """
     units = _units(examples, share_prompt)
     lengths = [len(u) for u in units]
@@ -129,6 +168,10 @@ def pack_pairs(
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     layout = _rows(lengths, width, padding_free)
+    used = [sum(lengths[u] for u in row) for row in layout]
+    order = sorted(range(len(layout)), key=lambda r: -used[r])
+    layout = [layout[r] for r in order]
+    groups = _row_groups([used[r] for r in order], pad_to_multiple_of)
     shape = (len(layout), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
@@ -165,6 +208,10 @@ def pack_pairs(
         batch["attention_mask"] = block_attention_mask(unit_ids, segment_ids)
     batch.update(zip(SCORE_KEYS, columns, strict=True))
     batch["sequence_lengths"] = torch.bincount(columns[3], minlength=2 * len(examples))
+    scored_rows = torch.bincount(columns[0], minlength=len(layout)).tolist()
+    batch["row_groups"] = tuple(
+        (first, end, w, sum(scored_rows[first:end])) for first, end, w in groups
+    )
     return batch
 
 
@@ -212,7 +259,7 @@ def packed_sequence_logps(
     logits, gathered at the same places.
     """
     rows, sources, targets, sequences = (batch[k] for k in SCORE_KEYS)
-    mask = batch.get("attention_mask")
+    input_ids, mask = batch["input_ids"], batch.get("attention_mask")
     attention = str(getattr(getattr(model, "config", None), "_attn_implementation", ""))
     if mask is not None and attention.startswith("flash"):
         raise ConfigError(
@@ -220,20 +267,32 @@ def packed_sequence_logps(
             "set share_prompt false (padding_free works with flash attention) or load the model "
             "with attn_implementation='sdpa'"
         )
-    kwargs = {
-        "input_ids": batch["input_ids"],
-        "position_ids": batch["position_ids"],
-        "attention_mask": None if mask is None else _additive(mask, model),
-        "use_cache": False,
-    }
     split = _split_lm(model) if completion_head else None
+    # A wrapped model (DDP/FSDP) gets one call per batch: each forward may run collectives (DDP
+    # broadcasts buffers), so the processes must make the same number of calls.
+    whole = ((0, input_ids.shape[0], input_ids.shape[1], len(rows)),)
+    groups = batch.get("row_groups", whole) if split is not None else whole
+    outputs, offset = [], 0
+    for first, end, width, count in groups:
+        kwargs = {
+            "input_ids": input_ids[first:end, :width],
+            "position_ids": batch["position_ids"][first:end, :width],
+            "attention_mask": None
+            if mask is None
+            else _additive(mask[first:end, :, :width, :width], model),
+            "use_cache": False,
+        }
+        at = (rows[offset : offset + count] - first, sources[offset : offset + count])
+        offset += count
+        if split is not None:
+            outputs.append(split[0](**kwargs).last_hidden_state[at])
+        else:
+            outputs.append(model(**kwargs).logits[at])
     if split is not None:
-        backbone, head = split
-        hidden = backbone(**kwargs).last_hidden_state
-        token_logps = head_token_logps(head, hidden[rows, sources], targets)
+        token_logps = head_token_logps(split[1], torch.cat(outputs), targets)
     else:
-        logits = model(**kwargs).logits
-        token_logps = -F.cross_entropy(_upcast(logits[rows, sources]), targets, reduction="none")
+        logits = torch.cat(outputs)
+        token_logps = -F.cross_entropy(_upcast(logits), targets, reduction="none")
     out = torch.zeros(
         batch["sequence_lengths"].shape[0], dtype=token_logps.dtype, device=token_logps.device
     )

@@ -28,7 +28,6 @@ What the ``Trainer`` does not know and this class adds:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from collections.abc import Mapping
@@ -134,7 +133,7 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
         model: the policy (a ``PreTrainedModel`` or a peft model), normally an SFT checkpoint.
         ref_model: frozen reference. If None: the base model with adapters disabled for a peft
             policy; the precomputed log-probs with ``args.precompute_ref_log_probs``; else a frozen
-            copy of ``model`` (in ``args.reference_dtype``).
+            copy of ``model`` (in ``args.reference_dtype``; ``auto``: as the policy).
         args: a :class:`PreferenceConfig`.
         train_dataset / eval_dataset: ``datasets.Dataset`` with ``prompt``, ``chosen``,
             ``rejected`` (strings or chat messages); numeric per-pair columns reach the objective.
@@ -176,11 +175,12 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
             train_dataset = tokenize_dataset(train_dataset, name="train", **tok_kwargs)
         if eval_dataset is not None:
             eval_dataset = tokenize_dataset(eval_dataset, name="eval", **tok_kwargs)
-        ref_dtype = getattr(torch, args.reference_dtype)
         if ref_model is None and not _is_peft(model) and not args.precompute_ref_log_probs:
             ref_model = copy.deepcopy(model)
         if ref_model is not None:
-            ref_model = ref_model.to(dtype=ref_dtype).eval().requires_grad_(False)
+            if args.reference_dtype != "auto":
+                ref_model = ref_model.to(dtype=getattr(torch, args.reference_dtype))
+            ref_model = ref_model.eval().requires_grad_(False)
         pad_id = processing_class.pad_token_id
         if pad_id is None:
             pad_id = processing_class.eos_token_id
@@ -217,21 +217,32 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
             self.eval_dataset = self._with_ref_logps(self.eval_dataset, "eval")
             self.ref_model = None
 
-    # ------------------------------------------------------------------ reference log-probs
+    # ------------------------------------------------------------------ log-probs
+    def _policy_logps(
+        self, model: nn.Module, inputs: Mapping[str, torch.Tensor], completion_head: bool
+    ) -> torch.Tensor:
+        """Summed completion log-probs ``[2B]`` of the policy, under the run's mixed precision.
+
+        The completion-only head calls the backbone directly, past the autocast that accelerate
+        wraps around the model's forward, so bf16/fp16 autocast is entered here for either path.
+        """
+        with self.accelerator.autocast():
+            return batch_sequence_logps(model, inputs, completion_head)
+
     def _reference_logps(
         self, inputs: Mapping[str, torch.Tensor], completion_head: bool = True
     ) -> torch.Tensor:
         """Summed completion log-probs ``[2B]`` of the reference policy (no autograd graph)."""
         if REF_COLUMNS[0] in inputs:
             return torch.cat([inputs[REF_COLUMNS[0]], inputs[REF_COLUMNS[1]]])
-        # Under bf16/fp16 mixed precision the Trainer autocasts compute_loss; a float32 reference
-        # (the paper's setting) is scored outside autocast so it really runs in float32.
-        full_precision = (
+        # A float32 reference (the paper's setting) is scored outside autocast so it really runs
+        # in float32; any other under the run's bf16/fp16 mixed precision, like the policy.
+        precision = (
             torch.autocast(device_type=inputs["input_ids"].device.type, enabled=False)
             if self.args.reference_dtype == "float32"
-            else contextlib.nullcontext()
+            else self.accelerator.autocast()
         )
-        with torch.inference_mode(), full_precision:
+        with torch.inference_mode(), precision:
             if self.ref_model is not None:
                 logps = batch_sequence_logps(self.ref_model, inputs, completion_head)
             else:
@@ -252,7 +263,11 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
         if dataset is None:
             return None
         dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
-        if self.ref_model is None and not _is_peft(self.model):
+        if (
+            self.ref_model is None
+            and not _is_peft(self.model)
+            and self.args.reference_dtype != "auto"
+        ):
             ref_dtype = getattr(torch, self.args.reference_dtype)
             if self.model.dtype != ref_dtype:
                 self.ref_model = (
@@ -267,17 +282,20 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
             collate_fn=self.data_collator,
             shuffle=False,
         )
-        ref_model, self.ref_model = self.ref_model, self.ref_model or self.model
+        # Without a reference model: a peft policy with its adapters disabled, else the policy.
+        ref_model = self.ref_model
+        if ref_model is None and not _is_peft(self.model):
+            self.ref_model = self.model
         chosen: list[float] = []
         rejected: list[float] = []
         try:
             for batch in loader:
-                batch = {k: v.to(self.args.device) for k, v in batch.items()}
+                batch = self._prepare_inputs(batch)
                 c, r = self._reference_logps(batch).chunk(2)
                 chosen += c.tolist()
                 rejected += r.tolist()
         finally:
-            self.ref_model = ref_model if ref_model is not None or _is_peft(self.model) else None
+            self.ref_model = ref_model
         if self.accelerator.num_processes > 1:
             chosen, rejected = gather_object(chosen), gather_object(rejected)
         return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
@@ -292,7 +310,7 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean objective loss over the pairs of the batch (see the module docstring)."""
         head = supports_completion_head(model)
-        logps = batch_sequence_logps(model, inputs, head)
+        logps = self._policy_logps(model, inputs, head)
         ref_logps = self._reference_logps(inputs, head)
         logratio_chosen, logratio_rejected = (logps - ref_logps).chunk(2)
         margin = logratio_chosen - logratio_rejected
