@@ -278,8 +278,8 @@ def _train_population(cfg: DemoConfig, name: str, splits: Any, tokenizer: Any,
                       run_dir: Path, bar: Any) -> _PopulationResult:
     margins, trajectories, final, texts = {}, {}, {}, {}
     lora = cfg.lora if cfg.uses_lora else None
-    prompts = list(dict.fromkeys(map(_key, splits["test"]["prompt"])).values()
-                   )[:cfg.generations]
+    # distinct held-out prompts, first seen first (chat prompts are lists: keyed by their repr)
+    prompts = list({repr(p): p for p in splits["test"]["prompt"]}.values())[:cfg.generations]
     for method, policy, sft_model, trainer in train_methods(
             cfg, splits, tokenizer, run_dir / name, _base_model(cfg, tokenizer), lora):
         bar.update()
@@ -302,11 +302,6 @@ def _train_population(cfg: DemoConfig, name: str, splits: Any, tokenizer: Any,
              for m, df in margins.items() if m != BASELINE and BASELINE in margins}
     judged = _judge_generations(cfg, splits, prompts, texts, run_dir / name) if prompts else {}
     return _PopulationResult(margins, tables, gains, trajectories, final, judged)
-
-
-def _key(prompt: Any) -> Any:
-    """(hashable key, prompt) of a string or chat-message prompt, for de-duplication."""
-    return (repr(prompt), prompt)
 
 
 def _generate(cfg: DemoConfig, model: Any, tokenizer: Any, prompts: list[Any]) -> list[str]:
