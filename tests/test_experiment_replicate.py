@@ -77,7 +77,8 @@ fit_boot: 0
     out = tmp_path / "rep"
     trained = []
     run_demo = replicate.run_demo
-    monkeypatch.setattr(replicate, "run_demo", lambda cfg: trained.append(cfg.seed) or run_demo(cfg))
+    monkeypatch.setattr(replicate, "run_demo",
+                        lambda cfg: trained.append(cfg.seed) or run_demo(cfg))
     base = ["experiment", "replicate", f"demo_config={demo}", "progress=false",
             "--output-dir", str(out)]
     assert main(base + ["seeds=[0]"]) == 0

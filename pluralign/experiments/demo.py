@@ -509,12 +509,17 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
         by_population.add_row(row.method, row.population, row.macro_margin,
                               *(_g(v) for v in (row.beta_mean, row.beta_var, row.beta_cv2)))
     console.print(by_population)
+    print_summary(console, metrics, cfg.output_dir)
+    return metrics
+
+
+def print_summary(console: Any, metrics: dict[str, Any], output_dir: str) -> None:
+    """An experiment's summary bullets and where its report is, on a rich ``console``."""
     for line in metrics["summary"]:
         console.print(f"• {line}")
     # soft_wrap: a path must stay copy-pasteable at any terminal width (rich wraps at 80 in CI).
-    console.print(f"Report: {Path(cfg.output_dir) / 'report.html'}", soft_wrap=True,
+    console.print(f"Report: {Path(output_dir) / 'report.html'}", soft_wrap=True,
                   markup=False, highlight=False)
-    return metrics
 
 
 def strength_table(metrics: dict[str, Any]) -> pd.DataFrame:

@@ -59,7 +59,12 @@ from pluralign.evaluation.worst_group import (
     worst_group_summary,
 )
 from pluralign.evaluation.worst_group_plots import plot_group_accuracy, plot_group_weights
-from pluralign.experiments.demo import default_preference, default_sft, train_methods
+from pluralign.experiments.demo import (
+    default_preference,
+    default_sft,
+    print_summary,
+    train_methods,
+)
 from pluralign.runs import format_estimate, write_config, write_report
 from pluralign.training import build_tokenizer, tiny_gpt_neox
 from pluralign.validation import COUNT, INDEX, OPEN_UNIT, check_fields, check_lengths
@@ -232,10 +237,7 @@ def main(config: GroupRobustConfig) -> dict[str, Any]:
         table.add_row(method, format_estimate(worst, ".3f"),
                       format_estimate(metrics["average_accuracy"][method], ".3f"))
     console.print(table)
-    for line in metrics["summary"]:
-        console.print(f"• {line}")
-    console.print(f"Report: {Path(config.output_dir) / 'report.html'}", soft_wrap=True,
-                  markup=False, highlight=False)
+    print_summary(console, metrics, config.output_dir)
     return metrics
 
 

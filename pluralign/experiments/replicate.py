@@ -29,7 +29,7 @@ import pandas as pd
 from pluralign.config import config_from_dict, read_config
 from pluralign.errors import ConfigError
 from pluralign.evaluation.replication import paired_seed_interval
-from pluralign.experiments.demo import GAMMA_METHOD, DemoConfig, run_demo
+from pluralign.experiments.demo import GAMMA_METHOD, DemoConfig, print_summary, run_demo
 from pluralign.runs import METRICS_FILE, plain, write_config, write_report, write_table
 from pluralign.validation import OPEN_UNIT, check_fields
 
@@ -42,8 +42,8 @@ class ReplicateConfig:
 
     Attributes:
         output_dir: run folder: the summary, plus one demo run folder ``seed-<s>/`` per seed.
-        demo_config: YAML file of the demo configuration (:class:`~pluralign.experiments.demo.
-            DemoConfig` fields), e.g. configs/demo.yaml or configs/demo_smollm2.yaml.
+        demo_config: YAML file of the demo configuration (``DemoConfig`` fields), e.g.
+            configs/demo.yaml or configs/demo_smollm2.yaml.
         demo: ``key=value`` overrides of that file, as on the command line (dotted keys, YAML
             values; e.g. ``["generations=0", "population.n_annotators=40"]``); seed, output_dir
             and progress are set per seed.
@@ -155,11 +155,16 @@ def _summarise(cfg: ReplicateConfig, seeds: pd.DataFrame) -> dict[str, Any]:
         "title": "pluralign replicate: learned CV² heterogeneous vs homogeneous over seeds",
         "summary": summary,
         "verdict": cv2.verdict if cv2 else "unresolved",
-        "log_cv2_difference": cv2.to_dict() if cv2 else None,
-        "log_var_difference": var.to_dict() if var else None,
-        "seeds": seeds.to_dict(orient="records"),
+        "log_cv2_difference": _json_safe(cv2.to_dict()) if cv2 else None,
+        "log_var_difference": _json_safe(var.to_dict()) if var else None,
+        "seeds": [_json_safe(r) for r in seeds.to_dict(orient="records")],
         "config": dataclasses.asdict(cfg),
     }
+
+
+def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with NaN (an undefined interval or ratio) as None: JSON has no NaN."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
 def main(cfg: ReplicateConfig) -> dict[str, Any]:
@@ -174,10 +179,8 @@ def main(cfg: ReplicateConfig) -> dict[str, Any]:
     for col in cols:
         table.add_column(col)
     for row in metrics["seeds"]:
-        table.add_row(*(str(row[c]) if c == "seed" else f"{row[c]:.4g}" for c in cols))
+        table.add_row(*(str(row[c]) if c == "seed" or row[c] is None else f"{row[c]:.4g}"
+                        for c in cols))
     console.print(table)
-    for line in metrics["summary"]:
-        console.print(f"• {line}")
-    console.print(f"Report: {Path(cfg.output_dir) / 'report.html'}", soft_wrap=True,
-                  markup=False, highlight=False)
+    print_summary(console, metrics, cfg.output_dir)
     return metrics
