@@ -219,7 +219,6 @@ class DemoConfig:
         except TypeError as exc:
             raise ConfigError(f"demo population: {exc}") from exc
 
-
     @property
     def uses_lora(self) -> bool:
         """Whether the policies are LoRA adapters (``finetuning``, ``auto`` resolved)."""
