@@ -34,6 +34,7 @@ from pluralign.runs import METRICS_FILE, plain, write_config, write_report, writ
 from pluralign.validation import OPEN_UNIT, check_fields
 
 HET, HOM = "heterogeneous", "homogeneous"
+DEFAULT_DEMO_CONFIG = "configs/demo.yaml"
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ReplicateConfig:
     """
 
     output_dir: str = "runs/replicate"
-    demo_config: str = "configs/demo.yaml"
+    demo_config: str = DEFAULT_DEMO_CONFIG
     demo: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     level: float = 0.95
@@ -78,10 +79,13 @@ class ReplicateConfig:
 
     def seed_config(self, seed: int) -> DemoConfig:
         """The demo configuration of one seed."""
-        values = {**read_config(DemoConfig, self.demo_config, self.demo),
+        path: str | None = self.demo_config
+        if path == DEFAULT_DEMO_CONFIG and not Path(path).is_file():
+            path = None  # as for `pluralign demo`: the shipped file's values are the defaults
+        values = {**read_config(DemoConfig, path, self.demo),
                   "seed": seed, "output_dir": str(Path(self.output_dir) / f"seed-{seed}"),
                   "progress": self.progress}
-        return config_from_dict(DemoConfig, values, self.demo_config)
+        return config_from_dict(DemoConfig, values, path or "DemoConfig")
 
 
 def _seed_metrics(cfg: DemoConfig) -> dict[str, Any]:
