@@ -28,7 +28,7 @@ import pandas as pd
 
 from pluralign.config import config_from_dict, read_config
 from pluralign.errors import ConfigError
-from pluralign.evaluation.replication import paired_seed_interval
+from pluralign.evaluation.replication import SeedInterval, paired_seed_interval
 from pluralign.experiments.demo import GAMMA_METHOD, DemoConfig, print_summary, run_demo
 from pluralign.runs import METRICS_FILE, plain, write_config, write_report, write_table
 from pluralign.validation import OPEN_UNIT, check_fields
@@ -143,13 +143,12 @@ def _summarise(cfg: ReplicateConfig, seeds: pd.DataFrame) -> dict[str, Any]:
         claim = "no seed gave a positive learned CV² on both populations: unresolved."
     else:
         claim = (f"log CV²_het − log CV²_hom of {GAMMA_METHOD} over {cv2.n} seed(s): mean "
-                 f"{cv2.mean:+.3g} (ratio ×{math.exp(cv2.mean):.3g}), {pct} t-interval "
-                 f"[{cv2.ci_low:+.3g}, {cv2.ci_high:+.3g}] → the claim is {cv2.verdict.upper()}"
-                 f" (t-test p = {cv2.p_value:.3g}).")
+                 f"{cv2.mean:+.3g} (ratio ×{math.exp(cv2.mean):.3g}), {_interval(cv2, pct)} → "
+                 f"the claim is {cv2.verdict.upper()}.")
     summary = [claim]
     if var is not None:
-        summary.append(f"log Var_het − log Var_hom: mean {var.mean:+.3g}, {pct} t-interval "
-                       f"[{var.ci_low:+.3g}, {var.ci_high:+.3g}] ({var.verdict}).")
+        summary.append(f"log Var_het − log Var_hom: mean {var.mean:+.3g}, "
+                       f"{_interval(var, pct)} ({var.verdict}).")
     summary.append(f"Het larger in {int((seeds['log_cv2_diff'] > 0).sum())} of {len(seeds)} "
                    f"seed(s) (CV²); seeds with an undefined ratio: "
                    f"{int(seeds['log_cv2_diff'].isna().sum())}.")
@@ -164,6 +163,13 @@ def _summarise(cfg: ReplicateConfig, seeds: pd.DataFrame) -> dict[str, Any]:
         "seeds": [_json_safe(r) for r in seeds.to_dict(orient="records")],
         "config": dataclasses.asdict(cfg),
     }
+
+
+def _interval(interval: SeedInterval, pct: str) -> str:
+    if interval.n < 2:
+        return "no interval from one seed"
+    return (f"{pct} t-interval [{interval.ci_low:+.3g}, {interval.ci_high:+.3g}], t-test "
+            f"p = {interval.p_value:.3g}")
 
 
 def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
