@@ -85,6 +85,35 @@ def test_two_process_ddp_reproduces_single_process_loss_curve(tmp_path, launcher
     assert one[-1]["strength/rate"] != pytest.approx(16.7, abs=1e-4)  # the strength did move
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("launcher", "overrides", "message"), [
+    # The shipped FSDP config on CPU: accelerate would quietly run DDP instead.
+    ([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+      str(REPO / "configs/accelerate/fsdp.yaml"), "--num_processes", "2",
+      "--mixed_precision", "no"], [], "FSDP was requested but accelerate set this launch up as"),
+    # Without use_cpu on a machine with no GPU: two processes that would each train alone.
+    ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+     ["training.use_cpu=false"], "2 processes were launched but accelerate found no device"),
+])
+def test_launches_that_would_train_something_else_are_refused(tmp_path, launcher, overrides,
+                                                              message):
+    if torch.cuda.is_available():
+        pytest.skip("both launches are valid with GPUs")
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(RECIPE))
+    port = "--main_process_port" if "accelerate" in launcher[2] else "--master_port"
+    cmd = [*launcher, port, str(_free_port()), "-m", "pluralign.cli", "train", "--config",
+           str(recipe_path), "--output-dir", str(tmp_path / "run"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert f"pluralign train: error: {message}" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "run" / "trainer_state.json").exists()
+
+
 # ------------------------------------------------------------------ kill and resume
 PAIRS = [{"prompt": f"Question {i}: which is kinder?",
           "chosen": " Helping a friend." if i % 2 else " Sharing the meal.",

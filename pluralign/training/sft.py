@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from pluralign.training.checkpoints import StagedCheckpoints
+from pluralign.training.launch import CheckedLaunch
 from pluralign.training.tokenization import check_pair_columns, tokenize_pair
 from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, check_lengths
 
@@ -85,7 +86,7 @@ def tokenize_sft(
     )
 
 
-class SFTTrainer(StagedCheckpoints, Trainer):
+class SFTTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
     """``transformers.Trainer`` whose checkpoints are staged and renamed into place once complete
     (so a kill mid-save leaves the previous checkpoint as the last one) and carry the run's
     fingerprint; ``train(resume_from_checkpoint=True)`` uses the last complete checkpoint."""

@@ -52,6 +52,7 @@ from pluralign.objectives import Objective
 from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.config import PreferenceConfig
 from pluralign.training.groups import prepare_groups
+from pluralign.training.launch import CheckedLaunch
 from pluralign.training.logps import supports_completion_head
 from pluralign.training.packing import PackedPreferenceCollator, batch_sequence_logps
 from pluralign.training.tokenization import (
@@ -126,7 +127,7 @@ class _ZeroStrengthGrads(TrainerCallback):
         self.objective.zero_grad(set_to_none=True)
 
 
-class PreferenceTrainer(StagedCheckpoints, Trainer):
+class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
     """Preference optimisation of a causal LM (see the module docstring).
 
     Args:
