@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo demo-real bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/pluralign demo
+
+# The same demo on SmolLM2-135M-Instruct (LoRA, chat template; about 25 minutes on 2 CPU cores).
+demo-real: $(STAMP)
+	$(VENV)/bin/pluralign demo --config configs/demo_smollm2.yaml
 
 lint: $(STAMP)
 	$(PY) -m ruff check pluralign tests bench

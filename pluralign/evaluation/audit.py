@@ -224,16 +224,13 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
 
 def _win_rates(config: EvaluateConfig, dataset: Any, model: Any, ref: Any, tokenizer: Any,
                metrics: dict[str, Any]) -> None:
-    import numpy as np
-
     from pluralign.evaluation.generation import generate_responses
     from pluralign.evaluation.judges import (
         HTTPJudge,
         RewardModelJudge,
         SequenceClassifierScorer,
-        judge_pairs,
     )
-    from pluralign.evaluation.winrate import win_rate_stats
+    from pluralign.evaluation.winrate import judged_win_rate
 
     if ref is None:
         raise EvaluationError("win rates compare the policy with its SFT baseline: set "
@@ -254,12 +251,9 @@ def _win_rates(config: EvaluateConfig, dataset: Any, model: Any, ref: Any, token
     ours = generate_responses(model, tokenizer, prompts, seed=config.seed)
     base = generate_responses(ref, tokenizer, prompts, seed=config.seed)
     texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-    judged = judge_pairs(judge, texts, ours, base)
-    ok = judged.ok
-    lengths = np.array([len(a) - len(b) for a, b in zip(ours, base, strict=True)], dtype=float)
-    metrics["win_rates"] = {"policy vs SFT": win_rate_stats(judged.outcomes[ok], lengths[ok],
-                                                            seed=config.seed).to_dict()}
-    metrics["failed_items"] += [{**f, "stage": "judge"} for f in judged.failed]
+    judged = judged_win_rate(judge, texts, ours, base, seed=config.seed)
+    metrics["win_rates"] = {"policy vs SFT": judged.stats.to_dict()}
+    metrics["failed_items"] += [{**f, "stage": "judge"} for f in judged.judgments.failed]
 
 
 def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:

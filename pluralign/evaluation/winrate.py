@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from pluralign.evaluation.bootstrap import bootstrap_statistic, percentile_interval
 from pluralign.evaluation.errors import EvaluationError
+from pluralign.evaluation.judges import Judge, Judgments, judge_pairs
 
 #: Ridge penalty of the LC logistic fit: keeps the fit finite when every prompt is won (or lost),
 #: i.e. under complete separation; with hundreds of prompts its effect on the estimate is < 1e-4.
@@ -204,3 +207,35 @@ def compare_win_rates(outcomes_a: np.ndarray | list[float], outcomes_b: np.ndarr
     lo, hi = percentile_interval(samples, level)
     return PairedDifference(n=int(d.size), difference=100 * float(d.mean()), ci_low=lo, ci_high=hi,
                             p_value=sign_flip_test(d, n_permutations, seed))
+
+
+def _length(response: Any) -> int:
+    """Characters of a response: a string or chat messages (their contents)."""
+    if isinstance(response, str):
+        return len(response)
+    return sum(len(m.get("content", "")) for m in response)
+
+
+@dataclass(frozen=True)
+class JudgedWinRate:
+    """:func:`judged_win_rate`'s result: the statistics and the per-item judgements."""
+
+    stats: WinRateResult
+    judgments: Judgments
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.stats.to_dict(), "judge": self.judgments.judge,
+                "failed": self.judgments.failed}
+
+
+def judged_win_rate(judge: Judge, prompts: Sequence[Any], policy: Sequence[Any],
+                    baseline: Sequence[Any], *, seed: int = 0,
+                    progress: bool = True) -> JudgedWinRate:
+    """Judge ``policy[i]`` against ``baseline[i]`` on ``prompts[i]`` and summarise with
+    :func:`win_rate_stats` (length-controlled on the responses' character counts); items the
+    judge failed on are left out and listed."""
+    judged = judge_pairs(judge, prompts, policy, baseline, progress=progress)
+    ok = judged.ok
+    lengths = np.array([_length(a) - _length(b) for a, b in zip(policy, baseline, strict=True)],
+                       dtype=float)
+    return JudgedWinRate(win_rate_stats(judged.outcomes[ok], lengths[ok], seed=seed), judged)

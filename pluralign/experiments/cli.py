@@ -40,6 +40,8 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
   pluralign experiment dahp --config configs/dahp_env.yaml --output-dir runs/dahp_env
   pluralign experiment pal_benchmark --config configs/pal_benchmark.yaml --output-dir runs/pal
   pluralign experiment group_robust --output-dir runs/group_robust seed=1
+  pluralign experiment replicate --output-dir runs/replicate "seeds=[0, 1, 2]"
+  pluralign experiment replicate --config configs/replicate_smollm2.yaml "seeds=[0]"
   pluralign experiment composition --help            # every field of its config
 
 Shipped experiments:

@@ -59,9 +59,14 @@ from pluralign.evaluation.worst_group import (
     worst_group_summary,
 )
 from pluralign.evaluation.worst_group_plots import plot_group_accuracy, plot_group_weights
-from pluralign.experiments.demo import default_preference, default_sft, train_tiny_methods
+from pluralign.experiments.demo import (
+    default_preference,
+    default_sft,
+    print_summary,
+    train_methods,
+)
 from pluralign.runs import format_estimate, write_config, write_report
-from pluralign.training import build_tokenizer
+from pluralign.training import build_tokenizer, tiny_gpt_neox
 from pluralign.validation import COUNT, INDEX, OPEN_UNIT, check_fields, check_lengths
 
 GROUP = "user_type"
@@ -175,7 +180,8 @@ def _weight_trajectory(trainer: Any) -> dict[str, Any]:
 def _train_methods(cfg: GroupRobustConfig, splits: Any, tokenizer: Any, out: Path
                    ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     margins, trajectory = {}, {}
-    for method, policy, sft_model, trainer in train_tiny_methods(cfg, splits, tokenizer, out):
+    model = tiny_gpt_neox(len(tokenizer), seed=cfg.seed, **cfg.model)
+    for method, policy, sft_model, trainer in train_methods(cfg, splits, tokenizer, out, model):
         if method == ROBUST:
             trajectory = _weight_trajectory(trainer)
         margins[method] = preference_margins(policy, sft_model, splits["test"], tokenizer,
@@ -231,10 +237,7 @@ def main(config: GroupRobustConfig) -> dict[str, Any]:
         table.add_row(method, format_estimate(worst, ".3f"),
                       format_estimate(metrics["average_accuracy"][method], ".3f"))
     console.print(table)
-    for line in metrics["summary"]:
-        console.print(f"• {line}")
-    console.print(f"Report: {Path(config.output_dir) / 'report.html'}", soft_wrap=True,
-                  markup=False, highlight=False)
+    print_summary(console, metrics, config.output_dir)
     return metrics
 
 

@@ -69,22 +69,23 @@ class ModelConfig:
         check_number(self.tokenizer_vocab_size, "model.tokenizer_vocab_size",
                      minimum=BYTE_VOCAB, integer=True)
         if self.lora is not None:
-            self.lora = _lora_fields(self.lora)
+            self.lora = check_lora(self.lora)
 
 
-def _lora_fields(lora: object) -> dict[str, Any]:
-    """``lora`` checked against peft's ``LoraConfig`` fields (unknown keys named)."""
+def check_lora(lora: object, where: str = "model.lora") -> dict[str, Any]:
+    """``lora`` checked against peft's ``LoraConfig`` fields (unknown keys named after
+    ``where``)."""
     import dataclasses
 
     from peft import LoraConfig
 
     if not isinstance(lora, Mapping):
-        raise ConfigError(f"model.lora={lora!r} is invalid; use a mapping of peft LoraConfig "
+        raise ConfigError(f"{where}={lora!r} is invalid; use a mapping of peft LoraConfig "
                           "fields, e.g. {r: 8, lora_alpha: 16}")
     valid = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"task_type"}
     unknown = sorted(str(k) for k in lora if k not in valid)
     if unknown:
-        raise ConfigError(f"model.lora: unknown LoraConfig key(s) {', '.join(unknown)}; valid "
+        raise ConfigError(f"{where}: unknown LoraConfig key(s) {', '.join(unknown)}; valid "
                           "keys include r, lora_alpha, lora_dropout, target_modules")
     return dict(lora)
 
@@ -228,10 +229,16 @@ def build_model_and_tokenizer(spec: ModelConfig, train: datasets.Dataset, seed: 
     else:
         model = load_causal_lm(spec.name_or_path)
     if spec.lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **spec.lora))
+        model = add_lora(model, spec.lora)
     return model, tokenizer
+
+
+def add_lora(model: Any, lora: Mapping[str, Any]) -> Any:
+    """``model`` wrapped in peft LoRA adapters (``lora``: LoraConfig fields); its base weights are
+    frozen in place and the adapters disabled give the base model back."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
 
 
 def prepare_run_folder(recipe: TrainRecipe | SFTRecipe) -> tuple[dict[str, Any], str | None]:
