@@ -16,6 +16,7 @@ model, ``trainer_state.json`` (with the per-step ``log_history``) and ``metrics.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -307,9 +308,24 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
         with atomic_path(os.path.join(output_dir, "trainer_state.json")) as tmp:
             trainer.state.save_to_json(str(tmp))
         write_metrics(output_dir, metrics)
-    # Every rank leaves together and tears its process group down: a gloo rank that exits with
-    # the group alive can abort in its worker threads (`terminate called without an active
-    # exception`, seen once in CI) after the run folder is complete.
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    _leave_process_group(trainer)
     return metrics
+
+
+def _leave_process_group(trainer: Any) -> None:
+    """Every rank leaves together, then the process group is torn down while nothing holds it.
+
+    A gloo worker thread releases the tensors of a finished collective only once it holds the
+    GIL. A rank that exits with the group alive can abort in that release during interpreter
+    shutdown (`terminate called without an active exception`, seen in CI), and one that drops
+    its last reference to the group (DDP's reducer) while the release is pending deadlocks: the
+    main thread joins the worker under the GIL (py-spy: `~ProcessGroupGloo` → `thread::join`
+    against `~AsyncBarrierWork` → `gil_scoped_acquire`). So after the barrier the GIL is handed
+    over for a moment, and the group is destroyed before the trainer is.
+    """
+    accelerator = trainer.accelerator
+    if accelerator.num_processes == 1:
+        return
+    accelerator.wait_for_everyone()
+    time.sleep(0.5)  # lets the worker threads release the barrier's tensors (see above)
+    accelerator.end_training()
