@@ -1,4 +1,4 @@
-"""The seeds/000 claim replicated over seeds: the paired interval and verdict against scipy's own
+"""[VARIANCE-CLAIM] replicated over seeds: the paired interval and verdict against scipy's own
 one-sample t-test, and a reduced end-to-end replication (tiny model) with per-seed reuse."""
 
 import json

@@ -1,6 +1,6 @@
 """The demo's claim under test, replicated over seeds (``pluralign experiment replicate``).
 
-[VARIANCE-CLAIM] (seeds/000): the learned preference-strength distribution of MixDPO-Gamma ends
+[VARIANCE-CLAIM]: the learned preference-strength distribution of MixDPO-Gamma ends
 with a larger CV² (and Var[β]) on the heterogeneous population than on its homogeneous control.
 One demo run cannot decide it; this experiment runs the demo (:func:`pluralign.experiments.demo.
 run_demo`, unchanged) once per seed — each seed a complete demo run folder ``seed-<s>/`` — and
