@@ -22,7 +22,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pluralign demo
 
-# The same demo on SmolLM2-135M-Instruct (LoRA, chat template; about 25 minutes on 2 CPU cores).
+# The same demo on SmolLM2-135M-Instruct (LoRA, chat template; about 14-18 minutes on 2 quiet CPU cores).
 demo-real: $(STAMP)
 	$(VENV)/bin/pluralign demo --config configs/demo_smollm2.yaml
 
