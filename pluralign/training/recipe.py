@@ -239,7 +239,12 @@ def add_lora(model: Any, lora: Mapping[str, Any]) -> Any:
     frozen in place and the adapters disabled give the base model back."""
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    try:
+        return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+    except (ValueError, TypeError) as exc:  # peft's bad r, target_modules, ... (one line each)
+        raise ConfigError(f"lora={dict(lora)!r} does not fit this model: {exc}; check "
+                          "lora.r (>= 1) and lora.target_modules (module names of the model)"
+                          ) from None
 
 
 def prepare_run_folder(recipe: TrainRecipe | SFTRecipe) -> tuple[dict[str, Any], str | None]:
