@@ -29,15 +29,18 @@ rejected, no padding) concatenated and cut into rows as wide as the batch's long
 causal attention): the model's transformer over all of them and its LM head only on the states
 that predict a completion token (the least any DPO loss needs), forward and backward of their mean
 next-token loss (policy), plus the same forward under ``inference_mode`` (reference: a frozen
-copy, or the adapters disabled); no optimizer step. Printed: floor pairs/s and the per-round ratio
-of pluralign's step time to the floor's.
+copy, or the adapters disabled as pluralign does); no optimizer step. Printed: floor pairs/s, the
+per-round ratio of pluralign's step time to the floor's, and of the floor's pairs/s to TRL's. An
+exact DPO step does about the floor's work or more (the floor's plain causal rows attend across
+pairs, a little more than a step needs), so floor / TRL is about the most any exact method can
+gain over TRL on these batches.
 
 MixDPO overhead (tiny model, float32): DPO, MixDPO-Gamma and MixDPO-LogNormal trainers (learnable
 strengths) from the same weights, one optimizer step each on the same batch per round, in rotating
 order, in one process; the median (min–max) over rounds of the per-round step-time ratio to DPO.
 
     python bench/trainer.py [--steps 8] [--warmup 2] [--rounds 3] [--smol-steps 3]
-        [--smol-rounds 2] [--overhead-rounds 30] [--models tiny,smollm2] [--quick]
+        [--smol-rounds 3] [--overhead-rounds 30] [--models tiny,smollm2] [--quick]
 """
 
 from __future__ import annotations
@@ -186,6 +189,8 @@ def floor_worker(model_name: str, bf16: bool, steps: int, warmup: int) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from pluralign.training.trainer import disabled_adapters
+
     torch.set_num_threads(1)
     pairs = (warmup + steps) * BATCH[model_name] if model_name == "smollm2" else None
     trainer = _ours(model_name, "bf16" if bf16 else "fp32", warmup + steps,
@@ -213,7 +218,7 @@ def floor_worker(model_name: str, bf16: bool, steps: int, warmup: int) -> dict:
                 loss_of(model, ids, completion).backward()
             with torch.inference_mode(), autocast:
                 if lora:
-                    with model.disable_adapter():
+                    with disabled_adapters(model):
                         loss_of(model, ids, completion)
                 else:
                     loss_of(reference, ids, completion)
@@ -300,10 +305,12 @@ def bench_model(model_name: str, steps: int, warmup: int, rounds: int) -> None:
               f"{_spread(ratios, '{:.2f}x'):>20s}")
     print(f"{PAPER:26s} {'—':>20s} {_spread(rate[('ours', PAPER)]):>20s}")
     for name in ("fp32", "bf16"):
-        floor, ours = rate[("floor", name)], rate[("ours", name)]
+        floor, ours, trl = rate[("floor", name)], rate[("ours", name)], rate[("trl", name)]
         ratios = [f / o for f, o in zip(floor, ours, strict=True)]
+        ceiling = [f / t for f, t in zip(floor, trl, strict=True)]
         print(f"compute floor, {name}: {_spread(floor, '{:.2f}')} pairs/s; pluralign {name} "
-              f"step / floor: {_spread(ratios, '{:.2f}')}")
+              f"step / floor: {_spread(ratios, '{:.2f}')}; floor / TRL (about the most an "
+              f"exact method can gain): {_spread(ceiling, '{:.2f}x')}")
     print(flush=True)
 
 
@@ -313,7 +320,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (tiny)")
     parser.add_argument("--smol-steps", type=int, default=3, help="timed steps per run (SmolLM2)")
-    parser.add_argument("--smol-rounds", type=int, default=2, help="rounds (SmolLM2)")
+    parser.add_argument("--smol-rounds", type=int, default=3, help="rounds (SmolLM2)")
     parser.add_argument("--overhead-rounds", type=int, default=30,
                         help="MixDPO overhead rounds (< 2: skip)")
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny,smollm2")
