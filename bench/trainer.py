@@ -29,15 +29,19 @@ rejected, no padding) concatenated and cut into rows as wide as the batch's long
 causal attention): the model's transformer over all of them and its LM head only on the states
 that predict a completion token (the least any DPO loss needs), forward and backward of their mean
 next-token loss (policy), plus the same forward under ``inference_mode`` (reference: a frozen
-copy, or the adapters disabled); no optimizer step. Printed: floor pairs/s and the per-round ratio
-of pluralign's step time to the floor's.
+copy, or the adapters disabled as pluralign does); no optimizer step. Printed: floor pairs/s, the
+per-round ratio of pluralign's step time to the floor's, and of the floor's pairs/s to TRL's. An
+exact DPO step does about the floor's work or more (the floor's plain causal rows attend across
+pairs, a little more than a step needs), so floor / TRL is about the most any exact method can
+gain over TRL on these batches.
 
 MixDPO overhead (tiny model, float32): DPO, MixDPO-Gamma and MixDPO-LogNormal trainers (learnable
 strengths) from the same weights, one optimizer step each on the same batch per round, in rotating
 order, in one process; the median (min–max) over rounds of the per-round step-time ratio to DPO.
 
     python bench/trainer.py [--steps 8] [--warmup 2] [--rounds 3] [--smol-steps 3]
-        [--smol-rounds 2] [--overhead-rounds 30] [--models tiny,smollm2] [--quick]
+        [--smol-rounds 3] [--overhead-rounds 30] [--models tiny,smollm2]
+        [--settings defaults,fp32,...] [--quick]
 """
 
 from __future__ import annotations
@@ -186,6 +190,8 @@ def floor_worker(model_name: str, bf16: bool, steps: int, warmup: int) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from pluralign.training.trainer import disabled_adapters
+
     torch.set_num_threads(1)
     pairs = (warmup + steps) * BATCH[model_name] if model_name == "smollm2" else None
     trainer = _ours(model_name, "bf16" if bf16 else "fp32", warmup + steps,
@@ -213,7 +219,7 @@ def floor_worker(model_name: str, bf16: bool, steps: int, warmup: int) -> dict:
                 loss_of(model, ids, completion).backward()
             with torch.inference_mode(), autocast:
                 if lora:
-                    with model.disable_adapter():
+                    with disabled_adapters(model):
                         loss_of(model, ids, completion)
                 else:
                     loss_of(reference, ids, completion)
@@ -273,18 +279,23 @@ def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
             f"({fmt.format(min(values))}–{fmt.format(max(values))})")
 
 
-def bench_model(model_name: str, steps: int, warmup: int, rounds: int) -> None:
-    """Every setting of one model, alternating the libraries round by round; then the floor."""
+def bench_model(model_name: str, steps: int, warmup: int, rounds: int,
+                settings: tuple[str, ...] = (*SETTINGS, PAPER)) -> None:
+    """The given settings of one model, alternating the libraries round by round; then the
+    floor (of the matched fp32/bf16 settings among them)."""
     rate: dict[tuple[str, str], list[float]] = {}
+    compared = [s for s in SETTINGS if s in settings]
+    floors = [(name, MATCHED[name][0]) for name in ("fp32", "bf16") if name in settings]
     for r in range(rounds):
         libs = ("ours", "trl") if r % 2 == 0 else ("trl", "ours")
-        for setting, lib in [(s, lib) for s in SETTINGS for lib in libs] + [(PAPER, "ours")]:
+        runs = [(s, lib) for s in compared for lib in libs]
+        for setting, lib in runs + ([(PAPER, "ours")] if PAPER in settings else []):
             result = _run("train", lib, model_name, setting, steps, warmup)
             rate.setdefault((lib, setting), []).append(result["pairs_per_s"])
             print(f"  round {r + 1} {model_name:8s} {setting:24s} {lib:5s} "
                   f"{result['pairs_per_s']:7.2f} pairs/s (setup {result['setup_cpu_s']:.1f} s "
                   "CPU)", flush=True)
-        for name, bf16 in (("fp32", False), ("bf16", True)):
+        for name, bf16 in floors:
             result = _run("floor", model_name, bf16, steps, warmup)
             rate.setdefault(("floor", name), []).append(result["pairs_per_s"])
             print(f"  round {r + 1} {model_name:8s} {'compute floor, ' + name:24s} "
@@ -293,17 +304,20 @@ def bench_model(model_name: str, steps: int, warmup: int, rounds: int) -> None:
     print(f"\n{model_name}: batch {batch}, max_length {MAX_LENGTH}, {rounds} rounds of {steps} "
           f"steps (+{warmup} warm-up), pairs/s median (min–max) over rounds")
     print(f"{'setting':26s} {'TRL DPOTrainer':>20s} {'pluralign':>20s} {'ours / TRL':>20s}")
-    for setting in SETTINGS:
+    for setting in compared:
         ours, trl = rate[("ours", setting)], rate[("trl", setting)]
         ratios = [o / t for o, t in zip(ours, trl, strict=True)]
         print(f"{setting:26s} {_spread(trl):>20s} {_spread(ours):>20s} "
               f"{_spread(ratios, '{:.2f}x'):>20s}")
-    print(f"{PAPER:26s} {'—':>20s} {_spread(rate[('ours', PAPER)]):>20s}")
-    for name in ("fp32", "bf16"):
-        floor, ours = rate[("floor", name)], rate[("ours", name)]
+    if PAPER in settings:
+        print(f"{PAPER:26s} {'—':>20s} {_spread(rate[('ours', PAPER)]):>20s}")
+    for name, _ in floors:
+        floor, ours, trl = rate[("floor", name)], rate[("ours", name)], rate[("trl", name)]
         ratios = [f / o for f, o in zip(floor, ours, strict=True)]
+        ceiling = [f / t for f, t in zip(floor, trl, strict=True)]
         print(f"compute floor, {name}: {_spread(floor, '{:.2f}')} pairs/s; pluralign {name} "
-              f"step / floor: {_spread(ratios, '{:.2f}')}")
+              f"step / floor: {_spread(ratios, '{:.2f}')}; floor / TRL (about the most an "
+              f"exact method can gain): {_spread(ceiling, '{:.2f}x')}")
     print(flush=True)
 
 
@@ -313,10 +327,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (tiny)")
     parser.add_argument("--smol-steps", type=int, default=3, help="timed steps per run (SmolLM2)")
-    parser.add_argument("--smol-rounds", type=int, default=2, help="rounds (SmolLM2)")
+    parser.add_argument("--smol-rounds", type=int, default=3, help="rounds (SmolLM2)")
     parser.add_argument("--overhead-rounds", type=int, default=30,
                         help="MixDPO overhead rounds (< 2: skip)")
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny,smollm2")
+    parser.add_argument("--settings", default=",".join((*SETTINGS, "paper")),
+                        help=f"comma-separated subset of: {', '.join(SETTINGS)}, paper ({PAPER})")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: tiny model only, 1 round of 1 step, 4 overhead rounds")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -327,13 +343,17 @@ def main() -> None:
         return
     if a.quick:
         a.steps, a.warmup, a.rounds, a.overhead_rounds, a.models = 1, 1, 1, 4, "tiny"
+    settings = tuple(PAPER if s == "paper" else s for s in a.settings.split(","))
+    unknown = sorted(set(settings) - {*SETTINGS, PAPER})
+    if unknown:
+        parser.error(f"unknown settings {unknown}; use a subset of {', '.join(SETTINGS)}, paper")
     print(f"command: python bench/trainer.py {' '.join(sys.argv[1:])}")
     print(f"machine: {machine()}", flush=True)
     for model_name in a.models.split(","):
         if model_name == "smollm2":
-            bench_model(model_name, a.smol_steps, 1, a.smol_rounds)
+            bench_model(model_name, a.smol_steps, 1, a.smol_rounds, settings)
         else:
-            bench_model(model_name, a.steps, a.warmup, a.rounds)
+            bench_model(model_name, a.steps, a.warmup, a.rounds, settings)
     if a.overhead_rounds < 2:
         return
     over = _run("overhead", a.overhead_rounds)

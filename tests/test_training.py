@@ -335,6 +335,39 @@ def test_precomputed_peft_reference_has_the_adapters_disabled(tmp_path, model, t
                                rtol=0, atol=1e-5)
 
 
+def test_disabled_adapters_gives_the_base_model_and_restores_the_adapters(model):
+    peft = pytest.importorskip("peft")
+    from pluralign.training.trainer import disabled_adapters
+
+    policy = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["query_key_value"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    base, adapted = model(input_ids=ids).logits, policy(input_ids=ids).logits
+    assert not torch.allclose(base, adapted, atol=1e-3)
+
+    def lora_state():  # per LoRA layer: adapters off?, which of its weights train
+        return [(m.disable_adapters, tuple(p.requires_grad for p in m.parameters()))
+                for m in policy.modules() if hasattr(m, "lora_A")]
+
+    before = lora_state()
+    with disabled_adapters(policy):
+        torch.testing.assert_close(policy(input_ids=ids).logits, base, rtol=0, atol=1e-6)
+        assert all(state[0] for state in lora_state())
+    assert lora_state() == before
+    torch.testing.assert_close(policy(input_ids=ids).logits, adapted, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="inside"), disabled_adapters(policy):
+        raise RuntimeError("inside")
+    assert lora_state() == before
+    policy.base_model.disable_adapter_layers()  # already off: stays off
+    with disabled_adapters(policy):
+        pass
+    assert all(state[0] for state in lora_state())
+
+
 def test_chat_prompt_ids_are_the_same_for_training_margins_and_generation(tmp_path, monkeypatch):
     from pathlib import Path
 
