@@ -257,6 +257,18 @@ def test_generate_responses_returns_only_new_text_deterministically():
     assert tok.padding_side == "right"  # restored after left-padded generation
 
 
+def test_distinct_prompts_keep_first_seen_order_for_text_and_chat_prompts():
+    from pluralign.evaluation.generation import distinct_prompts, prompt_text
+
+    chat = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]]
+    prompts = [chat[1], chat[0], [{"role": "user", "content": "yo"}], chat[1]]
+    assert distinct_prompts(prompts) == [chat[1], chat[0]]
+    assert distinct_prompts(prompts, 1) == [chat[1]]
+    assert distinct_prompts(["b", "a", "b", "c"], 2) == ["b", "a"]
+    assert distinct_prompts(["b", "a"], 0) == []
+    assert [prompt_text(p) for p in ["plain", chat[0]]] == ["plain", "hi"]
+
+
 @pytest.mark.parametrize(("max_length", "max_prompt_length"), [(5, 10), (8, 8), (0, 0),
                                                                (16, -1), ("x", 4)])
 def test_preference_margins_refuse_lengths_that_leave_no_completion(max_length,

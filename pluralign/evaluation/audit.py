@@ -224,7 +224,11 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
 
 def _win_rates(config: EvaluateConfig, dataset: Any, model: Any, ref: Any, tokenizer: Any,
                metrics: dict[str, Any]) -> None:
-    from pluralign.evaluation.generation import generate_responses
+    from pluralign.evaluation.generation import (
+        distinct_prompts,
+        generate_responses,
+        prompt_text,
+    )
     from pluralign.evaluation.judges import (
         HTTPJudge,
         RewardModelJudge,
@@ -247,10 +251,10 @@ def _win_rates(config: EvaluateConfig, dataset: Any, model: Any, ref: Any, token
                                  name="bradley-terry")
     else:
         judge = RewardModelJudge(SequenceClassifierScorer(config.judge_model))
-    prompts = list(dict.fromkeys(dataset["prompt"]))[: config.n_prompts]
+    prompts = distinct_prompts(dataset["prompt"], config.n_prompts)
     ours = generate_responses(model, tokenizer, prompts, seed=config.seed)
     base = generate_responses(ref, tokenizer, prompts, seed=config.seed)
-    texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+    texts = [prompt_text(p) for p in prompts]
     judged = judged_win_rate(judge, texts, ours, base, seed=config.seed)
     metrics["win_rates"] = {"policy vs SFT": judged.stats.to_dict()}
     metrics["failed_items"] += [{**f, "stage": "judge"} for f in judged.judgments.failed]

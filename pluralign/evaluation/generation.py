@@ -10,7 +10,7 @@ reproducible; sampling is seeded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +20,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pluralign.errors import ConfigError
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.training.tokenization import keep_prompt_end, prompt_token_ids
+
+
+def distinct_prompts(prompts: Iterable[Any], limit: int | None = None) -> list[Any]:
+    """The distinct ``prompts``, first seen first, at most ``limit`` of them; chat prompts (lists
+    of messages, which cannot be dict keys) are compared by value through their ``repr``."""
+    return list({repr(p): p for p in prompts}.values())[:limit]
+
+
+def prompt_text(prompt: Any) -> str:
+    """A prompt as the text a judge reads: itself, or a chat prompt's last message."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
 def _left_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

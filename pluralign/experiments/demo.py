@@ -55,7 +55,7 @@ from pluralign.evaluation.diagnose import (
     fit_verdict,
     trajectory_verdict,
 )
-from pluralign.evaluation.generation import generate_responses
+from pluralign.evaluation.generation import distinct_prompts, generate_responses, prompt_text
 from pluralign.evaluation.judges import RewardModelJudge
 from pluralign.evaluation.margins import preference_margins
 from pluralign.evaluation.plots import (
@@ -277,8 +277,7 @@ def _train_population(cfg: DemoConfig, name: str, splits: Any, tokenizer: Any,
                       run_dir: Path, bar: Any) -> _PopulationResult:
     margins, trajectories, final, texts = {}, {}, {}, {}
     lora = cfg.lora if cfg.uses_lora else None
-    # distinct held-out prompts, first seen first (chat prompts are lists: keyed by their repr)
-    prompts = list({repr(p): p for p in splits["test"]["prompt"]}.values())[:cfg.generations]
+    prompts = distinct_prompts(splits["test"]["prompt"], cfg.generations)
     for method, policy, sft_model, trainer in train_methods(
             cfg, splits, tokenizer, run_dir / name, _base_model(cfg, tokenizer), lora):
         bar.update()
@@ -330,14 +329,10 @@ def _judge_generations(cfg: DemoConfig, splits: Any, prompts: list[Any],
     rates = {m: judged_win_rate(judge, prompts, [as_response(t) for t in out], base,
                                 seed=cfg.seed, progress=cfg.progress).to_dict()
              for m, out in texts.items() if m != "reference"}
-    samples = [{"prompt": _prompt_text(p), **{m: out[i] for m, out in texts.items()}}
+    samples = [{"prompt": prompt_text(p), **{m: out[i] for m, out in texts.items()}}
                for i, p in enumerate(prompts)]
     return {"judge": judge.name, "judge_heldout_accuracy": judge_model.accuracy(splits["test"]),
             "win_rates_vs_reference": rates, "samples": samples}
-
-
-def _prompt_text(prompt: Any) -> str:
-    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
