@@ -99,14 +99,18 @@ def disabled_adapters(model: nn.Module) -> Iterator[None]:
 
     config = getattr(model, "active_peft_config", None)
     tuner = getattr(model, "base_model", None)
-    if (
-        config is None
-        or getattr(config, "is_prompt_learning", False)
-        or getattr(config, "is_adaption_prompt", False)
-        or not hasattr(tuner, "disable_adapter_layers")
-        or (first := next((m for m in tuner.modules() if isinstance(m, BaseTunerLayer)), None))
-        is None
-    ):
+    layered = (
+        config is not None
+        and not getattr(config, "is_prompt_learning", False)
+        and not getattr(config, "is_adaption_prompt", False)
+        and hasattr(tuner, "disable_adapter_layers")
+    )
+    first = (
+        next((m for m in tuner.modules() if isinstance(m, BaseTunerLayer)), None)
+        if layered
+        else None
+    )
+    if first is None:
         with model.disable_adapter():
             yield
         return
