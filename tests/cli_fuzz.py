@@ -16,6 +16,7 @@ Usage in a test module (tests/ is on sys.path, see conftest.py)::
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import traceback
@@ -29,6 +30,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from pluralign.cli import main
+from pluralign.config import set_dotted
 
 #: Examples per property test (each runs a whole command), no deadline (commands read files,
 #: plot and train tiny models).
@@ -76,12 +78,10 @@ class ConfigCase:
     def argv(self, folder: Path, fixed: Sequence[str] = ()) -> list[str]:
         """``--config FILE key=value ...`` (FILE written into ``folder``) plus ``fixed``."""
         nested: dict[str, Any] = {}
-        for key, value in self.in_file.items():
-            *parents, last = key.split(".")
-            node = nested
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = value
+        # copies: a section taken from a shared recipe (test_training_cli.TINY) must not receive
+        # the generated values of its dotted sub-keys, or later tests see them
+        for key, value in copy.deepcopy(self.in_file).items():
+            set_dotted(nested, key, value)
         path = folder / "config.yaml"
         path.write_text(yaml.safe_dump(nested, allow_unicode=True), encoding="utf-8")
         return ["--config", str(path), *self.overrides, *fixed]

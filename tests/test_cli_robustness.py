@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_fuzz import CLI_SETTINGS, assert_clean, assert_umask, config_cases, field_values
+import yaml
+from cli_fuzz import (
+    CLI_SETTINGS,
+    ConfigCase,
+    assert_clean,
+    assert_umask,
+    config_cases,
+    field_values,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from test_training_cli import TINY
@@ -116,6 +124,17 @@ _TRAIN_FIELDS = {
     "model.tokenizer_vocab_size": field_values(), "model.config": field_values(),
     "model.lora": field_values(), "resume": field_values(), "overwrite": field_values(),
 }
+
+
+def test_config_case_leaves_the_sections_it_is_given_alone(tmp_path):
+    """A shared recipe section with a generated sub-key once leaked that value (None) into
+    test_training_cli.TINY, failing later tests in the same worker."""
+    shared = {"n_annotators": 6, "seed": 0}
+    case = ConfigCase({"data.population": shared, "data.population.n_annotators": None})
+    argv = case.argv(tmp_path)
+    assert shared == {"n_annotators": 6, "seed": 0}
+    written = yaml.safe_load(Path(argv[1]).read_text(encoding="utf-8"))
+    assert written == {"data": {"population": {"n_annotators": None, "seed": 0}}}
 
 
 @CLI_SETTINGS
