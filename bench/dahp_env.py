@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from machine import machine
 
 LOOP_SLICE = 20_000
 
@@ -33,6 +34,7 @@ def loop_sampling(env, num: int, rng: np.random.Generator) -> float:
 
 
 def main() -> None:
+    print(f"machine: {machine()}", flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="tabular", choices=("tabular", "mlp"))
     args = parser.parse_args()

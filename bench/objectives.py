@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from machine import machine
 from torch import Tensor, nn
 
 from pluralign.objectives import DPOObjective, MixDPOObjective
@@ -75,6 +76,7 @@ def _step(objective: Callable[[Tensor], Tensor], margins: Tensor) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    print(f"machine: {machine()}", flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--inner", type=int, default=100)
