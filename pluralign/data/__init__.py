@@ -3,9 +3,11 @@
 Public names: :class:`SchemaError`, :func:`validate`, :func:`row_attributes`,
 :func:`row_context`, :func:`to_pandas` (schema); :func:`load_preferences` (loaders);
 :func:`make_population`, :class:`PopulationConfig`, :func:`load_population` (synthetic);
-:func:`export_preferences` (TRL-format export); the ``splits`` and ``pairing`` submodules.
+:func:`export_preferences` (TRL-format export); :class:`DataConfig` and :func:`load_data` (the
+``data:`` section of every command); the ``splits`` and ``pairing`` submodules.
 """
 
+from pluralign.data.config import DataConfig, load_data
 from pluralign.data.export import EXPORT_FORMATS, ExportResult, export_preferences
 from pluralign.data.loaders import FORMATS, detect_format, load_preferences
 from pluralign.data.schema import (
@@ -18,7 +20,7 @@ from pluralign.data.schema import (
 )
 from pluralign.data.synthetic import Population, PopulationConfig, load_population, make_population
 
-__all__ = ["COLUMNS", "EXPORT_FORMATS", "FORMATS", "ExportResult", "Population",
+__all__ = ["COLUMNS", "DataConfig", "EXPORT_FORMATS", "FORMATS", "ExportResult", "Population",
            "PopulationConfig", "SchemaError", "detect_format", "export_preferences",
-           "load_population", "load_preferences", "make_population", "row_attributes",
+           "load_data", "load_population", "load_preferences", "make_population", "row_attributes",
            "row_context", "to_pandas", "validate"]

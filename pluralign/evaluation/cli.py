@@ -1,5 +1,6 @@
 """CLI commands of the evaluation layer: ``evaluate``, ``diagnose`` and ``report``; argument
-parsing plus one call into :mod:`pluralign.evaluation.audit` / :mod:`pluralign.runs`."""
+parsing plus one call into :mod:`pluralign.evaluation.evaluate_run`,
+:mod:`pluralign.evaluation.diagnose_run` or :mod:`pluralign.runs`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pluralign.config import add_config_arguments, config_from_args
 
 # ------------------------------------------------------------------------------------ evaluate
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from pluralign.evaluation.audit import EvaluateConfig
+    from pluralign.evaluation.evaluate_run import EvaluateConfig
 
     add_config_arguments(parser, EvaluateConfig, """Examples:
   pluralign evaluate model=runs/mix/final ref_model=runs/sft/final data=pairs.jsonl \\
@@ -27,7 +28,7 @@ The composition matrix ([COMPOSITION]) is `pluralign experiment composition`."""
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from pluralign.evaluation.audit import EvaluateConfig, run_evaluation
+    from pluralign.evaluation.evaluate_run import EvaluateConfig, run_evaluation
 
     run_evaluation(config_from_args(EvaluateConfig, args)[0])
     return 0
@@ -35,7 +36,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ diagnose
 def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
-    from pluralign.evaluation.audit import DiagnoseConfig
+    from pluralign.evaluation.diagnose_run import DiagnoseConfig
 
     add_config_arguments(parser, DiagnoseConfig, """Examples:
   pluralign diagnose "runs=[runs/mixdpo_gamma]" --output-dir runs/diag     # trajectory verdict
@@ -53,7 +54,7 @@ simulated power to separate two CV^2 (power_pairs=...).""")
 
 
 def run_diagnose(args: argparse.Namespace) -> int:
-    from pluralign.evaluation.audit import DiagnoseConfig, run_diagnosis
+    from pluralign.evaluation.diagnose_run import DiagnoseConfig, run_diagnosis
 
     run_diagnosis(config_from_args(DiagnoseConfig, args)[0])
     return 0

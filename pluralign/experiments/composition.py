@@ -20,8 +20,8 @@ import numpy as np
 
 from pluralign.config import config_from_dict
 from pluralign.errors import ConfigError
-from pluralign.evaluation.audit import PairSource
 from pluralign.evaluation.composition import ScoreFn, TrainFn, composition_matrix
+from pluralign.evaluation.evaluate_run import PairSource
 from pluralign.runs import write_config, write_report, write_table
 
 SPLITS = ("pairs", "annotator")
