@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pluralign.evaluation.cli", "build report.html from a run folder"),
     "nbc": ("pluralign.social_choice.cli", "normalized Borda count vs average reward on surveys"),
     "simulate": ("pluralign.experiments.cli", "DAHP discrete proximity environment experiments"),
-    "pal": ("pluralign.reward.cli", "PAL pluralistic reward models: train, eval, adapt, benchmark"),
+    "pal": ("pluralign.reward.cli", "PAL and Bradley-Terry reward models: train, eval, adapt"),
 }
 
 

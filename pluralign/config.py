@@ -173,12 +173,15 @@ def read_config(cls: type, path: str | os.PathLike[str] | None = None,
                 overrides: list[str] | None = None,
                 output_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The mapping a command's config is built from: ``path`` (YAML, optional) with ``overrides``
-    applied and ``output_dir`` set (at ``cls.OUTPUT_DIR``, default ``output_dir``)."""
+    applied in order and ``output_dir`` set (at ``cls.OUTPUT_DIR``, default ``output_dir``).
+
+    A section given as a scalar (``data=pairs.jsonl``) is read as its ``SHORTHAND`` field, so a
+    later dotted override reaches into it (``data=pairs.jsonl data.options.limit=10``)."""
     values = read_yaml_mapping(path, f"{cls.__name__} fields") if path is not None else {}
     values = _sections_as_mappings(cls, values)
     for item in overrides or []:
         _seed_mapping_defaults(cls, values, item.partition("=")[0].split("."))
-    values = apply_overrides(values, overrides)
+        values = _sections_as_mappings(cls, apply_overrides(values, [item]))
     if output_dir is not None:
         check_output_dir(output_dir)
         set_dotted(values, getattr(cls, "OUTPUT_DIR", "output_dir"), os.fspath(output_dir))
@@ -228,26 +231,71 @@ def _default(f: dataclasses.Field) -> Any:
     return "required"
 
 
-def describe_fields(cls: type, prefix: str = "") -> list[str]:
-    """One help line per field of dataclass ``cls`` (sections recursively, as dotted keys):
-    ``name = default  help`` with the help from the field's ``metadata["help"]`` or the class
-    docstring."""
+def _type_text(hint: Any) -> str:
+    """A field's type as a reader writes it: ``int``, ``str | None``, ``dict[str, Any]``."""
+    if hint is None:
+        return ""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(hint))
+
+
+def describe_fields(cls: type, prefix: str = "", indent: int = 2,
+                    only: typing.Collection[str] | None = None,
+                    skip: typing.Collection[str] = ()) -> list[str]:
+    """One help entry per field of dataclass ``cls`` (sections recursively, as dotted keys):
+    ``name: type = default`` and the help from the field's ``metadata["help"]`` or the class
+    docstring; ``only``/``skip`` select fields by name.
+
+    A mapping field whose keys depend on another field declares
+    ``metadata={"variants": fn, "variant_of": "format"}``, ``fn()`` returning ``{name:
+    dataclass}``: its keys are listed below it, those every variant takes once, then each
+    variant's own (``data.options`` of the loader formats)."""
     documented = _docstring_help(cls)
     hints = _hints(cls)
+    pad = " " * indent
     lines: list[str] = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if not f.init or f.name.startswith("_"):
+        if not f.init or f.name.startswith("_") or f.name in skip or (
+                only is not None and f.name not in only):
             continue
         section = _dataclass_type(hints.get(f.name))
         if section is not None:
-            lines.append(f"  {prefix}{f.name}.*   ({section.__name__}) "
+            lines.append(f"{pad}{prefix}{f.name}.*   ({section.__name__}) "
                          f"{documented.get(f.name, '')}".rstrip())
-            lines += describe_fields(section, f"{prefix}{f.name}.")
+            lines += describe_fields(section, f"{prefix}{f.name}.", indent)
             continue
         text = f.metadata.get("help") or documented.get(f.name, "")
-        lines.append(f"  {prefix}{f.name} = {_default(f)!r}")
-        lines += textwrap.wrap(text, width=96, initial_indent=" " * 6,
-                               subsequent_indent=" " * 6)
+        kind = _type_text(hints.get(f.name))
+        lines.append(f"{pad}{prefix}{f.name}{': ' + kind if kind else ''} = {_default(f)!r}")
+        lines += textwrap.wrap(text, width=96, initial_indent=pad + " " * 4,
+                               subsequent_indent=pad + " " * 4)
+        if "variants" in f.metadata:
+            lines += _describe_variants(f.metadata["variants"](), f.metadata.get(
+                "variant_of", "variant"), f"{prefix}{f.name}.", indent + 2)
+    return lines
+
+
+def _describe_variants(variants: Mapping[str, type], what: str, prefix: str,
+                       indent: int) -> list[str]:
+    """The keys of a mapping field per variant (see :func:`describe_fields`)."""
+    by_class: dict[type, list[str]] = {}
+    for name, cls in variants.items():
+        by_class.setdefault(cls, []).append(name)
+    names = [{f.name for f in dataclasses.fields(c)} for c in by_class]  # type: ignore[arg-type]
+    common = set.intersection(*names) if names else set()
+    pad = " " * indent
+    first = next(iter(by_class), None)
+    lines = []
+    if common and first is not None:
+        lines.append(f"{pad}every {what}:")
+        lines += describe_fields(first, prefix, indent + 2, only=common)
+    for cls, labels in by_class.items():
+        own = describe_fields(cls, prefix, indent + 2, skip=common)
+        if own:
+            plural = "s" if len(labels) > 1 else ""
+            lines.append(f"{pad}{what}{plural} {', '.join(labels)} ({cls.__name__}):")
+            lines += own
     return lines
 
 

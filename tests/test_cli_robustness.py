@@ -67,14 +67,32 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 @CLI_SETTINGS
 @given(case=config_cases({
-    "pairs": st.sampled_from(["by_score", "chosen_vs_rest", "all"]),
-    "min_score_gap": field_values(),
-    "chat": field_values(), "attributes": _names("age", "gender"), "column_map": field_values(),
-    "limit": field_values(), "split": field_values(),
+    "data.options.pairs": st.sampled_from(["by_score", "chosen_vs_rest", "all"]),
+    "data.options.min_score_gap": field_values(), "data.options.chat": field_values(),
+    "data.options.attributes": _names("age", "gender"),
+    "data.options.column_map": field_values(), "data.options.limit": field_values(),
+    "data.options.split": field_values(), "data.format": field_values(),
+    "by": _names("age", "gender"), "min_pairs": field_values(),
 }))
-def test_data_inspect_loader_options(case):
-    """Loader options are key=value only (data inspect reads no --config)."""
-    assert_clean(["data", "inspect", str(PRISM), "--examples", "0", *case.overrides])
+def test_data_inspect_configs(tmp_path_factory, case):
+    """Loader options are data.options.* of the command's config, in --config or key=value."""
+    folder = tmp_path_factory.mktemp("inspect")
+    case.in_file = {"data.source": str(PRISM), "examples": 0, **case.in_file}
+    assert_clean(["data", "inspect", *case.argv(folder)])
+
+
+@CLI_SETTINGS
+@given(case=config_cases({
+    "population.n_annotators": st.integers(1, 6), "population.pairs_per_annotator": field_values(),
+    "population.strength": st.sampled_from(["gamma", "lognormal", "point", "x"]),
+    "population.homogeneous": field_values(), "population.type_spread": field_values(),
+    "population.seed": field_values(),
+}))
+def test_data_synthetic_configs(tmp_path_factory, case):
+    folder = tmp_path_factory.mktemp("synthetic")
+    case.in_file = {"population.n_prompts": 3, **case.in_file}
+    assert_clean(["data", "synthetic", *case.argv(folder, ["--output-dir", str(folder / "run")])],
+                 folder / "run")
 
 
 @CLI_SETTINGS

@@ -12,9 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pluralign.data import SchemaError, row_attributes, row_context, to_pandas
-from pluralign.data.hh_rlhf import prompt_messages, split_transcript
-from pluralign.data.loaders import detect_format, load_preferences
+from pluralign.data import (
+    SchemaError,
+    detect_format,
+    load_preferences,
+    row_attributes,
+    row_context,
+    to_pandas,
+)
+from pluralign.data.formats.hh_rlhf import prompt_messages, split_transcript
 from pluralign.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures"

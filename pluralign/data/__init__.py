@@ -2,6 +2,7 @@
 
 Public names: :class:`SchemaError`, :func:`validate`, :func:`row_attributes`,
 :func:`row_context`, :func:`to_pandas` (schema); :func:`load_preferences` (loaders);
+:data:`FORMATS` and :func:`detect_format` (the loader registry, :mod:`pluralign.data.formats`);
 :func:`make_population`, :class:`PopulationConfig`, :func:`load_population` (synthetic);
 :func:`export_preferences` (TRL-format export); :class:`DataConfig` and :func:`load_data` (the
 ``data:`` section of every command); the ``splits`` and ``pairing`` submodules.
@@ -9,7 +10,8 @@ Public names: :class:`SchemaError`, :func:`validate`, :func:`row_attributes`,
 
 from pluralign.data.config import DataConfig, load_data
 from pluralign.data.export import EXPORT_FORMATS, ExportResult, export_preferences
-from pluralign.data.loaders import FORMATS, detect_format, load_preferences
+from pluralign.data.formats import FORMATS, detect_format
+from pluralign.data.loaders import load_preferences
 from pluralign.data.schema import (
     COLUMNS,
     SchemaError,

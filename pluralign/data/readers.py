@@ -1,5 +1,5 @@
-"""Shared pieces of the loaders: reading JSON Lines (plain or gzip), counting dropped rows, and
-rendering a chat history as a prompt.
+"""Shared pieces of the loaders: reading JSON Lines (plain or gzip) and CSV files, counting dropped
+rows, and rendering a chat history as a prompt.
 
 Prompt rendering (``chat`` option of the loaders):
 
@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from pluralign.data.schema import schema_error
 
@@ -56,6 +58,29 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
         raise schema_error(str(path), row if row else None, None,
                            f"unreadable file ({exc}); check the path and that it is UTF-8 "
                            "JSON Lines (optionally gzip-compressed)") from exc
+
+
+def first_jsonl_record(path: Path) -> dict[str, Any] | None:
+    """The first record of a JSON Lines file (None when it has none)."""
+    return next((rec for _, rec in iter_jsonl(path)), None)
+
+
+def read_header(path: Path) -> str:
+    """The first line of a text file (a CSV header)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise schema_error(str(path), None, None, f"unreadable file ({exc})") from exc
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file with every cell as text (empty cells are missing)."""
+    try:
+        return pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""])
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        raise schema_error(str(path), None, None, f"unreadable CSV file ({exc})") from exc
 
 
 class DropCounter:

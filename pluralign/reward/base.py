@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,40 @@ from tqdm.auto import tqdm
 
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.io import atomic_path, write_text
+from pluralign.validation import COUNT, FRACTION, INDEX, NON_NEGATIVE, check_fields
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+
+
+@dataclass
+class RewardTrainingConfig:
+    """Settings every reward model here shares (the base of :class:`BradleyTerryConfig` and
+    :class:`PALConfig`).
+
+    Attributes:
+        hidden_dim: width of the head's hidden layer; 0 gives a linear map of the embeddings.
+        weight_decay: AdamW weight decay.
+        epochs: passes over the training pairs.
+        batch_size: pairs per step.
+        validation_fraction: share of the training pairs held out to pick the best epoch by
+            validation loss (early stopping); 0 trains on all pairs and keeps the last epoch.
+        seed: initialisation and shuffling seed.
+        show_progress: tqdm bars.
+    """
+
+    hidden_dim: int = 128
+    weight_decay: float = 0.01
+    epochs: int = 20
+    batch_size: int = 256
+    validation_fraction: float = 0.1
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"hidden_dim": INDEX, "seed": INDEX, "epochs": COUNT,
+                            "batch_size": COUNT, "weight_decay": NON_NEGATIVE,
+                            "validation_fraction": FRACTION})
 
 class CheckpointError(PluralignError):
     """A saved reward model is missing, unreadable or of another kind."""

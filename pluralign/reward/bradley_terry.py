@@ -21,6 +21,7 @@ from torch import nn
 from pluralign.config import config_from_dict
 from pluralign.errors import ConfigError
 from pluralign.reward.base import (
+    RewardTrainingConfig,
     bradley_terry_loss,
     fit_minibatch,
     holdout_split,
@@ -36,38 +37,24 @@ from pluralign.reward.encoders import (
     build_encoder,
     embed_pairs,
 )
-from pluralign.validation import COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, check_fields
+from pluralign.validation import POSITIVE, check_fields
 
 
 @dataclass
-class BradleyTerryConfig:
-    """Training recipe of :class:`BradleyTerryRewardModel`.
+class BradleyTerryConfig(RewardTrainingConfig):
+    """Training recipe of :class:`BradleyTerryRewardModel` (the shared fields are
+    :class:`~pluralign.reward.base.RewardTrainingConfig`'s).
 
     Attributes:
         hidden_dim: width of the head's hidden layer; 0 gives a linear reward on the embeddings.
         lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        epochs: passes over the training pairs.
-        batch_size: pairs per step.
-        validation_fraction: share of the training pairs held out to pick the best epoch by
-            validation loss (early stopping); 0 trains on all pairs and keeps the last epoch.
-        seed: initialisation and shuffling seed.
-        show_progress: tqdm bar over epochs.
     """
 
-    hidden_dim: int = 128
     lr: float = 3e-3
-    weight_decay: float = 0.01
-    epochs: int = 20
-    batch_size: int = 256
-    validation_fraction: float = 0.1
-    seed: int = 0
-    show_progress: bool = True
 
     def __post_init__(self) -> None:
-        check_fields(self, {"hidden_dim": INDEX, "seed": INDEX, "epochs": COUNT,
-                            "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-                            "validation_fraction": FRACTION})
+        super().__post_init__()
+        check_fields(self, {"lr": POSITIVE})
 
 
 class BradleyTerryRewardModel(nn.Module):

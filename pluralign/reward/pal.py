@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from pluralign.config import config_from_dict
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.reward.base import (
+    RewardTrainingConfig,
     bradley_terry_loss,
     fit_minibatch,
     hinge_loss,
@@ -58,7 +59,7 @@ from pluralign.reward.encoders import (
     build_encoder,
     embed_pairs,
 )
-from pluralign.validation import COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, check_fields
+from pluralign.validation import COUNT, INDEX, NON_NEGATIVE, POSITIVE, check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class UnknownUserError(PluralignError, KeyError):
 
 
 @dataclass
-class PALConfig:
+class PALConfig(RewardTrainingConfig):
     """Architecture and training recipe of :class:`PALRewardModel` (defaults from the authors' code
     where they exist; learning rates raised for small frozen-embedding datasets).
 
@@ -98,10 +99,6 @@ class PALConfig:
             too little from their random start in our small runs and two types can share a
             prototype, e.g. ARI 0.76 vs 1.0 at 5e-2 on the benchmark population with 100 pairs).
         user_init_std: standard deviation of the seen users' initial logits (authors: 1, randn).
-        epochs: passes over the training pairs.
-        batch_size: pairs per step.
-        validation_fraction: share of the training pairs held out to pick the best epoch by
-            validation loss (early stopping); 0 keeps the last epoch.
         adapt_lr: rate for a new user's logits in :meth:`PALRewardModel.adapt` (authors: 5e-3,
             which barely moves the logits from uniform in 20 epochs; see the benchmark's
             ``adapt_methods_at_20``).
@@ -113,34 +110,30 @@ class PALConfig:
             The empirical prior is weak when seen users are spread over prototypes and strong when
             they all look alike (a homogeneous population), where 20 noisy pairs would otherwise
             pull a new user away from the shared preference.
-        seed: initialisation and shuffling seed.
-        show_progress: tqdm bars.
+
+    The fields shared with :class:`~pluralign.reward.bradley_terry.BradleyTerryConfig`
+    (hidden_dim, weight_decay, epochs, batch_size, validation_fraction, seed, show_progress) are
+    :class:`~pluralign.reward.base.RewardTrainingConfig`'s.
     """
 
     variant: str = "A"
     n_prototypes: int = 2
     pref_dim: int = 64
-    hidden_dim: int = 128
     loss: str = "logistic"
     distance: str = "euclidean"
     prompt_conditioned: bool = True
     similarity: str = "cosine"
     lr_projector: float = 3e-3
-    weight_decay: float = 0.01
     lr_prototypes: float = 5e-3
     lr_users: float = 5e-2
     user_init_std: float = 1.0
-    epochs: int = 20
-    batch_size: int = 256
-    validation_fraction: float = 0.1
     adapt_lr: float = 5e-2
     adapt_epochs: int = 20
     adapt_batch_size: int = 4
     adapt_prior: str = "empirical"
-    seed: int = 0
-    show_progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         choices = {"variant": ("A", "B"), "loss": ("logistic", "hinge"),
                    "distance": ("euclidean", "squared"), "similarity": ("cosine", "inner"),
                    "adapt_prior": ("empirical", "none")}
@@ -149,12 +142,9 @@ class PALConfig:
                 raise ConfigError(f"PALConfig.{name} must be one of {valid}, "
                                   f"got {getattr(self, name)!r}")
         check_fields(self, {
-            **dict.fromkeys(("n_prototypes", "pref_dim", "epochs", "batch_size", "adapt_epochs"),
-                            COUNT),
-            **dict.fromkeys(("hidden_dim", "adapt_batch_size", "seed"), INDEX),
+            **dict.fromkeys(("n_prototypes", "pref_dim", "adapt_epochs"), COUNT),
+            "adapt_batch_size": INDEX, "user_init_std": NON_NEGATIVE,
             **dict.fromkeys(("lr_projector", "lr_prototypes", "lr_users", "adapt_lr"), POSITIVE),
-            **dict.fromkeys(("weight_decay", "user_init_std"), NON_NEGATIVE),
-            "validation_fraction": FRACTION,
         })
 
 

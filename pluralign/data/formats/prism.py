@@ -32,9 +32,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pluralign.data.readers import DropCounter, flatten, render_completion, render_prompt
+import datasets
+
+from pluralign.data.formats.base import ChatOptions, Format
+from pluralign.data.readers import (
+    DropCounter,
+    flatten,
+    iter_jsonl,
+    render_completion,
+    render_prompt,
+)
 from pluralign.data.schema import encode_mapping, schema_error
 from pluralign.errors import ConfigError
 from pluralign.validation import check_number
@@ -46,6 +57,31 @@ SURVEY_EXCLUDED = ("user_id", "survey_only", "num_completed_conversations", "con
                    "timing_duration_s", "timing_duration_mins", "study_id",
                    "lm_usecases.other_text", "stated_prefs.other_text")
 SURVEY_EXCLUDED_PREFIXES = ("order_lm_usecases.", "order_stated_prefs.")
+HUB_ID = "HannahRoseKirk/prism-alignment"
+
+
+@dataclass
+class PrismOptions(ChatOptions):
+    """Options of the ``prism`` format.
+
+    Attributes:
+        pairs: 'chosen_vs_rest' (LoRe's construction: the chosen response vs each other
+            response of the turn) or 'by_score' (every pair of the turn's responses whose scores
+            differ by more than min_score_gap, the higher score as chosen).
+        min_score_gap: by_score only: skip pairs whose scores differ by this much or less
+            (0 skips ties).
+    """
+
+    LABEL = "PRISM"
+
+    pairs: str = "chosen_vs_rest"
+    min_score_gap: float = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pairs not in PAIRINGS:
+            raise ConfigError(f"PRISM pairs={self.pairs!r} is unknown; use one of {PAIRINGS}")
+        check_number(self.min_score_gap, "PRISM min_score_gap", minimum=0)
 
 
 def survey_attributes(record: dict[str, Any]) -> dict[str, str]:
@@ -97,15 +133,10 @@ def _turn_pairs(models: list[dict[str, Any]], chosen: dict[str, Any], pairs: str
 
 
 def prism_pairs(conversations: Iterable[tuple[int, dict[str, Any]]],
-                survey: dict[str, dict[str, Any]], source: str, pairs: str = "chosen_vs_rest",
-                min_score_gap: float = 0, chat: bool = False, limit: int | None = None
+                survey: dict[str, dict[str, Any]], source: str, options: PrismOptions
                 ) -> dict[str, list[Any]]:
     """Column dict of pairs from ``(row, conversation record)`` and ``survey`` keyed by user_id."""
-    if pairs not in PAIRINGS:
-        raise ConfigError(f"PRISM pairs={pairs!r} is unknown; use one of {PAIRINGS}")
-    check_number(min_score_gap, "PRISM min_score_gap", minimum=0)
-    if not isinstance(chat, bool):
-        raise ConfigError(f"PRISM chat={chat!r} must be true or false")
+    chat, limit = options.chat, options.limit
     columns: dict[str, list[Any]] = {k: [] for k in (
         "prompt", "chosen", "rejected", "annotator_id", "attributes", "context", "item_id",
         "conversation_id", "turn", "chosen_score", "rejected_score", "chosen_model",
@@ -135,7 +166,8 @@ def prism_pairs(conversations: Iterable[tuple[int, dict[str, Any]]],
                            len(turns) - position)
                 break
             prompt = render_prompt(so_far + [("user", user_text)], chat)
-            for win, lose in _turn_pairs(models, chosen, pairs, min_score_gap, drops):
+            for win, lose in _turn_pairs(models, chosen, options.pairs, options.min_score_gap,
+                                         drops):
                 ids = sorted((int(win.get("within_turn_id") or 0),
                               int(lose.get("within_turn_id") or 0)))
                 columns["prompt"].append(prompt)
@@ -157,3 +189,25 @@ def prism_pairs(conversations: Iterable[tuple[int, dict[str, Any]]],
             so_far += [("user", user_text), ("assistant", _text(chosen))]
     drops.log(len(columns["prompt"]))
     return columns
+
+
+def _detect(path: Path) -> bool:
+    return (path.is_dir() and (path / "conversations.jsonl").is_file()
+            and (path / "survey.jsonl").is_file())
+
+
+def _load_local(path: Path, options: PrismOptions) -> dict[str, list[Any]]:
+    options.single_split("prism")
+    survey = {rec.get("user_id"): rec for _, rec in iter_jsonl(path / "survey.jsonl")}
+    return prism_pairs(iter_jsonl(path / "conversations.jsonl"), survey, str(path), options)
+
+
+def _load_hub(source: str, options: PrismOptions) -> dict[str, list[Any]]:
+    conversations = datasets.load_dataset(source, "conversations", split="train")
+    survey = datasets.load_dataset(source, "survey", split="train")
+    return prism_pairs(enumerate(conversations), {r["user_id"]: r for r in survey}, source,
+                       options)
+
+
+FORMAT = Format("prism", PrismOptions, "a folder with conversations.jsonl and survey.jsonl",
+                _detect, _load_local, _load_hub, hub_ids=(HUB_ID,))

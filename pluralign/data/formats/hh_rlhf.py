@@ -22,16 +22,47 @@ empty final responses).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pluralign.data.readers import ASSISTANT, DropCounter, iter_jsonl
+import datasets
+
+from pluralign.data.formats.base import ChatOptions, Format
+from pluralign.data.readers import ASSISTANT, DropCounter, first_jsonl_record, iter_jsonl
 from pluralign.data.schema import encode_mapping, schema_error
 from pluralign.errors import ConfigError
+from pluralign.validation import check_names
 
 PREFERENCE_SUBSETS = ("harmless-base", "helpful-base", "helpful-online",
                       "helpful-rejection-sampled")
+HUB_ID = "Anthropic/hh-rlhf"
+SPLIT_FILES = ("train.jsonl.gz", "test.jsonl.gz", "train.jsonl", "test.jsonl")
 _TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+@dataclass
+class HHOptions(ChatOptions):
+    """Options of the ``hh_rlhf`` format.
+
+    Attributes:
+        subsets: subset folders to read from a root folder (or data_dirs of the Hub dataset);
+            None reads every preference subset present (never red-team-attempts).
+    """
+
+    LABEL = "HH-RLHF"
+
+    subsets: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.subsets is None:
+            return
+        self.subsets = check_names(self.subsets, "HH-RLHF subsets")
+        unknown = sorted(set(self.subsets) - set(PREFERENCE_SUBSETS))
+        if unknown:
+            raise ConfigError(f"unknown HH-RLHF subsets {unknown}; preference subsets are "
+                              f"{PREFERENCE_SUBSETS}")
 
 
 def split_transcript(chosen: str, rejected: str) -> tuple[str, str, str] | None:
@@ -131,15 +162,40 @@ def hh_pairs(records: Any, source: str, subset: str | None, split: str, chat: bo
     return columns
 
 
-def load_hh_folder(source: Path, split: str | None, subsets: list[str] | None,
-                   chat: bool = False, limit: int | None = None) -> dict[str, list[Any]]:
+def load_hh_folder(source: Path, options: HHOptions) -> dict[str, list[Any]]:
     """Pairs of every file :func:`hh_files` selects, concatenated in subset order."""
-    if subsets is not None and not set(subsets) <= set(PREFERENCE_SUBSETS):
-        unknown = sorted(set(subsets) - set(PREFERENCE_SUBSETS))
-        raise ConfigError(f"unknown HH-RLHF subsets {unknown}; preference subsets are "
-                          f"{PREFERENCE_SUBSETS}")
     columns = None
-    for path, subset, split_name in hh_files(source, split, subsets):
-        columns = hh_pairs(iter_jsonl(path), str(path), subset, split_name, chat=chat,
-                           limit=limit, columns=columns)
+    for path, subset, split_name in hh_files(source, options.split, options.subsets):
+        columns = hh_pairs(iter_jsonl(path), str(path), subset, split_name, chat=options.chat,
+                           limit=options.limit, columns=columns)
     return columns
+
+
+def is_hh_record(record: dict[str, Any] | None) -> bool:
+    """An HH-RLHF row: exactly ``chosen``/``rejected`` transcripts starting with a Human turn."""
+    return (record is not None and set(record) == {"chosen", "rejected"}
+            and isinstance(record["chosen"], str) and record["chosen"].startswith("\n\nHuman:"))
+
+
+def _detect(path: Path) -> bool:
+    if path.is_dir():
+        return any((path / n).is_file() for n in SPLIT_FILES) or any(
+            (path / s / n).is_file() for s in PREFERENCE_SUBSETS for n in SPLIT_FILES)
+    return (path.name.lower().endswith((".jsonl", ".jsonl.gz", ".json"))
+            and is_hh_record(first_jsonl_record(path)))
+
+
+def _load_hub(source: str, options: HHOptions) -> dict[str, list[Any]]:
+    columns = None
+    for subset in options.subsets or [None]:
+        rows = datasets.load_dataset(source, data_dir=subset, split=options.split or "train")
+        columns = hh_pairs(enumerate(rows), source, subset, options.split or "train",
+                           chat=options.chat, limit=options.limit, columns=columns)
+    return columns
+
+
+FORMAT = Format("hh_rlhf", HHOptions,
+                "a folder of train/test.jsonl(.gz) files or of subset folders holding them, or a "
+                ".jsonl(.gz) file whose first record is exactly chosen/rejected transcripts "
+                "starting with '\\n\\nHuman:'",
+                _detect, load_hh_folder, _load_hub, hub_ids=(HUB_ID,))

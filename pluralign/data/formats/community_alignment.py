@@ -11,10 +11,11 @@ prompt, rendered per ``chat``. Candidates that are empty/missing or identical to
 text are dropped with counts in the log; a turn without a prompt or preferred response ends the
 conversation (remaining turns counted as dropped). A trailing ``<|end_of_text|>`` is stripped.
 
-Options: ``language`` (e.g. ``"en"``, the MixDPO paper's setting; filters ``assigned_lang``),
-``first_turn_only``, ``pregenerated_only`` (``is_pregenerated_first_prompt``: prompts shared
-across annotators). ``attributes`` = ``age``, ``gender``, ``education``, ``political``,
-``ethnicity``, ``country`` (from the ``annotator_*`` columns; missing values omitted);
+Options (:class:`CommunityAlignmentOptions`): ``language`` (e.g. ``"en"``, the MixDPO paper's
+setting; filters ``assigned_lang``), ``first_turn_only``, ``pregenerated_only``
+(``is_pregenerated_first_prompt``: prompts shared across annotators). ``attributes`` =
+``age``, ``gender``, ``education``, ``political``, ``ethnicity``, ``country`` (from the
+``annotator_*`` columns; missing values omitted);
 ``context`` = ``{"language": assigned_lang}``. ``item_id`` is a content hash of the prompt and the
 unordered response pair, so the same comparison shown to several annotators shares an id.
 """
@@ -22,11 +23,21 @@ unordered response pair, so the same comparison shown to several annotators shar
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import datasets
 import pandas as pd
 
-from pluralign.data.readers import DropCounter, render_completion, render_prompt
+from pluralign.data.formats.base import ChatOptions, Format
+from pluralign.data.readers import (
+    DropCounter,
+    read_csv,
+    read_header,
+    render_completion,
+    render_prompt,
+)
 from pluralign.data.schema import encode_mapping, schema_error
 
 TURNS = ("first", "second", "third", "fourth")
@@ -37,6 +48,26 @@ ATTRIBUTE_COLUMNS = {"annotator_age": "age", "annotator_gender": "gender",
 REQUIRED = ("conversation_id", "annotator_id", "first_turn_prompt",
             "first_turn_preferred_response", *(f"first_turn_{s}" for s in SLOTS))
 END_OF_TEXT = "<|end_of_text|>"
+HUB_ID = "facebook/community-alignment-dataset"
+
+
+@dataclass
+class CommunityAlignmentOptions(ChatOptions):
+    """Options of the ``community_alignment`` format.
+
+    Attributes:
+        language: keep only conversations in this assigned language, e.g. 'en' (the MixDPO
+            paper's setting); None keeps every language.
+        first_turn_only: only the first turn of each conversation.
+        pregenerated_only: only conversations that start from a pregenerated prompt (shared
+            across annotators), not the annotator's own.
+    """
+
+    LABEL = "Community Alignment"
+
+    language: str | None = None
+    first_turn_only: bool = False
+    pregenerated_only: bool = False
 
 
 def _clean(value: Any) -> str:
@@ -58,11 +89,11 @@ def _item_id(prompt: Any, a: str, b: str) -> str:
     return f"ca:{digest}"
 
 
-def community_alignment_pairs(frame: pd.DataFrame, source: str, language: str | None = None,
-                              first_turn_only: bool = False, pregenerated_only: bool = False,
-                              chat: bool = False, limit: int | None = None
-                              ) -> dict[str, list[Any]]:
+def community_alignment_pairs(frame: pd.DataFrame, source: str,
+                              options: CommunityAlignmentOptions) -> dict[str, list[Any]]:
     """Column dict of pairs from the release table (one row per conversation)."""
+    language, first_turn_only = options.language, options.first_turn_only
+    chat, limit = options.chat, options.limit
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise schema_error(source, None, missing[0],
@@ -76,7 +107,7 @@ def community_alignment_pairs(frame: pd.DataFrame, source: str, language: str | 
         if language is not None and _clean(rec.get("assigned_lang")) != language:
             drops.drop(f"conversations not in language {language!r} (filter)")
             continue
-        if pregenerated_only and not _truthy(rec.get("is_pregenerated_first_prompt")):
+        if options.pregenerated_only and not _truthy(rec.get("is_pregenerated_first_prompt")):
             drops.drop("conversations with the annotator's own first prompt (filter)")
             continue
         attributes = encode_mapping({name: _clean(rec.get(col)) or None
@@ -134,3 +165,23 @@ def community_alignment_pairs(frame: pd.DataFrame, source: str, language: str | 
             history += [("user", user_text), ("assistant", chosen_text)]
     drops.log(len(columns["prompt"]))
     return columns
+
+
+def _detect(path: Path) -> bool:
+    return (path.is_file() and path.name.lower().endswith(".csv")
+            and "first_turn_preferred_response" in read_header(path))
+
+
+def _load_local(path: Path, options: CommunityAlignmentOptions) -> dict[str, list[Any]]:
+    options.single_split("community_alignment")
+    return community_alignment_pairs(read_csv(path), str(path), options)
+
+
+def _load_hub(source: str, options: CommunityAlignmentOptions) -> dict[str, list[Any]]:
+    frame = datasets.load_dataset(source, split=options.split or "train").to_pandas()
+    return community_alignment_pairs(frame, source, options)
+
+
+FORMAT = Format("community_alignment", CommunityAlignmentOptions,
+                "a .csv file whose header has first_turn_preferred_response", _detect,
+                _load_local, _load_hub, hub_ids=(HUB_ID,))
