@@ -86,6 +86,31 @@ def test_train_help_lists_the_preference_config_fields(capsys):
                  "training.precompute_ref_log_probs", "model.name_or_path", "data.source"):
         assert name in text, name
     assert "Initial Gamma shape k > 0" in text
+    # data.options: each format's options with type, default and help, not an untyped {}
+    assert "data.options = {}" not in text
+    for line in ("  data.options: dict[str, Any] = {}", "    every format:",
+                 "      data.options.limit: int | None = None",
+                 "    format prism (PrismOptions):",
+                 "      data.options.pairs: str = 'chosen_vs_rest'",
+                 "    format community_alignment (CommunityAlignmentOptions):",
+                 "      data.options.language: str | None = None",
+                 "    formats jsonl, csv, parquet, hf (GenericOptions):",
+                 "      data.options.column_map: dict[str, str] | None = None"):
+        assert line in text.splitlines(), line
+    assert "keep only conversations in this assigned language" in text
+
+
+def test_a_section_shorthand_takes_dotted_overrides_after_it(tmp_path):
+    """data=PATH is data.source=PATH, so data.options.* may follow it; a later scalar replaces
+    the section as any later override does."""
+    from pluralign.config import read_config
+
+    values = read_config(TrainRecipe, None, ["data=pairs.jsonl", "data.options.limit=10",
+                                             "model=runs/sft", "model.ref_model=runs/ref"])
+    assert values["data"] == {"source": "pairs.jsonl", "options": {"limit": 10}}
+    assert values["model"] == {"name_or_path": "runs/sft", "ref_model": "runs/ref"}
+    later = read_config(TrainRecipe, None, ["data.options.limit=10", "data=pairs.jsonl"])
+    assert later["data"] == {"source": "pairs.jsonl"}
 
 
 def _every_command() -> list[list[str]]:

@@ -105,7 +105,7 @@ def test_resume_and_overwrite_are_documented_and_exclusive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "overwrite = False" in out and "resume = False" in out
+    assert "overwrite: bool = False" in out and "resume: bool = False" in out
     assert main(["train", "--config", _recipe(tmp_path, TINY), "--output-dir",
                  str(tmp_path / "run"), "resume=true", "overwrite=true"]) == 2
     assert "pick one" in capsys.readouterr().err
