@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pluralign.errors import ConfigError
-from pluralign.group_robust import GroupRobustObjective
-from pluralign.objectives import DPOObjective, MixDPOObjective, dpo_loss
+from pluralign.objectives import DPOObjective, GroupRobustObjective, MixDPOObjective, dpo_loss
 from pluralign.strength import Gamma
 
 BETA = 0.1

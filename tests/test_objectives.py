@@ -118,9 +118,9 @@ def test_build_objective_defaults_and_names():
     [
         ({"name": "ppo"}, "unknown objective 'ppo'; valid objectives: .*dpo.*mixdpo"),
         ({"name": "dpo", "strength": "gamma"}, "fixed beta"),
-        ({"name": "dpo", "beta": -1.0}, "beta=-1.0 is out of range; it must be > 0"),
+        ({"name": "dpo", "beta": -1.0}, "beta=-1.0 is invalid; use a finite number > 0"),
         ({"name": "mixdpo", "strength": "gamma", "strength_shape": 0.0},
-         "strength_shape=0.0 is out of range; it must be > 0"),
+         "strength_shape=0.0 is invalid; use a finite number > 0"),
         ({"name": "mixdpo", "strength": "cauchy"}, "strength='cauchy' is unknown"),
     ],
 )
