@@ -26,8 +26,9 @@ def setting(default: Any, help: str, *, rule: Mapping[str, Any] | None = None,
     """A dataclass field for an objective setting: its default, its help and its valid values.
 
     ``rule`` is a :func:`~pluralign.validation.check_number` rule (``POSITIVE``, ``COUNT``, ...;
-    ``{}`` for any finite number) that a value other than None must meet, ``choices`` the strings
-    it may take, and ``required`` refuses None (a setting the objective has no default for). All
+    ``{}`` for any finite number) that the value must meet, ``choices`` the strings it may take;
+    None passes only for a setting whose default is None, unless ``required`` (a setting the
+    objective has no default for). All
     are checked by :func:`check_settings` before anything is built, with a message naming the
     setting. ``PreferenceConfig`` derives its objective fields (same name, same help) from these.
     """
@@ -49,9 +50,9 @@ def check_settings(settings: Any) -> None:
     """
     for f in fields(settings):
         value, meta = getattr(settings, f.name), f.metadata
-        if value is None:
-            if meta.get("required"):
-                raise ConfigError(f"{f.name} must be set: {meta['help']}")
+        if value is None and meta.get("required"):
+            raise ConfigError(f"{f.name} must be set: {meta['help']}")
+        if value is None and f.default is None:  # an optional setting left unset
             continue
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{f.name}={value!r} is unknown; use one of "

@@ -62,9 +62,8 @@ def resolve_objective(name: str, **settings: Any) -> ObjectiveSpec:
     try:
         cls = OBJECTIVES[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown objective {name!r}; valid objectives: {', '.join(sorted(OBJECTIVES))}"
-        ) from None
+        raise ConfigError(f"objective={name!r} is unknown; use one of "
+                          f"{', '.join(sorted(OBJECTIVES))}") from None
     declared = {f.name for f in fields(cls.Settings)}
     unknown = sorted(set(settings) - declared)
     if unknown:

@@ -22,7 +22,6 @@ from transformers import TrainingArguments
 
 from pluralign.errors import ConfigError
 from pluralign.objectives import (
-    OBJECTIVES,
     Objective,
     ObjectiveSpec,
     objective_settings,
@@ -171,10 +170,6 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
             if not ok:
                 raise ConfigError(message)
 
-        need(
-            self.objective in OBJECTIVES,
-            f"objective={self.objective!r} is unknown; use one of {', '.join(OBJECTIVES)}",
-        )
         self.objective_spec()
         need(
             self.reference_dtype in REFERENCE_DTYPES,
