@@ -174,12 +174,17 @@ class GroupRobustObjective(Objective):
             self.set_group_counts(group_counts)
 
     def columns(self) -> tuple[Column, ...]:
-        """The group id column, derived from ``group_by`` when it is set."""
-        return (Column(self.column, ids=True, ids_from=self.group_by),)
+        """The base objective's columns and the group id column (derived from ``group_by`` when
+        it is set)."""
+        return (*self.base.columns(), Column(self.column, ids=True, ids_from=self.group_by))
 
     def set_ids(self, column: str, counts: Sequence[int], names: Sequence[str] | None) -> None:
         """The groups and their training counts: K and the names from a derived column (``names``),
-        else K from the ids in the data (named ``"0"``, ``"1"``, ... unless already set)."""
+        else K from the ids in the data (named ``"0"``, ``"1"``, ... unless already set). Other
+        id columns are the base objective's."""
+        if column != self.column:
+            self.base.set_ids(column, counts, names)
+            return
         if names is not None or len(counts) != self.num_groups:
             self.set_groups(len(counts), names)
         self.set_group_counts(counts)
