@@ -155,12 +155,8 @@ def _texts(dataset: datasets.Dataset) -> list[str]:
 
 def build_model_and_tokenizer(spec: ModelConfig, train: datasets.Dataset, seed: int):
     """The policy and tokenizer ``spec`` names ('tiny' builds both without any download)."""
-    from pluralign.training.models import (
-        build_tokenizer,
-        load_causal_lm,
-        load_tokenizer,
-        tiny_gpt_neox,
-    )
+    from pluralign.training.loading import load_causal_lm, load_tokenizer
+    from pluralign.training.models import build_tokenizer, tiny_gpt_neox
 
     if spec.tokenizer is not None:
         tokenizer = load_tokenizer(spec.tokenizer)
@@ -228,7 +224,7 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
         trainer = build_sft_trainer(model, tokenizer, train, args, eval_dataset=test,
                                     run_fingerprint=fingerprint)
     else:
-        from pluralign.training.models import load_causal_lm
+        from pluralign.training.loading import load_causal_lm
         from pluralign.training.trainer import PreferenceTrainer
 
         check_pair_columns(train, "train")
