@@ -93,3 +93,13 @@ def test_pal_train_config_is_not_the_models_config(inputs):
     assert command["kind"] == "pal" and command["data"]["source"] == inputs["seen"]
     assert command["pal"]["epochs"] == 2 and command["bt"] is None
     assert saved["class"] == "PALRewardModel" and saved["config"]["epochs"] == 2
+
+
+def test_pal_train_without_a_held_out_split(inputs, tmp_path, capsys):
+    """data.test_size=0 trains on every pair and reports the training accuracy only."""
+    assert main(["pal", "train", f"data={inputs['seen']}", "data.test_size=0", "kind=bt",
+                 "bt.epochs=1", f"cache_dir={inputs['cache']}", "progress=false",
+                 "--output-dir", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "heldout_accuracy" not in metrics and 0 <= metrics["train_accuracy"] <= 1
+    assert "held-out" not in capsys.readouterr().out

@@ -38,9 +38,10 @@ class DataConfig:
         source: 'synthetic' (a population built from ``population``) or a path / Hub id that
             :func:`pluralign.data.load_preferences` reads.
         format: loader format (prism, community_alignment, hh_rlhf, jsonl, csv, parquet, hf);
-            detected from the source when omitted (precedence: pluralign.data.formats).
+            detected from the source when omitted (precedence: pluralign.data.formats); not
+            read with source: synthetic.
         options: options of that format, checked when the config is built: the keys each
-            format takes are listed below.
+            format takes are listed below; not read with source: synthetic.
         population: PopulationConfig fields of the synthetic population (source: synthetic
             only).
         test_size: held-out fraction (0 = no evaluation split).

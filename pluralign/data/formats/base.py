@@ -49,14 +49,12 @@ class LoaderOptions:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            _check_type(hints[f.name], getattr(self, f.name), self._name(f.name))
+            name = f"{self.LABEL} {f.name}" if self.LABEL else f.name
+            _check_type(hints[f.name], getattr(self, f.name), name)
         if self.limit is not None:
-            self.limit = int(check_number(self.limit, "limit", **COUNT))
+            self.limit = check_number(self.limit, "limit", **COUNT)
         if self.attributes is not None:
             self.attributes = check_names(self.attributes, "attributes")
-
-    def _name(self, option: str) -> str:
-        return f"{self.LABEL} {option}" if self.LABEL else option
 
     def single_split(self, fmt: str) -> None:
         """Refuse a ``split`` other than ``train`` for a local source that has just one."""
