@@ -34,6 +34,8 @@ class DataConfig:
         seed: seed of the train/test split.
     """
 
+    SHORTHAND = "source"
+
     source: str | None = None
     format: str | None = None
     options: dict[str, Any] = field(default_factory=dict)

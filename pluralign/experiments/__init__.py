@@ -45,7 +45,8 @@ EXPERIMENTS: dict[str, Experiment] = {
                        "indirect route ([DAHP, §7.2])"),
     "group_robust": Experiment("pluralign.experiments.group_robust", "GroupRobustConfig", "main",
                                "DPO vs MixDPO vs group-robust DPO on an 80/20 majority/minority "
-                               "population: worst-group accuracy gain (Ramesh et al. 2024)"),
+                               "population: worst-group accuracy gain (Ramesh et al. 2024)",
+                               "configs/group_robust.yaml"),
     "replicate": Experiment("pluralign.experiments.replicate", "ReplicateConfig", "main",
                             "the demo's claim (learned CV² larger on heterogeneous data) over "
                             "seeds: paired t-interval and verdict"),
