@@ -195,6 +195,12 @@ def _yaml_value(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
+#: TrainingArguments fields that, left unset, are filled from the environment (disable_tqdm from
+#: the logging level at construction): never recorded, or a record would depend on when it was
+#: made. (Runs set them themselves: an experiment's ``progress``.)
+_ENVIRONMENT_FIELDS = frozenset({"disable_tqdm"})
+
+
 def changed_fields(section: Any) -> dict[str, Any]:
     """The fields of dataclass ``section`` that differ from its class's defaults, less those the
     others imply (``section`` rebuilt without them is equal): what a user set. For a
@@ -202,17 +208,22 @@ def changed_fields(section: Any) -> dict[str, Any]:
     plumbing) this is the short mapping a recipe would have written."""
     cls = type(section)
     default = cls()
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in dataclasses.fields(cls)
+             if f.init and f.name not in _ENVIRONMENT_FIELDS]
     values = {n: getattr(section, n) for n in names if getattr(section, n) != getattr(default, n)}
     for name in list(values):
         trial = {k: v for k, v in values.items() if k != name}
         try:
-            implied = cls(**trial) == section
+            implied = _same_fields(cls(**trial), section, names)
         except (ConfigError, TypeError, ValueError):
             implied = False
         if implied:
             values = trial
     return {k: _yaml_value(v) for k, v in values.items()}
+
+
+def _same_fields(a: Any, b: Any, names: list[str]) -> bool:
+    return all(getattr(a, n) == getattr(b, n) for n in names)
 
 
 def config_values(config: Any) -> dict[str, Any]:

@@ -22,10 +22,12 @@ class PopulationExperimentConfig(MethodsConfig):
     """An experiment that trains ``methods`` on a synthetic population it generates.
 
     Attributes:
+        seed: seeds the population, the split, the models' initialisation, SFT, every method's
+            training and the bootstraps (a different ``data.seed``, ``data.population.seed``,
+            ``sft.seed`` or ``training.seed`` is refused).
         output_dir: run folder (config.yaml, metrics.json, report.html, PNGs).
         data: ``source: synthetic`` and the population (``data.population``, PopulationConfig
-            fields) with the held-out share ``test_size``; ``seed`` seeds the population and
-            the split (a different ``data.seed`` or ``data.population.seed`` is refused).
+            fields) with the held-out share ``test_size``.
         threads: torch CPU threads.
         n_boot: bootstrap resamples of every interval.
     """

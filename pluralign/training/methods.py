@@ -69,7 +69,7 @@ class MethodsConfig:
         if self.model.ref_model is not None:
             raise ConfigError(f"{where}: model.ref_model={self.model.ref_model!r}: every "
                               "method's reference is the SFT model; remove model.ref_model")
-        check_seeds(where, self.seed, {name: changed_fields(section).get("seed")
+        check_seeds(where, self.seed, {f"{name}.seed": changed_fields(section).get("seed")
                                        for name, section in (("sft", self.sft),
                                                              ("training", self.training))
                                        if section is not None})
@@ -102,7 +102,13 @@ class MethodsConfig:
             raise ConfigError(f"methods.{method}: {', '.join(fixed)} is set for every run by "
                               "the experiment; remove it")
         values = {**changed_fields(self.training), **own, **self._run_values(output_dir)}
-        return config_from_dict(PreferenceConfig, values, f"methods.{method}")
+        where = f"methods.{method}"
+        try:
+            return config_from_dict(PreferenceConfig, values, where)
+        except ConfigError as exc:  # name the method whose fields (or training's) failed
+            if str(exc).startswith(where):
+                raise
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def check_seeds(where: str, seed: int, given: Mapping[str, int | None]) -> None:
