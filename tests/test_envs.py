@@ -12,8 +12,8 @@ from pluralign.envs import ProximityConfig, ProximityEnv
 from pluralign.errors import ConfigError
 from pluralign.experiments.dahp import (
     ExperimentConfig,
-    policy_metrics,
     fit_methods,
+    policy_metrics,
     tabular_variance,
 )
 

@@ -72,6 +72,13 @@ def test_evaluate_composition_writes_matrix_heatmaps_and_report(setup, tmp_path,
     assert f"{metrics['own_group_advantage']:+.4g}" in page
     assert f"{m[0, 0]:+.4g}" in page                  # the matrix itself is tabulated
     assert "Own-group advantage" in capsys.readouterr().out
+    # the run folder's config.yaml is read back by --config as the same configuration
+    from pluralign.config import build_config
+    from pluralign.experiments.composition import CompositionConfig
+
+    given = [a for a in _composition_args(setup, out, "n_per_group=24")[2:] if "=" in a]
+    assert build_config(CompositionConfig, out / "config.yaml") == \
+        build_config(CompositionConfig, overrides=given, output_dir=out)
 
 
 def test_evaluate_composition_bad_input_gets_clear_errors(setup, tmp_path, capsys):

@@ -39,11 +39,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         "embedded end-to-end demo: DPO vs MixDPO on a heterogeneous population and its "
         "homogeneous control", "configs/demo.yaml", """\
 Examples:
-  {command}                                   # configs/demo.yaml, writes runs/demo/
+  {command}                        # configs/demo.yaml, writes runs/demo/
   {command} --output-dir /tmp/demo seed=1
   {command} --output-dir /tmp/demo_quick training.num_train_epochs=1 \\
       data.population.n_annotators=30
-  {command} --config configs/demo_smollm2.yaml --output-dir runs/demo_smollm2   # SmolLM2, LoRA
+  {command} --config configs/demo_smollm2.yaml    # SmolLM2-135M, LoRA
 
 The sections model, data, sft and training are those of a train recipe (configs/tiny_cpu.yaml).
 Writes config.yaml, report.html, PNG figures and metrics.json (micro/macro margins with CIs per
@@ -55,8 +55,9 @@ method and learned_beta_variance = final Var[beta] of Gamma MixDPO on each popul
 Examples:
   {command} model=runs/tiny_cpu_sft data=runs/pop data.test_size=0.2 \\
       attribute=attr.gender --output-dir runs/composition
-  {command} model=runs/sft data=prism/ data.format=prism data.test_size=0.2 \\
-      attribute=attr.age split=annotator training.learning_rate=1e-6 --output-dir runs/comp
+  {command} model=runs/sft data=prism/ data.format=prism \\
+      data.test_size=0.2 attribute=attr.age split=annotator training.learning_rate=1e-6 \\
+      --output-dir runs/comp
 
 data is any preference source (a saved synthetic population is its folder); model is the SFT
 model every group's copy starts from and the reference. Writes composition.csv, the two
@@ -66,7 +67,7 @@ heatmaps, metrics.json and report.html."""),
         "PAL vs homogeneous Bradley-Terry vs per-type oracle on a synthetic population ([PAL])",
         None, """\
 Examples:
-  {command} --config configs/pal_benchmark.yaml --output-dir runs/pal_benchmark"""),
+  {command} --config configs/pal_benchmark.yaml --output-dir runs/pal"""),
     "dahp": Experiment(
         "pluralign.experiments.dahp", "SimulateConfig", "run_simulation",
         "DAHP proximity environment: DPO, corrected DPO, agreement loss, indirect route "
@@ -86,7 +87,7 @@ report.html (all of it on one page; `pluralign report --output-dir RUN` rebuilds
         "DPO vs MixDPO vs group-robust DPO on an 80/20 majority/minority population: "
         "worst-group accuracy gain (Ramesh et al. 2024)", "configs/group_robust.yaml", """\
 Examples:
-  {command} --output-dir runs/group_robust            # configs/group_robust.yaml
+  {command} --output-dir runs/group_robust    # configs/group_robust.yaml
   {command} --output-dir runs/group_robust_90 seed=1 majority_share=0.9
 
 The sections model, data, sft and training are those of a train recipe (configs/tiny_cpu.yaml).
@@ -97,7 +98,7 @@ Writes config.yaml, metrics.json, report.html, group_accuracy.png and group_weig
         "t-interval and verdict", None, """\
 Examples:
   {command} --output-dir runs/replicate "seeds=[0, 1, 2]"
-  {command} --output-dir runs/replicate_quick "demo=[training.num_train_epochs=1]"
+  {command} "demo=[training.num_train_epochs=1]" --output-dir runs/rep_quick
   {command} --config configs/replicate_smollm2.yaml "seeds=[0]"
 
 Each seed is a complete demo run folder seed-<s>/ (reused when its config is unchanged)."""),

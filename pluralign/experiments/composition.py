@@ -164,7 +164,8 @@ def main(config: CompositionConfig) -> dict[str, Any]:
              "pairs with positive margin): trained on (rows) vs evaluated on (columns)"}],
         "notes": [f"Training: objective={pref.objective}, learning_rate={pref.learning_rate}, "
                   f"epochs={pref.num_train_epochs}, batch={pref.per_device_train_batch_size};"
-                  f" split by {config.split} (test_size={config.data.test_size}), seed {config.seed}.",
+                  f" split by {config.split} (test_size={config.data.test_size}), seed "
+                  f"{config.seed}.",
                   "Margins are policy-minus-reference log-probability differences; the "
                   "reference is the SFT model."],
     }

@@ -9,8 +9,9 @@ is fine-tuned on prompt + chosen, then DPO, MixDPO (Gamma strength) and group-ro
 the SFT model; its config has the sections of a train recipe (``model:``, ``data:``, ``sft:``,
 ``training:``) and training goes through :func:`pluralign.training.methods.train_methods`, as
 the demo's. ``pluralign experiment group_robust [--config FILE] [key=value ...] --output-dir
-DIR`` runs it (``configs/group_robust.yaml`` holds the shipped values); the run folder gets config.yaml, metrics.json,
-report.html, group_accuracy.png and group_weights.png (:mod:`pluralign.runs`).
+DIR`` runs it (``configs/group_robust.yaml`` holds the shipped values); the run folder gets
+config.yaml, metrics.json, report.html, group_accuracy.png and group_weights.png
+(:mod:`pluralign.runs`).
 
 On the held-out pairs: per-group, average (micro) and worst-group accuracy with bootstrap CIs
 (:mod:`pluralign.evaluation.worst_group`), the paired-bootstrap worst-group accuracy gain of

@@ -2,9 +2,10 @@
 
 [VARIANCE-CLAIM]: the learned preference-strength distribution of MixDPO-Gamma ends
 with a larger CV² (and Var[β]) on the heterogeneous population than on its homogeneous control.
-One demo run cannot decide it; this experiment runs the demo (:func:`pluralign.experiments.demo.
-train_and_compare`, unchanged) once per seed — each seed a complete demo run folder ``seed-<s>/`` — and
-judges the claim from the paired interval over seeds of ``log CV²_het − log CV²_hom``
+One demo run cannot decide it; this experiment runs the demo
+(:func:`pluralign.experiments.demo.train_and_compare`, unchanged) once per seed — each seed a
+complete demo run folder ``seed-<s>/`` — and judges the claim from the paired interval over
+seeds of ``log CV²_het − log CV²_hom``
 (:func:`pluralign.evaluation.replication.paired_seed_interval`: Student-t, verdict supported /
 not supported / unresolved). ``log Var_het − log Var_hom`` gets the same interval, reported
 alongside.
