@@ -117,3 +117,27 @@ def test_help_examples_parse_and_build_their_config_as_printed(command, capsys, 
             args.overrides = [*args.overrides, *extra]
             config, _ = config_from_args(args.config_class, args)
             assert isinstance(config, args.config_class), example
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "docs" / "results").glob("*/config.yaml")),
+                         ids=lambda p: p.parent.name)
+def test_documented_runs_read_back(path, monkeypatch):
+    """The run folders kept under docs/results are accepted by `--config` as they are."""
+    monkeypatch.chdir(REPO)
+    name = path.parent.name
+    cls = _class(SHIPPED["replicate_*.yaml" if name.startswith("replicate") else "demo*.yaml"])
+    assert isinstance(build_config(cls, path.relative_to(REPO)), cls)
+
+
+def test_readme_shows_the_train_and_demo_configs_as_they_are():
+    """The side-by-side excerpts in README's config section quote their files line by line."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"<pre>\n(.*?)</pre>", readme, flags=re.S)
+    assert len(blocks) == 2
+    for block, name in zip(blocks, ("tiny_cpu.yaml", "demo.yaml"), strict=True):
+        lines = {line.split("#")[0].rstrip() for line in
+                 (CONFIGS / name).read_text(encoding="utf-8").splitlines()}
+        for line in block.splitlines():
+            quoted = line.split("#")[0].rstrip()
+            if quoted and "..." not in quoted:
+                assert quoted in lines, f"README's {name} excerpt: {quoted!r}"
