@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pluralign.cli import COMMANDS, main
 from pluralign.config import apply_overrides, build_config, config_from_dict
 from pluralign.errors import ConfigError
-from pluralign.objectives import OBJECTIVES, build_objective
+from pluralign.objectives import OBJECTIVES, Column, build_objective
 from pluralign.training import PreferenceConfig
 from pluralign.training.recipe import ModelConfig, TrainRecipe
 
@@ -95,9 +95,11 @@ def test_every_objective_setting_is_a_documented_preference_config_field():
         for f in dataclasses.fields(cls.Settings):
             assert f.name in fields and fields[f.name].metadata["help"], (name, f.name)
             assert name in fields[f.name].metadata["help"]
-        assert isinstance(cls.columns, tuple)
-    assert OBJECTIVES["corrected_dpo"].columns == ("pair_variance",)
-    assert build_objective("agreement", agreement_num_types=3).columns == ("agreement",)
+    assert build_objective("dpo").columns() == ()
+    assert build_objective("corrected_dpo").columns() == (Column("pair_variance"),)
+    assert build_objective("agreement", agreement_num_types=3).columns() == (Column("agreement"),)
+    assert build_objective("group_mixdpo", group_by="attr.age").columns() == (
+        Column("group", ids=True, ids_from="attr.age"),)
 
 
 def test_train_help_lists_the_preference_config_fields(capsys):
@@ -129,24 +131,77 @@ def test_every_command_takes_config_and_output_dir(command, capsys):
     assert "--config" in usage and "--output-dir" in usage and "key=value" in usage, usage
 
 
-def _imports(path: Path) -> set[str]:
-    """Every pluralign module ``path`` imports, at module level or lazily inside a function
-    (``from pluralign import x`` counts as ``pluralign.x`` for a submodule x; relative imports
-    are resolved)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = ["pluralign", *path.relative_to(PACKAGE).parent.parts]
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str, root: Path) -> bool:
+    where = root.parent.joinpath(*name.split("."))
+    return where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
+
+
+def _imports(path: Path, root: Path = PACKAGE) -> set[str]:
+    """The modules of the package ``root`` that ``path`` imports, at module level or lazily inside
+    a function: ``import a.b`` and ``from a import b`` (``b`` a submodule) import ``a.b``,
+    ``from a import name`` (anything else) imports ``a``, i.e. its ``__init__``; relative imports
+    are resolved. The implicit import of a module's parent packages is no edge, so a package
+    ``__init__`` that re-exports its submodules is no cycle with them."""
+    module = _module_name(path, root)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
-            module = ".".join([*base, *([node.module] if node.module else [])])
-            names.add(module)
-            if module == "pluralign":  # submodules only, not names such as __version__
-                names.update(f"pluralign.{a.name}" for a in node.names
-                             if (PACKAGE / a.name).is_dir() or (PACKAGE / f"{a.name}.py").is_file())
-        elif isinstance(node, ast.Import):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-    return names
+        elif isinstance(node, ast.ImportFrom):
+            source = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                source = ".".join([*parts[:len(parts) - node.level + 1], *filter(None, [source])])
+            for alias in node.names:
+                sub = f"{source}.{alias.name}"
+                names.add(sub if _is_module(sub, root) else source)
+    return {n for n in names if n.split(".")[0] == root.name and n != module}
+
+
+def _import_cycles(root: Path) -> list[str]:
+    """Every import cycle among the modules of the package ``root`` (edges as :func:`_imports`),
+    one per strongly connected component, written ``a -> b -> a``."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    for path in root.rglob("*.py"):
+        module = _module_name(path, root)
+        graph.add_node(module)
+        graph.add_edges_from((module, other) for other in _imports(path, root))
+    cycles = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) > 1:
+            edges = nx.find_cycle(graph.subgraph(component), source=min(component))
+            cycles.append(" -> ".join([*(a for a, _ in edges), edges[0][0]]))
+    return sorted(cycles)
+
+
+def test_no_import_cycles_among_pluralign_modules():
+    cycles = _import_cycles(PACKAGE)
+    assert not cycles, "import cycles (lazy imports included):\n" + "\n".join(cycles)
+
+
+def test_the_cycle_check_finds_planted_cycles_and_passes_a_re_exporting_package(tmp_path):
+    root = tmp_path / "planted"
+    root.mkdir()
+    (root / "__init__.py").write_text("from planted.a import f\nfrom planted.b import g\n")
+    (root / "a.py").write_text("from planted import b\n\n\ndef f():\n    return b.g()\n")
+    (root / "b.py").write_text("def g():\n    return 1\n")
+    assert _import_cycles(root) == []          # __init__ -> a -> b and __init__ -> b: no cycle
+    (root / "b.py").write_text("def g():\n    from planted.a import f\n\n    return f\n")
+    assert _import_cycles(root) == ["planted.a -> planted.b -> planted.a"]   # lazy, a <-> b
+    (root / "b.py").write_text("from .a import f\n")
+    assert _import_cycles(root) == ["planted.a -> planted.b -> planted.a"]   # relative
+    (root / "b.py").write_text("from . import f\n")    # a name from its own package's __init__
+    assert len(_import_cycles(root)) == 1 and "planted ->" in _import_cycles(root)[0]
+    (root / "b.py").write_text("import planted.a\n")
+    assert _import_cycles(root) == ["planted.a -> planted.b -> planted.a"]
 
 
 #: README "What is in the box": imports only point down this table. Shared utilities (errors,
@@ -154,7 +209,7 @@ def _imports(path: Path) -> set[str]:
 #: each other and may be imported from any layer ("config/runs <- every layer's CLI"); every
 #: ``<layer>/cli.py`` is part of the ``pluralign`` command, the top.
 _SHARED = {"pluralign", "errors", "io", "validation", "config", "runs"}
-_LAYER = {"numerics": 1, "strength": 2, "objectives": 3, "group_robust": 3, "data": 4,
+_LAYER = {"numerics": 1, "strength": 2, "objectives": 3, "data": 4,
           "training": 5, "reward": 5, "evaluation": 6, "social_choice": 6, "envs": 6,
           "experiments": 7, "cli": 8}
 

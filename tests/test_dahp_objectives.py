@@ -22,6 +22,8 @@ from pluralign.objectives import (
     build_objective,
     corrected_dpo_loss,
     dpo_loss,
+)
+from pluralign.reward.joint_likelihood import (
     joint_preference_loss,
     pair_variance,
     repeat_label_variance,

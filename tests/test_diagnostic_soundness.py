@@ -220,7 +220,7 @@ def test_any_float_dtype_and_requires_grad_tensors_are_accepted(dtype):
 # ------------------------------------------------------------------ defect 6: stale text
 
 _DOCS = ["README.md", "pluralign/evaluation/strength_fit.py", "pluralign/evaluation/diagnose.py",
-         "pluralign/strength.py", "pluralign/training/config.py", "pluralign/objectives.py",
+         "pluralign/strength.py", "pluralign/training/config.py", "pluralign/objectives/mixdpo.py",
          *[f"configs/{p.name}" for p in sorted((ROOT / "configs").glob("*.yaml"))]]
 
 

@@ -170,7 +170,7 @@ def test_simulate_cli(tmp_path, capsys):
 
 def test_latent_class_joint_model_recovers_variance_from_independent_pairs():
     """§5.3 with two *different* items per annotator: fit J by maximum likelihood, read Var."""
-    from pluralign.objectives import joint_preference_loss, pair_variance
+    from pluralign.reward.joint_likelihood import joint_preference_loss, pair_variance
 
     env = small_env()
     paired = env.sample_paired(60_000, np.random.default_rng(4))

@@ -13,8 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pluralign.errors import ConfigError
-from pluralign.group_robust import GroupRobustObjective
-from pluralign.objectives import DPOObjective, MixDPOObjective, dpo_loss
+from pluralign.objectives import (
+    Column,
+    CorrectedDPOObjective,
+    DPOObjective,
+    GroupRobustObjective,
+    MixDPOObjective,
+    dpo_loss,
+)
 from pluralign.strength import Gamma
 
 BETA = 0.1
@@ -180,3 +186,18 @@ def test_proportional_start_makes_the_first_weighted_loss_plain_dpo():
     torch.testing.assert_close(loss, dpo_loss(margin, BETA), rtol=1e-15, atol=0)
     torch.testing.assert_close(objective.group_weights,
                                torch.tensor([0.75, 0.25], dtype=torch.float64))
+
+
+def test_the_wrapper_declares_its_base_objectives_columns_and_passes_their_ids_on():
+    """A group-robust corrected DPO needs ``pair_variance`` as much as corrected DPO does; the
+    trainer learns it from the wrapper's declaration."""
+    objective = GroupRobustObjective(CorrectedDPOObjective(alpha=1.0), group_by="attr.age")
+    assert objective.columns() == (Column("pair_variance"),
+                                   Column("group", ids=True, ids_from="attr.age"))
+    objective.set_ids("group", [3, 1], ["18-24", "65+"])
+    assert objective.group_names == ["18-24", "65+"]
+    assert objective.group_fractions.tolist() == [0.75, 0.25]
+    heard = []
+    objective.base.set_ids = lambda *args: heard.append(args)
+    objective.set_ids("speaker", [2, 2], None)
+    assert heard == [("speaker", [2, 2], None)] and objective.num_groups == 2

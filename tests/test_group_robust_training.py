@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from pluralign.data import make_population
 from pluralign.errors import ConfigError
-from pluralign.group_robust import GroupRobustObjective
+from pluralign.objectives import GroupRobustObjective, build_objective
 from pluralign.training import PreferenceConfig, PreferenceTrainer, build_tokenizer, tiny_gpt_neox
-from pluralign.training.groups import prepare_groups
+from pluralign.training.columns import prepare_columns
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,13 +72,11 @@ def test_group_by_without_a_group_objective_is_a_config_error(tmp_path):
         PreferenceConfig(output_dir=str(tmp_path), objective="dpo", group_by="attr.age")
 
 
-def test_prepare_groups_maps_the_eval_split_through_the_training_name_table(population):
-    from pluralign.objectives import build_objective
-
+def test_prepare_columns_maps_the_eval_split_through_the_training_name_table(population):
     data, _ = population
     objective = build_objective("group_dpo", group_by="type_id", group_init="proportional")
     minority_only = data.filter(lambda row: row["type_id"] == 1)
-    train, evaluation = prepare_groups(objective, data, minority_only)
+    train, evaluation = prepare_columns(objective, data, minority_only)
     assert objective.group_names == ["0", "1"]
     assert train["group"] == data["type_id"]
     assert set(evaluation["group"]) == {1}          # id 1 as in training, not a fresh id 0
@@ -88,24 +86,20 @@ def test_prepare_groups_maps_the_eval_split_through_the_training_name_table(popu
 
 
 def test_an_existing_group_column_sets_the_number_of_groups(population):
-    from pluralign.objectives import build_objective
-
     data, _ = population
     objective = build_objective("group_mixdpo", strength="gamma")
     three = [i % 3 for i in range(len(data))]
-    prepare_groups(objective, data.add_column("group", three), None)
+    prepare_columns(objective, data.add_column("group", three), None)
     assert objective.num_groups == 3
     torch.testing.assert_close(objective.group_fractions,
                                torch.bincount(torch.tensor(three)).double() / len(data))
     with pytest.raises(ConfigError, match=r"group\(s\) \['1'\] have no training pairs"):
-        prepare_groups(objective, data.add_column("group", [2 * t for t in data["type_id"]]),
+        prepare_columns(objective, data.add_column("group", [2 * t for t in data["type_id"]]),
                        None)
 
 
-def test_prepare_groups_leaves_other_objectives_and_their_data_alone(population):
-    from pluralign.objectives import build_objective
-
+def test_prepare_columns_leaves_other_objectives_and_their_data_alone(population):
     data, _ = population
     objective = build_objective("dpo")
-    train, evaluation = prepare_groups(objective, data, None)
+    train, evaluation = prepare_columns(objective, data, None)
     assert train is data and evaluation is None

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import mp_reference as ref
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pluralign.errors import ConfigError
 from pluralign.objectives import (
     OBJECTIVES,
+    STRENGTH_FACTORIES,
     DPOObjective,
     MixDPOObjective,
+    MixDPOSettings,
     build_objective,
     dpo_loss,
     mixdpo_loss,
+    resolve_objective,
 )
+from pluralign.strength import STRENGTHS as FAMILIES
 from pluralign.strength import Gamma, LogNormal, PointMass
 
 F64 = torch.float64
@@ -116,11 +123,11 @@ def test_build_objective_defaults_and_names():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "ppo"}, "unknown objective 'ppo'; valid objectives: .*dpo.*mixdpo"),
+        ({"name": "ppo"}, "objective='ppo' is unknown; use one of .*dpo.*mixdpo"),
         ({"name": "dpo", "strength": "gamma"}, "fixed beta"),
-        ({"name": "dpo", "beta": -1.0}, "beta=-1.0 is out of range; it must be > 0"),
+        ({"name": "dpo", "beta": -1.0}, "beta=-1.0 is invalid; use a finite number > 0"),
         ({"name": "mixdpo", "strength": "gamma", "strength_shape": 0.0},
-         "strength_shape=0.0 is out of range; it must be > 0"),
+         "strength_shape=0.0 is invalid; use a finite number > 0"),
         ({"name": "mixdpo", "strength": "cauchy"}, "strength='cauchy' is unknown"),
     ],
 )
@@ -155,3 +162,57 @@ def test_mixdpo_loss_needs_a_strength_distribution(strength):
     with pytest.raises(ConfigError, match=r"mixdpo_loss needs a StrengthDistribution .* got "
                                           r".*; for a fixed beta use dpo_loss"):
         mixdpo_loss(torch.zeros(3), strength)
+
+
+_CANDIDATES = [None, 0, -1, 1, 3, 0.5, 16.0, -2.3, math.nan, math.inf, "x", True, False]
+
+
+@st.composite
+def _objective_and_settings(draw):
+    name = draw(st.sampled_from(sorted(OBJECTIVES)))
+    values = {}
+    for f in dataclasses.fields(OBJECTIVES[name].Settings):
+        if draw(st.booleans()):
+            values[f.name] = draw(st.sampled_from([*_CANDIDATES, *(f.metadata["choices"] or ())]))
+    return name, values
+
+
+@given(_objective_and_settings())
+@settings(max_examples=400, deadline=None)
+def test_settings_that_pass_the_checks_always_build(choice):
+    """PreferenceConfig.validate checks settings without building the objective; anything a
+    constructor refuses must therefore be refused by the checks first."""
+    name, values = choice
+    try:
+        spec = resolve_objective(name, **values)
+    except ConfigError:
+        return
+    assert isinstance(spec.build(), OBJECTIVES[name])
+
+
+_ALTERED = {"beta": 0.3, "learnable_strength": False, "strength_mu": -1.0, "strength_sigma": 0.9,
+            "lognormal_method": "monte_carlo", "lognormal_num_points": 8, "strength_shape": 3.0,
+            "strength_rate": 5.0, "strength_parameterization": "log"}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_strength_factory_builds_its_family_from_exactly_the_settings_it_names(family):
+    factory = STRENGTH_FACTORIES[family]
+    settings_ = MixDPOSettings(strength=family)
+    built = factory.build(settings_)
+    assert type(built) is FAMILIES[family]
+    assert MixDPOObjective.used(settings_) == {"strength", *factory.used()}
+    for name in (f.name for f in dataclasses.fields(MixDPOSettings)):
+        if name == "strength":
+            continue
+        changed = factory.build(dataclasses.replace(settings_, **{name: _ALTERED[name]}))
+        assert (repr(changed) != repr(built)) == (name in factory.used()), name
+
+
+def test_the_strength_factories_cover_every_family_and_every_mixdpo_setting():
+    assert set(STRENGTH_FACTORIES) == set(FAMILIES)
+    read = set().union(*(factory.used() for factory in STRENGTH_FACTORIES.values()))
+    assert read == {f.name for f in dataclasses.fields(MixDPOSettings)} - {"strength"}
+    assert repr(build_objective("mixdpo", strength="gamma", strength_shape=3.0).strength) == \
+        repr(Gamma(shape=3.0, rate=16.7, learnable=True))
+    assert repr(build_objective("mixdpo").strength) == repr(PointMass(0.1, learnable=False))

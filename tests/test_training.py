@@ -147,10 +147,10 @@ def test_sequence_logps_chunked_head_is_exact_and_differentiable(model, tokenize
     ({"per_device_train_batch_size": 0}, "per_device_train_batch_size=0 is invalid; use an "
      "integer >= 1"),
     ({"objective": "mixdpo", "strength": "gamma", "strength_rate": 0.0},
-     "strength_rate=0.0 is out of range"),
+     "strength_rate=0.0 is invalid; use a finite number > 0"),
     ({"objective": "mixdpo", "strength": "lognormal", "strength_sigma": -0.6},
-     "strength_sigma=-0.6 is out of range"),
-    ({"beta": 0.0}, "beta=0.0 is out of range"),
+     "strength_sigma=-0.6 is invalid"),
+    ({"beta": 0.0}, "beta=0.0 is invalid"),
     ({"strength": "gamma"}, "objective 'dpo' does not use strength"),
     ({"objective": "mixdpo", "strength": "gamma", "strength_mu": -2.3},
      "does not use strength_mu"),

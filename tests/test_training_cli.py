@@ -69,7 +69,7 @@ def test_dotted_overrides_reach_sections():
 @pytest.mark.parametrize("override, message", [
     ("training.objective=ppo", "objective='ppo' is unknown"),
     ("training.learning_rate=-0.1", "learning_rate=-0.1 is invalid; use a finite number >= 0"),
-    ("training.strength_shape=-2", "strength_shape=-2 is out of range"),
+    ("training.strength_shape=-2", "strength_shape=-2 is invalid"),
     ("training.strength_mu=-2", "does not use strength_mu"),
     ("training.not_an_option=1", "unknown option.*not_an_option"),
 ])

@@ -68,7 +68,7 @@ def load_data(spec: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | No
 
         dataset = make_population(spec.population or PopulationConfig()).dataset
     else:
-        from pluralign.data import load_preferences
+        from pluralign.data.loaders import load_preferences
 
         dataset = load_preferences(spec.source, format=spec.format, **spec.options)
     if not spec.test_size:

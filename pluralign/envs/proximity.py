@@ -198,7 +198,8 @@ class ProximityEnv:
 
         With ``repeat=False`` the two items are independent; with ``repeat=True`` the annotator
         labels the *same* item twice (two independent BT draws of one type), the design whose
-        joint likelihood is tabular (see :func:`pluralign.objectives.repeat_label_variance`).
+        joint likelihood is tabular (see
+        :func:`pluralign.reward.joint_likelihood.repeat_label_variance`).
         """
         types = rng.choice(self.num_types, size=num, p=self.type_probs)
         items = self._items(num, rng)

@@ -32,12 +32,8 @@ from pluralign.envs.proximity import (
     ProximityEnv,
 )
 from pluralign.errors import ConfigError
-from pluralign.objectives import (
-    Objective,
-    build_objective,
-    dpo_loss,
-    repeat_label_variance,
-)
+from pluralign.objectives import Objective, build_objective, dpo_loss
+from pluralign.reward.joint_likelihood import repeat_label_variance
 from pluralign.runs import write_config, write_report, write_table
 from pluralign.validation import (
     COUNT,
@@ -68,8 +64,8 @@ class ExperimentConfig:
         num_full: items labelled by every type, for the agreement loss.
         alphas: correction strengths for corrected DPO.
         variance: ``"tabular"`` (Lemma 5.3's estimator from the repeated labels, see
-            :func:`pluralign.objectives.repeat_label_variance`) or ``"exact"`` (the oracle
-            ``Var_u σ(Δ_u)``).
+            :func:`pluralign.reward.joint_likelihood.repeat_label_variance`) or ``"exact"`` (the
+            oracle ``Var_u σ(Δ_u)``).
         optimizer: ``"lbfgs"`` (full-batch L-BFGS with strong-Wolfe line search; converges in
             tens of evaluations here) or ``"adam"`` (full-batch, as in the paper).
         steps: L-BFGS iterations at most, or Adam steps.
@@ -172,8 +168,8 @@ def tabular_variance(paired: PairedPairs, num_states: int, num_actions: int) -> 
     """``Var_u σ(Δ_u)`` for every ``[state, a, b]`` from repeat-labelled items (Lemma 5.3).
 
     Each annotator labelled one item twice; items are grouped by unordered pair, the estimate
-    of :func:`pluralign.objectives.repeat_label_variance` is computed once per unordered pair
-    and written to both orientations (the variance is symmetric in ``a, b``).
+    of :func:`pluralign.reward.joint_likelihood.repeat_label_variance` is computed once per
+    unordered pair and written to both orientations (the variance is symmetric in ``a, b``).
     """
     first, second = paired.first, paired.second
     if not (np.array_equal(first.state, second.state)

@@ -4,8 +4,8 @@ A synthetic population (:mod:`pluralign.data.synthetic`) with two latent user ty
 (share ``majority_share``, ~80%) and a minority, whose value weights differ so that their
 preferences conflict on part of the compared pairs (the share is measured on the held-out pairs
 from the ground-truth rewards and reported). A tiny GPT-NeoX (no user information in the prompt)
-is fine-tuned on prompt + chosen, then DPO, MixDPO (Gamma strength) and group-robust DPO
-(Ramesh et al. 2024, :mod:`pluralign.group_robust`, groups = the latent user type) start from
+is fine-tuned on prompt + chosen, then DPO, MixDPO (Gamma strength) and group-robust DPO (Ramesh
+et al. 2024, :mod:`pluralign.objectives.group_robust`, groups = the latent user type) start from
 the SFT model; its config has the sections of a train recipe (``model:``, ``data:``, ``sft:``,
 ``training:``) and training goes through :func:`pluralign.training.methods.train_methods`, as
 the demo's. ``pluralign experiment group_robust [--config FILE] [key=value ...] --output-dir

@@ -21,7 +21,12 @@ from typing import Any, Optional
 from transformers import TrainingArguments
 
 from pluralign.errors import ConfigError
-from pluralign.objectives import OBJECTIVES, build_objective, objective_settings
+from pluralign.objectives import (
+    Objective,
+    ObjectiveSpec,
+    objective_settings,
+    resolve_objective,
+)
 from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, check_lengths
 
 REFERENCE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -147,24 +152,25 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
         return {name: getattr(self, name) for name in objective_settings()
                 if getattr(self, name) is not None}
 
-    def build_objective(self) -> Any:
-        """The :class:`~pluralign.objectives.Objective` this config describes."""
-        return build_objective(self.objective, **self.objective_settings())
+    def objective_spec(self) -> ObjectiveSpec:
+        """The objective this config names, with its settings checked (nothing built)."""
+        return resolve_objective(self.objective, **self.objective_settings())
+
+    def build_objective(self) -> Objective:
+        """The :class:`~pluralign.objectives.Objective` this config describes, freshly built
+        (``PreferenceTrainer`` calls this once)."""
+        return self.objective_spec().build()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field and the fix for any invalid value.
 
-        The objective's settings are validated by building the objective (once, here)."""
+        The objective's settings are checked without building it (:meth:`objective_spec`)."""
 
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ConfigError(message)
 
-        need(
-            self.objective in OBJECTIVES,
-            f"objective={self.objective!r} is unknown; use one of {', '.join(OBJECTIVES)}",
-        )
-        self.build_objective()
+        self.objective_spec()
         need(
             self.reference_dtype in REFERENCE_DTYPES,
             f"reference_dtype={self.reference_dtype!r} is unknown; use one of "

@@ -1,6 +1,6 @@
 """Models and tokenizers that need no download: a tiny GPT-NeoX (Pythia architecture) built from a
-config, a byte-level BPE tokenizer trained on the dataset's own text, and loading of local Hugging
-Face folders or registered model names (:mod:`pluralign.training.registry`).
+config and a byte-level BPE tokenizer trained on the dataset's own text. Loading local Hugging Face
+folders or registered model names is :mod:`pluralign.training.loading`.
 
 Every entry point is deterministic given its seed, so tests and CPU demos reproduce exactly.
 """
@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from pluralign.errors import ConfigError
-from pluralign.training.registry import resolve_model
 from pluralign.validation import COUNT, check_number
 
 EOS_TOKEN = "<|endoftext|>"
@@ -145,26 +135,3 @@ def build_tokenizer(
     if chat_template:
         fast.chat_template = SIMPLE_CHAT_TEMPLATE
     return fast
-
-
-def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local folder or a registered name (see
-    :mod:`pluralign.training.registry`; never the network); sets ``pad_token = eos_token`` if
-    unset."""
-    folder = resolve_model(name_or_path)
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def load_causal_lm(
-    name_or_path: str | Path, dtype: str | torch.dtype = "float32"
-) -> PreTrainedModel:
-    """Load a causal LM (safetensors weights, no download) in ``dtype`` from a local folder or a
-    registered name (see :mod:`pluralign.training.registry`)."""
-    folder = resolve_model(name_or_path)
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=torch_dtype, local_files_only=True, use_safetensors=True
-    )

@@ -158,7 +158,8 @@ def pair_texts(dataset: datasets.Dataset) -> list[str]:
 def build_tokenizer_for(spec: ModelConfig, texts: Callable[[], list[str]]) -> Any:
     """The tokenizer ``spec`` names: ``spec.tokenizer``, the model's own, or for 'tiny' a BPE
     trained on ``texts()`` (called only then)."""
-    from pluralign.training.models import build_tokenizer, load_tokenizer
+    from pluralign.training.loading import load_tokenizer
+    from pluralign.training.models import build_tokenizer
 
     if spec.tokenizer is not None:
         return load_tokenizer(spec.tokenizer)
@@ -170,7 +171,8 @@ def build_tokenizer_for(spec: ModelConfig, texts: Callable[[], list[str]]) -> An
 def build_base_model(spec: ModelConfig, tokenizer: Any, seed: int) -> Any:
     """The model ``spec`` names, without adapters: a seeded tiny GPT-NeoX sized by
     ``spec.config`` for 'tiny', else the pretrained / local model."""
-    from pluralign.training.models import load_causal_lm, tiny_gpt_neox
+    from pluralign.training.loading import load_causal_lm
+    from pluralign.training.models import tiny_gpt_neox
 
     if spec.name_or_path == "tiny":
         return tiny_gpt_neox(len(tokenizer), seed=seed, **spec.config)
@@ -237,7 +239,7 @@ def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> 
         trainer = build_sft_trainer(model, tokenizer, train, args, eval_dataset=test,
                                     run_fingerprint=fingerprint)
     else:
-        from pluralign.training.models import load_causal_lm
+        from pluralign.training.loading import load_causal_lm
         from pluralign.training.trainer import PreferenceTrainer
 
         check_pair_columns(train, "train")

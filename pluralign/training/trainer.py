@@ -11,9 +11,12 @@ the mean over pairs.
 
 What the ``Trainer`` does not know and this class adds:
 
-* a group-robust objective's ``group`` column is built from its ``group_by`` before the columns
-  are checked, and the objective is told its groups and training-set counts
-  (:func:`~pluralign.training.groups.prepare_groups`);
+* the trainer asks the objective which per-pair columns its batches carry
+  (:meth:`Objective.columns <pluralign.objectives.Objective.columns>`): id columns it derives
+  (a group-robust objective's ``group`` from its ``group_by``) are built and counted before the
+  columns are checked, and the objective hears the training split's pairs per id
+  (:func:`~pluralign.training.columns.prepare_columns`); every declared column is required and
+  reaches ``forward`` in the batch;
 * the objective's strength parameters are trained in their own optimizer parameter group
   (``strength_learning_rate``), averaged across processes like DDP averages the policy gradients,
   saved to
@@ -50,8 +53,8 @@ from pluralign.io import atomic_path
 from pluralign.numerics import NumericsError, sync_free
 from pluralign.objectives import Objective
 from pluralign.training.checkpoints import StagedCheckpoints
+from pluralign.training.columns import prepare_columns
 from pluralign.training.config import PreferenceConfig
-from pluralign.training.groups import prepare_groups
 from pluralign.training.launch import CheckedLaunch
 from pluralign.training.logps import supports_completion_head
 from pluralign.training.packing import PackedPreferenceCollator, batch_sequence_logps
@@ -201,8 +204,8 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
                 "PreferenceTrainer needs processing_class=<tokenizer> to tokenise pairs"
             )
         self.objective = objective if objective is not None else args.build_objective()
-        train_dataset, eval_dataset = prepare_groups(self.objective, train_dataset, eval_dataset)
-        needed = self.objective.columns
+        train_dataset, eval_dataset = prepare_columns(self.objective, train_dataset, eval_dataset)
+        needed = tuple(column.name for column in self.objective.columns())
         for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
             if dataset is not None:
                 check_pair_columns(dataset, name, required=(*REQUIRED_COLUMNS, *needed))

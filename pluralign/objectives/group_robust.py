@@ -52,15 +52,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from pluralign.errors import ConfigError
-from pluralign.objectives import (
-    OBJECTIVES,
-    DPOObjective,
-    DPOSettings,
-    MixDPOObjective,
-    MixDPOSettings,
-    Objective,
-    setting,
-)
+from pluralign.objectives.base import Column, Objective, setting
+from pluralign.objectives.dpo import DPOObjective, DPOSettings
+from pluralign.objectives.mixdpo import MixDPOObjective, MixDPOSettings
+from pluralign.validation import NON_NEGATIVE
 
 #: Per-pair column holding each pair's integer group id (see :func:`pluralign.data.groups`).
 GROUP_COLUMN = "group"
@@ -144,21 +139,18 @@ class GroupRobustObjective(Objective):
         base: the per-pair objective to make robust.
         num_groups: K, or None to set later with :meth:`set_groups` (how the registry's
             ``group_dpo``/``group_mixdpo`` are built from a config: ``PreferenceTrainer`` sets
-            K, the names and the counts from the training data,
-            :func:`pluralign.training.groups.prepare_groups`).
+            K, the names and the counts from the training data through :meth:`set_ids`,
+            :func:`pluralign.training.columns.prepare_columns`).
         step_size: η ≥ 0 of the α ascent (0: fixed uniform α).
         group_counts: training pairs per group ``N_g`` (all > 0), or None to set later with
             :meth:`set_group_counts`.
         group_names: display names of the groups in metrics (default ``"0"``, ``"1"``, ...).
         column: the batch column with each pair's group id.
         initial_weights: ``"uniform"`` or ``"proportional"`` (α = p once the counts are set).
-        group_by: what defines a pair's group (:mod:`pluralign.data.groups`); declared here,
-            read by the trainer, which builds ``column`` from it; unset, the data must already
-            have ``column``.
+        group_by: what defines a pair's group (:mod:`pluralign.data.groups`); declared to the
+            trainer through :meth:`columns` (``ids_from``), which builds ``column`` from it;
+            unset, the data must already have ``column``.
     """
-
-    name = "group_robust"
-    columns = (GROUP_COLUMN,)
 
     def __init__(self, base: Objective, num_groups: int | None = None, step_size: float = 0.01,
                  group_counts: Sequence[float] | None = None,
@@ -175,12 +167,27 @@ class GroupRobustObjective(Objective):
             raise ConfigError(f"group_step_size={step_size!r} is out of range; it must be >= 0")
         self.base, self.step_size = base, float(step_size)
         self.column, self.group_by = column, group_by
-        self.columns = (column,)
         self.num_groups = 0
         if num_groups is not None or group_names is not None:
             self.set_groups(len(group_names) if num_groups is None else num_groups, group_names)
         if group_counts is not None:
             self.set_group_counts(group_counts)
+
+    def columns(self) -> tuple[Column, ...]:
+        """The base objective's columns and the group id column (derived from ``group_by`` when
+        it is set)."""
+        return (*self.base.columns(), Column(self.column, ids=True, ids_from=self.group_by))
+
+    def set_ids(self, column: str, counts: Sequence[int], names: Sequence[str] | None) -> None:
+        """The groups and their training counts: K and the names from a derived column (``names``),
+        else K from the ids in the data (named ``"0"``, ``"1"``, ... unless already set). Other
+        id columns are the base objective's."""
+        if column != self.column:
+            self.base.set_ids(column, counts, names)
+            return
+        if names is not None or len(counts) != self.num_groups:
+            self.set_groups(len(counts), names)
+        self.set_group_counts(counts)
 
     def set_groups(self, num_groups: int, group_names: Sequence[str] | None = None) -> None:
         """Fix K and the groups' names (default ``"0"``, ``"1"``, ...); α restarts uniform."""
@@ -228,7 +235,7 @@ class GroupRobustObjective(Objective):
         if not self.num_groups or not self.has_group_counts:
             raise ConfigError("GroupRobustObjective has no group counts; pass group_counts, "
                               "call set_group_counts(training pairs per group) or "
-                              "pluralign.training.groups.prepare_groups before training")
+                              "pluralign.training.columns.prepare_columns before training")
         loss = self.base(margin, batch)
         group = _group_ids(batch, self.column, self.num_groups, loss.device)
         if self.training and torch.is_grad_enabled():
@@ -267,7 +274,7 @@ class GroupSettings:
         "(pluralign.data.groups). Unset: the data must have a `group` column.")
     group_step_size: float = setting(
         0.01, "Step size eta >= 0 of the exponentiated-gradient ascent on the group weights "
-        "(Ramesh et al. 2024; 0 keeps them at their start).")
+        "(Ramesh et al. 2024; 0 keeps them at their start).", rule=NON_NEGATIVE)
     group_init: str = setting(
         "uniform", "Start of the group weights: 'uniform' or 'proportional' (the training "
         "shares, so the first step is plain DPO).", choices=INITIAL_WEIGHTS)
@@ -310,7 +317,6 @@ class _RegisteredGroupRobust(GroupRobustObjective):
 class GroupDPOObjective(_RegisteredGroupRobust):
     """Group-robust DPO (``objective: group_dpo``)."""
 
-    name = "group_dpo"
     Settings = GroupDPOSettings
     base_objective = DPOObjective
     hint = DPOObjective.hint.replace("'mixdpo'", "'group_mixdpo'")
@@ -320,11 +326,7 @@ class GroupMixDPOObjective(_RegisteredGroupRobust):
     """Group-robust MixDPO (``objective: group_mixdpo``): the same outer weights over the MixDPO
     per-pair loss; a learnable strength is still trained."""
 
-    name = "group_mixdpo"
     Settings = GroupMixDPOSettings
     base_objective = MixDPOObjective
     hint = MixDPOObjective.hint
 
-
-OBJECTIVES["group_dpo"] = GroupDPOObjective
-OBJECTIVES["group_mixdpo"] = GroupMixDPOObjective
