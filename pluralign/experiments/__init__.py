@@ -2,8 +2,11 @@
 
 Each shipped experiment is a config dataclass plus one function that runs it and writes a run
 folder (:mod:`pluralign.runs`); ``pluralign experiment`` lists them and ``pluralign experiment
-NAME [--config FILE] [key=value ...] --output-dir DIR`` runs one. Nothing below this package
-imports it.
+NAME [--config FILE] [key=value ...] --output-dir DIR`` runs one. Their configs are built from
+the sections of a train recipe (``model:``, ``data:``, ``sft:``, ``training:``) plus a few fields
+of their own; those that train several methods from one SFT model share
+:class:`~pluralign.experiments.base.PopulationExperimentConfig` and
+:func:`pluralign.training.methods.train_methods`. Nothing below this package imports it.
 """
 
 from __future__ import annotations
