@@ -16,6 +16,16 @@ from pluralign.errors import ConfigError
 from pluralign.training.methods import MethodsConfig, check_seeds
 from pluralign.validation import COUNT, OPEN_UNIT, check_fields, check_number
 
+#: SFT settings of the tiny-model experiments (configs/demo.yaml, configs/group_robust.yaml).
+TINY_SFT = {"learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16}
+
+
+def synthetic_data(test_size: float, **population: Any) -> DataConfig:
+    """A ``data:`` section: a synthetic population with these PopulationConfig fields, and
+    ``test_size`` of its pairs held out."""
+    return DataConfig(source="synthetic", population=PopulationConfig(**population),
+                      test_size=test_size)
+
 
 @dataclass
 class PopulationExperimentConfig(MethodsConfig):

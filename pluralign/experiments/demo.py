@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from pluralign.config import config_values
 from pluralign.data.config import DataConfig
 from pluralign.data.splits import train_test_split_pairs
-from pluralign.data.synthetic import PopulationConfig, make_population
+from pluralign.data.synthetic import make_population
 from pluralign.errors import ConfigError
 from pluralign.evaluation.diagnose import (
     TrajectoryVerdict,
@@ -65,7 +65,13 @@ from pluralign.evaluation.plots import (
 )
 from pluralign.evaluation.subgroups import SubgroupTable, margin_gains, subgroup_table
 from pluralign.evaluation.winrate import judged_win_rate
-from pluralign.experiments.base import PopulationExperimentConfig, print_summary, start_run
+from pluralign.experiments.base import (
+    TINY_SFT,
+    PopulationExperimentConfig,
+    print_summary,
+    start_run,
+    synthetic_data,
+)
 from pluralign.runs import (
     format_estimate,
     format_interval,
@@ -92,10 +98,9 @@ MARGINAL_GAP = 0.05
 
 
 def _default_data() -> DataConfig:
-    population = PopulationConfig(n_annotators=60, pairs_per_annotator=20, n_prompts=60,
-                                  n_types=3, type_spread=1.5, strength="gamma", shape=1.0,
-                                  rate=1.0, reward_scale=3.0, text_style="compact")
-    return DataConfig(source="synthetic", population=population, test_size=0.25)
+    return synthetic_data(0.25, n_annotators=60, pairs_per_annotator=20, n_prompts=60, n_types=3,
+                          type_spread=1.5, strength="gamma", shape=1.0, rate=1.0,
+                          reward_scale=3.0, text_style="compact")
 
 
 #: Shared by the demo's SFT and training (the lengths also limit scoring): configs/demo.yaml.
@@ -103,8 +108,7 @@ _SHARED_ARGS = {"max_length": 64, "max_prompt_length": 40, "use_cpu": True}
 
 
 def _default_sft() -> SFTConfig:
-    return SFTConfig(learning_rate=3e-3, num_train_epochs=1, per_device_train_batch_size=16,
-                     **_SHARED_ARGS)
+    return SFTConfig(**TINY_SFT, **_SHARED_ARGS)
 
 
 def _default_training() -> PreferenceConfig:

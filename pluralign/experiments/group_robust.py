@@ -61,7 +61,13 @@ from pluralign.evaluation.worst_group import (
     worst_group_summary,
 )
 from pluralign.evaluation.worst_group_plots import plot_group_accuracy, plot_group_weights
-from pluralign.experiments.base import PopulationExperimentConfig, print_summary, start_run
+from pluralign.experiments.base import (
+    TINY_SFT,
+    PopulationExperimentConfig,
+    print_summary,
+    start_run,
+    synthetic_data,
+)
 from pluralign.runs import format_estimate, write_config, write_report
 from pluralign.training import PreferenceConfig, SFTConfig
 from pluralign.training.methods import train_methods
@@ -79,10 +85,9 @@ BASELINE, ROBUST = "DPO", "GR-DPO"
 
 
 def _default_data() -> DataConfig:
-    population = PopulationConfig(n_annotators=300, pairs_per_annotator=12, n_prompts=60,
-                                  n_types=2, type_spread=1.0, strength="point", beta=5.0,
-                                  reward_scale=3.0, demographic_signal=0.0, text_style="compact")
-    return DataConfig(source="synthetic", population=population, test_size=0.5)
+    return synthetic_data(0.5, n_annotators=300, pairs_per_annotator=12, n_prompts=60, n_types=2,
+                          type_spread=1.0, strength="point", beta=5.0, reward_scale=3.0,
+                          demographic_signal=0.0, text_style="compact")
 
 
 #: Shared by SFT and training (the lengths also limit scoring): configs/group_robust.yaml.
@@ -90,8 +95,7 @@ _SHARED_ARGS = {"max_length": 48, "max_prompt_length": 28, "use_cpu": True}
 
 
 def _default_sft() -> SFTConfig:
-    return SFTConfig(learning_rate=3e-3, num_train_epochs=1, per_device_train_batch_size=16,
-                     **_SHARED_ARGS)
+    return SFTConfig(**TINY_SFT, **_SHARED_ARGS)
 
 
 def _default_training() -> PreferenceConfig:
