@@ -27,7 +27,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 model and data are the sections of a train recipe, with the same keys: with data.test_size > 0
 only the held-out split is scored (the third example scores the pairs configs/tiny_cpu.yaml held
 out); a saved synthetic population is data=FOLDER.
-Win rates (policy vs ref_model generations): judge_model is a local sequence-classification
+Win rates (policy vs model.ref_model generations): judge_model is a local sequence-classification
 checkpoint, judge_bt a pluralign Bradley-Terry reward model; judge_url/judge_name use an
 OpenAI-compatible endpoint (opt-in) with the key from the env var named by judge_key_env.
 The composition matrix ([COMPOSITION]) is `pluralign experiment composition`.""")
