@@ -46,14 +46,14 @@ def main() -> None:
         ExperimentConfig,
         aggregate,
         all_margins,
-        run_experiment,
+        fit_methods,
     )
     from pluralign.objectives import dpo_loss
     print(f"imports and torch.optim warm-up: {time.perf_counter() - start:.2f}s (once per process)")
 
     env = ProximityEnv()
     config = ExperimentConfig(policy=args.policy)
-    result = run_experiment(env, config)
+    result = fit_methods(env, config)
     for name, seconds in result.timings.items():
         print(f"{name:>24}: {seconds:6.2f}s")
     total = sum(result.timings.values())

@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import enum
 import inspect
 import os
 import re
+import sys
 import textwrap
 import types
 import typing
@@ -148,9 +150,11 @@ def _sections_as_mappings(cls: type, values: Any) -> Any:
 
 
 def _seed_mapping_defaults(cls: type, values: dict[str, Any], parts: list[str]) -> None:
-    """Before a dotted override reaches into a mapping-valued field that ``values`` does not set
-    (``methods.DPO.beta=0.2``), copy the field's default into ``values``, so that the override
-    changes one entry of the default mapping instead of replacing the whole mapping."""
+    """Before a dotted override reaches into a field that ``values`` does not set, copy the
+    field's default into ``values``, so that the override changes one entry of the default
+    instead of replacing it: one entry of a default mapping (``methods.DPO.beta=0.2``), or one
+    field of a section whose default is not its class's own (an experiment's ``training``
+    section with its own learning rate; ``training.num_train_epochs=1`` keeps that rate)."""
     if len(parts) < 2 or not dataclasses.is_dataclass(cls):
         return
     field = next((f for f in dataclasses.fields(cls) if f.name == parts[0] and f.init), None)
@@ -160,13 +164,83 @@ def _seed_mapping_defaults(cls: type, values: dict[str, Any], parts: list[str]) 
     if section is not None:
         node = values.get(field.name)
         if node is None:
-            node = values[field.name] = {}
+            node = values[field.name] = _section_default(section, field)
         if isinstance(node, dict):
             _seed_mapping_defaults(section, node, parts[1:])
     elif field.name not in values:
         default = _default(field)
         if isinstance(default, Mapping):
             values[field.name] = copy.deepcopy(dict(default))
+
+
+def _section_default(section: type, field: dataclasses.Field) -> dict[str, Any]:
+    """The values of a section field's default where it differs from ``section()`` (else {})."""
+    default = _default(field)
+    if not dataclasses.is_dataclass(default) or isinstance(default, type):
+        return {}
+    try:
+        if default == section():
+            return {}
+    except (ConfigError, TypeError, ValueError):  # the section has no defaults of its own
+        pass
+    return config_values(default)
+
+
+def _is_training_arguments(value: Any) -> bool:
+    transformers = sys.modules.get("transformers")  # loaded wherever such a value exists
+    return transformers is not None and isinstance(value, transformers.TrainingArguments)
+
+
+def _yaml_value(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+#: TrainingArguments fields that, left unset, are filled from the environment (disable_tqdm from
+#: the logging level at construction): never recorded, or a record would depend on when it was
+#: made. (Runs set them themselves: an experiment's ``progress``.)
+_ENVIRONMENT_FIELDS = frozenset({"disable_tqdm"})
+
+
+def changed_fields(section: Any) -> dict[str, Any]:
+    """The fields of dataclass ``section`` that differ from its class's defaults, less those the
+    others imply (``section`` rebuilt without them is equal): what a user set. For a
+    ``transformers.TrainingArguments`` (a hundred-odd fields, most of them the Trainer's
+    plumbing) this is the short mapping a recipe would have written."""
+    cls = type(section)
+    default = cls()
+    names = [f.name for f in dataclasses.fields(cls)
+             if f.init and f.name not in _ENVIRONMENT_FIELDS]
+    values = {n: getattr(section, n) for n in names if getattr(section, n) != getattr(default, n)}
+    for name in list(values):
+        trial = {k: v for k, v in values.items() if k != name}
+        try:
+            implied = _same_fields(cls(**trial), section, names)
+        except (ConfigError, TypeError, ValueError):
+            implied = False
+        if implied:
+            values = trial
+    return {k: _yaml_value(v) for k, v in values.items()}
+
+
+def _same_fields(a: Any, b: Any, names: list[str]) -> bool:
+    return all(getattr(a, n) == getattr(b, n) for n in names)
+
+
+def config_values(config: Any) -> dict[str, Any]:
+    """The mapping :func:`config_from_dict` rebuilds dataclass ``config`` from (what a run folder
+    records as ``config.yaml``, readable back by ``--config``): every field, sections as
+    mappings, a ``TrainingArguments`` section as its :func:`changed_fields`."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        value = getattr(config, f.name)
+        if _is_training_arguments(value):
+            value = changed_fields(value)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = config_values(value)
+        out[f.name] = _yaml_value(value)
+    return out
 
 
 def read_config(cls: type, path: str | os.PathLike[str] | None = None,
@@ -179,7 +253,7 @@ def read_config(cls: type, path: str | os.PathLike[str] | None = None,
     later dotted override reaches into it (``data=pairs.jsonl data.options.limit=10``)."""
     values = read_yaml_mapping(path, f"{cls.__name__} fields") if path is not None else {}
     values = _sections_as_mappings(cls, values)
-    for item in overrides or []:
+    for item in overrides or []:  # one at a time: `model=DIR model.ref_model=REF` reaches in
         _seed_mapping_defaults(cls, values, item.partition("=")[0].split("."))
         values = _sections_as_mappings(cls, apply_overrides(values, [item]))
     if output_dir is not None:
@@ -242,10 +316,12 @@ def _type_text(hint: Any) -> str:
 
 def describe_fields(cls: type, prefix: str = "", indent: int = 2,
                     only: typing.Collection[str] | None = None,
-                    skip: typing.Collection[str] = ()) -> list[str]:
+                    skip: typing.Collection[str] = (), defaults: Any = None) -> list[str]:
     """One help entry per field of dataclass ``cls`` (sections recursively, as dotted keys):
     ``name: type = default`` and the help from the field's ``metadata["help"]`` or the class
-    docstring; ``only``/``skip`` select fields by name.
+    docstring; ``only``/``skip`` select fields by name. A section's defaults are its field's
+    default instance where it has one (an experiment's ``training`` section shows the
+    experiment's learning rate, not the class's); ``defaults`` is that instance.
 
     A mapping field whose keys depend on another field declares
     ``metadata={"variants": fn, "variant_of": "format"}``, ``fn()`` returning ``{name:
@@ -254,6 +330,7 @@ def describe_fields(cls: type, prefix: str = "", indent: int = 2,
     documented = _docstring_help(cls)
     hints = _hints(cls)
     pad = " " * indent
+    own = _shown_defaults(defaults)
     lines: list[str] = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not f.init or f.name.startswith("_") or f.name in skip or (
@@ -263,11 +340,14 @@ def describe_fields(cls: type, prefix: str = "", indent: int = 2,
         if section is not None:
             lines.append(f"{pad}{prefix}{f.name}.*   ({section.__name__}) "
                          f"{documented.get(f.name, '')}".rstrip())
-            lines += describe_fields(section, f"{prefix}{f.name}.", indent)
+            value = getattr(defaults, f.name) if defaults is not None else _default(f)
+            lines += describe_fields(section, f"{prefix}{f.name}.", indent,
+                                     defaults=value if dataclasses.is_dataclass(value) else None)
             continue
         text = f.metadata.get("help") or documented.get(f.name, "")
         kind = _type_text(hints.get(f.name))
-        lines.append(f"{pad}{prefix}{f.name}{': ' + kind if kind else ''} = {_default(f)!r}")
+        lines.append(f"{pad}{prefix}{f.name}{': ' + kind if kind else ''} = "
+                     f"{own.get(f.name, _default(f))!r}")
         lines += textwrap.wrap(text, width=96, initial_indent=pad + " " * 4,
                                subsequent_indent=pad + " " * 4)
         if "variants" in f.metadata:
@@ -299,11 +379,22 @@ def _describe_variants(variants: Mapping[str, type], what: str, prefix: str,
     return lines
 
 
+def _shown_defaults(defaults: Any) -> dict[str, Any]:
+    """The fields of a section's default instance that differ from the class defaults."""
+    if defaults is None:
+        return {}
+    if _is_training_arguments(defaults):
+        return changed_fields(defaults)
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)
+            if f.init and getattr(defaults, f.name) != _default(f)}
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, examples: str = "",
                          config_default: str | None = None) -> None:
     """Give ``parser`` the grammar ``[--config FILE] [key=value ...] --output-dir DIR`` for
     config dataclass ``cls``; its ``--help`` ends with every field of ``cls`` and its help."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.set_defaults(config_class=cls)
     parser.add_argument("--config", default=config_default, metavar="FILE",
                         help=f"YAML file of {cls.__name__} fields"
                         + (" (default: %(default)s)" if config_default else ""))

@@ -123,11 +123,11 @@ def test_diagnose_configs(files, tmp_path_factory, case):
 @given(case=config_cases({
     "by": _names("attr.age", "attr.gender"), "batch_size": field_values(),
     "n_boot": field_values(), "max_length": field_values(), "max_prompt_length": field_values(),
-    "seed": field_values(), "baseline_margins": field_values(), "tokenizer": field_values(),
+    "seed": field_values(), "baseline_margins": field_values(), "model.tokenizer": field_values(),
 }))
 def test_evaluate_configs(files, tmp_path_factory, case):
     folder = tmp_path_factory.mktemp("evaluate")
-    fixed = [f"model={files['model']}", f"population={files['pop']}", "--output-dir",
+    fixed = [f"model={files['model']}", f"data={files['pop']}", "--output-dir",
              str(folder / "run")]
     assert_clean(["evaluate", *case.argv(folder, fixed)], folder / "run")
 

@@ -55,6 +55,28 @@ def test_sections_are_built_as_dataclasses_and_unknown_keys_are_named(tmp_path):
     assert recipe.training.output_dir == str(tmp_path / "o")
 
 
+def test_a_shorthand_section_then_its_dotted_keys_on_the_command_line():
+    """``model=DIR model.ref_model=REF`` (evaluate's spelling): the second reaches into the
+    section the first wrote as a scalar."""
+    recipe = build_config(TrainRecipe, overrides=["model=runs/sft", "model.ref_model=runs/ref",
+                                                  "data=pairs.jsonl", "data.test_size=0.1"])
+    assert (recipe.model.name_or_path, recipe.model.ref_model) == ("runs/sft", "runs/ref")
+    assert (recipe.data.source, recipe.data.test_size) == ("pairs.jsonl", 0.1)
+
+
+def test_help_shows_a_sections_own_defaults(capsys):
+    """An experiment's training section has its own defaults; --help shows those, not the
+    class's (train --help shows the class's)."""
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    demo = capsys.readouterr().out
+    assert "training.learning_rate = 0.0003" in demo and "model.tokenizer_vocab_size = 400" in demo
+    assert "data.source = 'synthetic'" in demo and "data.population.n_annotators = 60" in demo
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "training.learning_rate = 5e-07" in capsys.readouterr().out
+
+
 def test_strength_shape_reaches_gamma_under_one_name():
     """YAML `training.strength_shape` -> PreferenceConfig.strength_shape -> MixDPOSettings
     .strength_shape -> Gamma(shape=...): three hops, and nothing renames it on the way."""

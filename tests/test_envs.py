@@ -12,8 +12,8 @@ from pluralign.envs import ProximityConfig, ProximityEnv
 from pluralign.errors import ConfigError
 from pluralign.experiments.dahp import (
     ExperimentConfig,
+    fit_methods,
     policy_metrics,
-    run_experiment,
     tabular_variance,
 )
 
@@ -102,7 +102,7 @@ def test_rolled_view_centres_the_state():
 
 @pytest.fixture(scope="module")
 def paper_run():
-    return run_experiment(ProximityEnv(), ExperimentConfig(seed=0))
+    return fit_methods(ProximityEnv(), ExperimentConfig(seed=0))
 
 
 def test_must_show_dpo(paper_run):
@@ -131,7 +131,7 @@ def test_must_show_agreement_and_indirect(paper_run):
 
 
 def test_mlp_policy_matches_tabular_dpo():
-    result = run_experiment(ProximityEnv(), ExperimentConfig(seed=0, policy="mlp",
+    result = fit_methods(ProximityEnv(), ExperimentConfig(seed=0, policy="mlp",
                                                              methods=("dpo",)))
     assert result.metrics["dpo"]["peak_offset"] == 0
     assert result.metrics["dpo"]["tv_to_optimal"] == pytest.approx(0.044, abs=0.003)
@@ -144,7 +144,7 @@ def test_config_errors():
         ExperimentConfig(methods=("ppo",))
     unequal = ProximityEnv(ProximityConfig(type_probs=(0.2, 0.3, 0.5)))
     with pytest.raises(ConfigError, match="equally represented"):
-        run_experiment(unequal, ExperimentConfig(methods=("agreement",), num_full=1000))
+        fit_methods(unequal, ExperimentConfig(methods=("agreement",), num_full=1000))
 
 
 def test_simulate_cli(tmp_path, capsys):

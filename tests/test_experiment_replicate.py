@@ -9,9 +9,11 @@ import pytest
 from scipy import stats
 
 from pluralign.cli import main
+from pluralign.config import build_config
 from pluralign.errors import ConfigError
 from pluralign.evaluation.replication import paired_seed_interval
 from pluralign.experiments import replicate
+from pluralign.experiments.demo import DemoConfig
 from pluralign.experiments.replicate import ReplicateConfig
 
 
@@ -59,16 +61,19 @@ def test_reduced_replication_reuses_finished_seeds_and_reports_the_interval(tmp_
     demo = tmp_path / "demo.yaml"
     demo.write_text("""
 threads: 1
-population: {n_annotators: 10, pairs_per_annotator: 8, n_prompts: 10, n_types: 2,
-             type_spread: 1.5, strength: gamma, shape: 1.0, rate: 1.0, text_style: compact}
-test_size: 0.3
-tokenizer_vocab: 300
-model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}
-max_length: 48
-max_prompt_length: 32
-sft: {learning_rate: 3.0e-3, num_train_epochs: 1, per_device_train_batch_size: 16}
-preference: {learning_rate: 3.0e-4, strength_learning_rate: 3.0e-2, num_train_epochs: 1,
-             per_device_train_batch_size: 16, logging_steps: 1}
+model: {name_or_path: tiny, tokenizer_vocab_size: 300,
+        config: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2,
+                 intermediate_size: 64}}
+data:
+  source: synthetic
+  population: {n_annotators: 10, pairs_per_annotator: 8, n_prompts: 10, n_types: 2,
+               type_spread: 1.5, strength: gamma, shape: 1.0, rate: 1.0, text_style: compact}
+  test_size: 0.3
+sft: {learning_rate: 3.0e-3, num_train_epochs: 1, per_device_train_batch_size: 16,
+      max_length: 48, max_prompt_length: 32, use_cpu: true}
+training: {learning_rate: 3.0e-4, strength_learning_rate: 3.0e-2, num_train_epochs: 1,
+           per_device_train_batch_size: 16, logging_steps: 1, max_length: 48,
+           max_prompt_length: 32, use_cpu: true}
 methods: {MixDPO-Gamma: {objective: mixdpo, strength: gamma}}
 subgroups: [ctx.domain]
 n_boot: 20
@@ -76,9 +81,9 @@ fit_boot: 0
 """)
     out = tmp_path / "rep"
     trained = []
-    run_demo = replicate.run_demo
-    monkeypatch.setattr(replicate, "run_demo",
-                        lambda cfg: trained.append(cfg.seed) or run_demo(cfg))
+    train_and_compare = replicate.train_and_compare
+    monkeypatch.setattr(replicate, "train_and_compare",
+                        lambda cfg: trained.append(cfg.seed) or train_and_compare(cfg))
     base = ["experiment", "replicate", f"demo_config={demo}", "progress=false",
             "--output-dir", str(out)]
     assert main(base + ["seeds=[0]"]) == 0
@@ -98,3 +103,7 @@ fit_boot: 0
     assert metrics["verdict"] == _scipy_verdict(diffs, 0.95)
     assert (out / "seeds.csv").is_file() and (out / "report.html").is_file()
     assert metrics["verdict"].upper() in capsys.readouterr().out
+    # every config.yaml written is read back by --config: the summary's and each seed's
+    assert build_config(ReplicateConfig, out / "config.yaml").seeds == [0, 1, 2]
+    seed_config = build_config(DemoConfig, out / "seed-1" / "config.yaml")
+    assert seed_config.seed == 1 and seed_config.data.test_size == 0.3

@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
 
 def _composition_args(root, out, *extra):
     return ["experiment", "composition", "attribute=attr.gender", f"model={root / 'sft'}",
-            f"population={root / 'population'}", "--output-dir", str(out),
+            f"data={root / 'population'}", "data.test_size=0.2", "--output-dir", str(out),
             "n_boot=50", "max_length=48", "max_prompt_length=32",
             "training.learning_rate=3.0e-3", "training.use_cpu=true",
             "training.per_device_train_batch_size=16", *extra]
@@ -72,16 +72,25 @@ def test_evaluate_composition_writes_matrix_heatmaps_and_report(setup, tmp_path,
     assert f"{metrics['own_group_advantage']:+.4g}" in page
     assert f"{m[0, 0]:+.4g}" in page                  # the matrix itself is tabulated
     assert "Own-group advantage" in capsys.readouterr().out
+    # the run folder's config.yaml is read back by --config as the same configuration
+    from pluralign.config import build_config
+    from pluralign.experiments.composition import CompositionConfig
+
+    given = [a for a in _composition_args(setup, out, "n_per_group=24")[2:] if "=" in a]
+    assert build_config(CompositionConfig, out / "config.yaml") == \
+        build_config(CompositionConfig, overrides=given, output_dir=out)
 
 
 def test_evaluate_composition_bad_input_gets_clear_errors(setup, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_composition_args(setup, out, f"ref_model={setup / 'sft'}")) == 2
+    assert main(_composition_args(setup, out, f"model.ref_model={setup / 'sft'}")) == 2
     assert "ref_model" in capsys.readouterr().err
     assert main(_composition_args(setup, out, "training.lerning_rate=1")) == 2
     assert "lerning_rate" in capsys.readouterr().err
     assert main(_composition_args(setup, out, "n_per_group=100000")) == 2
     assert "n=100000" in capsys.readouterr().err
-    assert main(_composition_args(setup, out, "data=x.jsonl")) == 2
-    assert "exactly one of data" in capsys.readouterr().err
+    assert main(_composition_args(setup, out, "data.test_size=0")) == 2
+    assert "data.test_size=0 is invalid" in capsys.readouterr().err
+    assert main(_composition_args(setup, out, "data.seed=3")) == 2
+    assert "data.seed=3 differs from seed=0" in capsys.readouterr().err
     assert not (out / "metrics.json").exists()

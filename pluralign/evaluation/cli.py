@@ -14,14 +14,20 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from pluralign.evaluation.evaluate_run import EvaluateConfig
 
     add_config_arguments(parser, EvaluateConfig, """Examples:
-  pluralign evaluate model=runs/mix/final ref_model=runs/sft/final data=pairs.jsonl \\
+  pluralign evaluate model=runs/mix model.ref_model=runs/sft data=pairs.jsonl \\
       "by=[attr.education, attr.age]" --output-dir runs/eval
-  pluralign evaluate model=runs/mix/final ref_model=runs/sft/final data=prism/ format=prism \\
+  pluralign evaluate model=runs/mix model.ref_model=runs/sft data=prism/ data.format=prism \\
       baseline_margins=runs/eval_dpo/margins.csv --output-dir runs/eval_mix
-  pluralign evaluate model=runs/mix/final ref_model=runs/sft/final data=pairs.jsonl \\
+  pluralign evaluate model=runs/tiny_cpu model.ref_model=runs/tiny_cpu_sft data=synthetic \\
+      "data.population={n_annotators: 40, pairs_per_annotator: 16, n_prompts: 60, \\
+      text_style: compact, strength: gamma}" data.test_size=0.2 --output-dir runs/eval_tiny
+  pluralign evaluate model=runs/mix model.ref_model=runs/sft data=runs/pop \\
       judge_model=path/to/reward-classifier n_prompts=200 --output-dir runs/eval
 
-Win rates (policy vs ref_model generations): judge_model is a local sequence-classification
+model and data are the sections of a train recipe, with the same keys: with data.test_size > 0
+only the held-out split is scored (the third example scores the pairs configs/tiny_cpu.yaml held
+out); a saved synthetic population is data=FOLDER.
+Win rates (policy vs model.ref_model generations): judge_model is a local sequence-classification
 checkpoint, judge_bt a pluralign Bradley-Terry reward model; judge_url/judge_name use an
 OpenAI-compatible endpoint (opt-in) with the key from the env var named by judge_key_env.
 The composition matrix ([COMPOSITION]) is `pluralign experiment composition`.""")

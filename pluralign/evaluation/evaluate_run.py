@@ -8,49 +8,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pluralign.config import config_values
+from pluralign.data.config import DataConfig
 from pluralign.errors import ConfigError
+from pluralign.evaluation.margins import ScoringConfig
 from pluralign.runs import read_table
-from pluralign.validation import COUNT, INDEX, check_fields, check_lengths, check_names
+from pluralign.training.recipe import ModelConfig
+from pluralign.validation import COUNT, check_fields, check_names
+
+
+def check_trained_model(model: ModelConfig | None, where: str, role: str) -> ModelConfig:
+    """``model`` as a trained model to load (a folder or registered name; no tiny model built
+    from scratch, no new adapters), else :class:`ConfigError` naming ``where``."""
+    if model is None or model.name_or_path == "tiny":
+        raise ConfigError(f"{where} needs model=FOLDER ({role}; a local model folder or a "
+                          "registered name)")
+    for name, value in (("lora", model.lora), ("config", model.config)):
+        if value:
+            raise ConfigError(f"{where}: model.{name} applies to training; {where} loads "
+                              f"model.name_or_path as saved, remove model.{name}")
+    return model
+
+
+def check_data(data: DataConfig | None, where: str) -> DataConfig:
+    """``data`` is set, else :class:`ConfigError` naming ``where`` and the spelling."""
+    if data is None:
+        raise ConfigError(f"{where} needs data=SOURCE (a file, folder, saved synthetic "
+                          "population or Hub id; data.format=... if not detected)")
+    return data
 
 
 @dataclass
-class PairSource:
-    """Preference pairs from a file/folder/Hub name or from a saved synthetic population.
-
-    Attributes:
-        data: preference data (file, folder or Hub name); exactly one of data and population.
-        format: loader format of ``data`` (detected when omitted; see ``pluralign data``).
-        population: saved synthetic population folder (instead of ``data``).
-    """
-
-    data: str | None = None
-    format: str | None = None
-    population: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.data is None) == (self.population is None):
-            raise ConfigError("pass exactly one of data (preference data) and population "
-                                  "(a saved synthetic population folder)")
-
-    def load(self) -> Any:
-        """The pairs as a ``datasets.Dataset``."""
-        if self.population is not None:
-            from pluralign.data.synthetic import load_population
-
-            return load_population(self.population).dataset
-        from pluralign.data import load_preferences
-
-        return load_preferences(self.data, format=self.format)
-
-
-@dataclass
-class EvaluateConfig(PairSource):
+class EvaluateConfig(ScoringConfig):
     """``pluralign evaluate``: held-out preference margins by subgroup, and win rates.
 
     Attributes:
-        model: local folder of the policy.
-        ref_model: reference (SFT) model folder; margins are log-ratios against it.
-        tokenizer: tokenizer folder (default: ``model``).
+        model: the policy, as in a train recipe (``model=DIR``; ``model.tokenizer`` when it is
+            not in that folder); margins are log-ratios against ``model.ref_model`` (the SFT
+            model), plain log-prob differences without one.
+        data: the pairs, as in a train recipe (``data=FILE``, ``data.format``,
+            ``data.options``; a saved synthetic population is ``data=FOLDER``). With
+            ``data.test_size`` > 0 only its held-out split is scored (the one a train run with
+            the same data section held out); else every pair.
         by: subgroup columns (``attr.*`` / ``ctx.*``).
         baseline_margins: margins.csv of a baseline run, for per-subgroup margin gains.
         judge_model: local sequence-classification reward model folder (judge).
@@ -59,17 +58,12 @@ class EvaluateConfig(PairSource):
         judge_name: model name at ``judge_url``.
         judge_key_env: env var holding the judge API key (never logged).
         n_prompts: prompts for win rates.
-        max_length: prompt + completion token limit.
-        max_prompt_length: prompt token limit.
-        batch_size: scoring batch size.
-        n_boot: bootstrap resamples.
         seed: seed of the bootstrap and the generations.
         output_dir: run folder.
     """
 
-    model: str | None = None
-    ref_model: str | None = None
-    tokenizer: str | None = None
+    model: ModelConfig | None = None
+    data: DataConfig | None = None
     by: list[str] = field(default_factory=list)
     baseline_margins: str | None = None
     judge_model: str | None = None
@@ -78,21 +72,26 @@ class EvaluateConfig(PairSource):
     judge_name: str | None = None
     judge_key_env: str = "OPENAI_API_KEY"
     n_prompts: int = 200
-    max_length: int = 128
-    max_prompt_length: int = 64
-    batch_size: int = 32
-    n_boot: int = 1000
-    seed: int = 0
     output_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.model is None or self.output_dir is None:
-            raise ConfigError("evaluate needs model=FOLDER and --output-dir DIR")
+        check_trained_model(self.model, "evaluate", "the policy")
+        check_data(self.data, "evaluate")
+        if self.output_dir is None:
+            raise ConfigError("evaluate needs --output-dir DIR")
         super().__post_init__()
-        check_fields(self, {"n_prompts": COUNT, "batch_size": COUNT, "n_boot": COUNT,
-                            "seed": INDEX})
-        check_lengths(self.max_length, self.max_prompt_length, "EvaluateConfig")
+        check_fields(self, {"n_prompts": COUNT})
         self.by = check_names(self.by, "EvaluateConfig.by")
+        if self.judged and self.model.ref_model is None:
+            raise ConfigError("win rates compare the policy with its SFT baseline: set "
+                              "model.ref_model")
+        if self.judge_url and not self.judge_name:
+            raise ConfigError("judge_url needs judge_name (the judge model)")
+
+    @property
+    def judged(self) -> bool:
+        """Whether win rates are asked for (a judge is set)."""
+        return bool(self.judge_model or self.judge_bt or self.judge_url)
 
 
 def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
@@ -107,18 +106,18 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     base = (read_table(config.baseline_margins, required=("margin", *config.by))
             if config.baseline_margins and config.by else None)
-    dataset = config.load()
-    model = load_causal_lm(config.model)
-    ref = load_causal_lm(config.ref_model) if config.ref_model else None
-    tokenizer = load_tokenizer(config.tokenizer or config.model)
-    from pluralign.evaluation.margins import preference_margins
+    from pluralign.data.config import load_data
 
-    df = preference_margins(model, ref, dataset, tokenizer, batch_size=config.batch_size,
-                            max_length=config.max_length,
-                            max_prompt_length=config.max_prompt_length)
-    write_config(out, config)
+    train, test = load_data(config.data)
+    dataset = train if test is None else test
+    spec = config.model
+    model = load_causal_lm(spec.name_or_path)
+    ref = load_causal_lm(spec.ref_model) if spec.ref_model else None
+    tokenizer = load_tokenizer(spec.tokenizer or spec.name_or_path)
+    df = config.margins(model, ref, dataset, tokenizer)
+    write_config(out, config_values(config))
     write_table(out, "margins.csv", df)
-    metrics: dict[str, Any] = {"title": f"pluralign evaluate: {config.model}", "figures": [],
+    metrics: dict[str, Any] = {"title": f"pluralign evaluate: {spec.name_or_path}", "figures": [],
                                "failed_items": [], "notes": []}
     if config.by:
         table = subgroup_table(df, config.by, n_boot=config.n_boot, seed=config.seed)
@@ -140,7 +139,7 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
                                        "caption": "Margin gains over the baseline"})
     else:
         metrics["methods"] = {"policy": {"micro": {"mean": float(df["margin"].mean())}}}
-    if config.judge_model or config.judge_bt or config.judge_url:
+    if config.judged:
         _win_rates(config, dataset, model, ref, tokenizer, metrics)
     write_report(out, metrics)
     print(f"wrote {out / 'report.html'}, {out / 'metrics.json'}, {out / 'margins.csv'}")
@@ -161,12 +160,7 @@ def _win_rates(config: EvaluateConfig, dataset: Any, model: Any, ref: Any, token
     )
     from pluralign.evaluation.winrate import judged_win_rate
 
-    if ref is None:
-        raise ConfigError("win rates compare the policy with its SFT baseline: set "
-                              "ref_model")
     if config.judge_url:
-        if not config.judge_name:
-            raise ConfigError("judge_url needs judge_name (the judge model)")
         judge: Any = HTTPJudge(config.judge_url, config.judge_name,
                                api_key_env=config.judge_key_env)
     elif config.judge_bt:

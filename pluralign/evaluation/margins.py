@@ -15,6 +15,8 @@ over completion tokens, computed exactly as in training: same tokenisation
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import datasets
 import numpy as np
 import pandas as pd
@@ -31,7 +33,7 @@ from pluralign.training.tokenization import (
     PreferenceCollator,
     tokenize_pair,
 )
-from pluralign.validation import check_lengths
+from pluralign.validation import COUNT, INDEX, check_fields, check_lengths
 
 #: Text columns left out of the margins table (they are in the dataset; the table stays light).
 _TEXT_COLUMNS = ("prompt", "chosen", "rejected")
@@ -105,3 +107,35 @@ def preference_margins(
     else:
         frame["margin"] = frame["logp_margin"]
     return frame
+
+
+@dataclass
+class ScoringConfig:
+    """How the commands that score held-out pairs (``evaluate``, ``experiment composition``)
+    score and summarise them.
+
+    Attributes:
+        max_length: prompt + completion token limit of the margins.
+        max_prompt_length: prompt token limit of the margins.
+        batch_size: scoring batch size.
+        n_boot: bootstrap resamples of every interval.
+        seed: seed of the bootstrap.
+    """
+
+    max_length: int = 128
+    max_prompt_length: int = 64
+    batch_size: int = 32
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"batch_size": COUNT, "n_boot": COUNT, "seed": INDEX})
+        check_lengths(self.max_length, self.max_prompt_length, type(self).__name__)
+
+    def margins(self, model: PreTrainedModel, ref_model: PreTrainedModel | None,
+                dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
+                progress: bool = True) -> pd.DataFrame:
+        """:func:`preference_margins` with these limits and batch size."""
+        return preference_margins(model, ref_model, dataset, tokenizer,
+                                  batch_size=self.batch_size, max_length=self.max_length,
+                                  max_prompt_length=self.max_prompt_length, progress=progress)

@@ -1,6 +1,7 @@
 """``pluralign experiment NAME`` (no NAME lists them) and its aliases ``pluralign demo``
 (``experiment demo``) and ``pluralign simulate`` (``experiment dahp``): argument parsing plus one
-call of the experiment's run function (:data:`pluralign.experiments.EXPERIMENTS`)."""
+call of the experiment's run function (:data:`pluralign.experiments.EXPERIMENTS`). Each way of
+invoking an experiment shows that experiment's examples, spelled as invoked."""
 
 from __future__ import annotations
 
@@ -10,26 +11,11 @@ from pathlib import Path
 from pluralign.config import add_config_arguments, config_from_args
 from pluralign.experiments import EXPERIMENTS, Experiment
 
-_DEMO_EXAMPLES = """Examples:
-  pluralign demo                                  # configs/demo.yaml, writes runs/demo/
-  pluralign demo --output-dir /tmp/demo seed=1
-  pluralign demo --config my_demo.yaml progress=false
 
-Writes config.yaml, report.html, PNG figures and metrics.json (micro/macro margins with CIs per
-method and learned_beta_variance = final Var[beta] of Gamma MixDPO on each population)."""
-
-_SIMULATE_EXAMPLES = """\
-Examples:
-  pluralign simulate --config configs/dahp_env.yaml --output-dir runs/dahp_env
-  pluralign simulate experiment.policy=mlp experiment.seed=1 --output-dir runs/dahp_mlp
-  pluralign simulate "experiment.methods=[dpo, agreement]" experiment.num_pairs=100000 \\
-      --output-dir runs/quick
-
-The run folder gets config.yaml, metrics.json (TV to the optimal policy, peak offset and
-Spearman correlations per method, plus timings), policies.csv (each policy against the offset
-delta = response - prompt, averaged over states), policies.png ([DAHP, Fig. 4]) and
-report.html (all of it on one page; `pluralign report --output-dir RUN` rebuilds it).
-"""
+def _add_arguments(parser: argparse.ArgumentParser, name: str, command: str) -> None:
+    experiment = EXPERIMENTS[name]
+    add_config_arguments(parser, experiment.config_class(),
+                         experiment.examples.format(command=command), experiment.default_config)
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,20 +23,15 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = """Examples:
   pluralign experiment                               # list the shipped experiments
   pluralign experiment demo --output-dir runs/demo
-  pluralign experiment dahp --config configs/dahp_env.yaml --output-dir runs/dahp_env
-  pluralign experiment pal_benchmark --config configs/pal_benchmark.yaml --output-dir runs/pal
   pluralign experiment group_robust --output-dir runs/group_robust seed=1
-  pluralign experiment replicate --output-dir runs/replicate "seeds=[0, 1, 2]"
-  pluralign experiment replicate --config configs/replicate_smollm2.yaml "seeds=[0]"
-  pluralign experiment composition --help            # every field of its config
+  pluralign experiment composition --help            # its examples and every field
 
 Shipped experiments:
 """ + "\n".join(f"  {name:<14} {e.help}" for name, e in EXPERIMENTS.items())
     sub = parser.add_subparsers(dest="experiment", metavar="NAME")
     for name, experiment in EXPERIMENTS.items():
         cmd = sub.add_parser(name, help=experiment.help, description=experiment.help)
-        add_config_arguments(cmd, experiment.config_class(), _EXAMPLES.get(name, ""),
-                             experiment.default_config)
+        _add_arguments(cmd, name, f"pluralign experiment {name}")
 
 
 def _run(experiment: Experiment, args: argparse.Namespace) -> int:
@@ -73,8 +54,7 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """``pluralign demo``: ``pluralign experiment demo``."""
-    demo = EXPERIMENTS["demo"]
-    add_config_arguments(parser, demo.config_class(), _DEMO_EXAMPLES, demo.default_config)
+    _add_arguments(parser, "demo", "pluralign demo")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -83,11 +63,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     """``pluralign simulate``: ``pluralign experiment dahp``."""
-    add_config_arguments(parser, EXPERIMENTS["dahp"].config_class(), _SIMULATE_EXAMPLES)
+    _add_arguments(parser, "dahp", "pluralign simulate")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
     return _run(EXPERIMENTS["dahp"], args)
-
-
-_EXAMPLES = {"demo": _DEMO_EXAMPLES, "dahp": _SIMULATE_EXAMPLES}

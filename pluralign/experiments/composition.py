@@ -10,6 +10,7 @@ composition_accuracy.csv, the two heatmaps, metrics.json and report.html.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,66 +19,72 @@ from typing import Any
 import datasets
 import numpy as np
 
-from pluralign.config import config_from_dict
+from pluralign.config import changed_fields, config_from_dict, config_values
+from pluralign.data.config import DataConfig
 from pluralign.errors import ConfigError
 from pluralign.evaluation.composition import ScoreFn, TrainFn, composition_matrix
-from pluralign.evaluation.evaluate_run import PairSource
+from pluralign.evaluation.evaluate_run import check_data, check_trained_model
+from pluralign.evaluation.margins import ScoringConfig
+from pluralign.experiments.base import data_seeds
 from pluralign.runs import write_config, write_report, write_table
+from pluralign.training import PreferenceConfig
+from pluralign.training.methods import check_seeds
+from pluralign.training.recipe import ModelConfig
+from pluralign.validation import OPEN_UNIT, check_number
 
 SPLITS = ("pairs", "annotator")
 
 
 @dataclass
-class CompositionConfig(PairSource):
+class CompositionConfig(ScoringConfig):
     """``pluralign experiment composition``.
 
     Attributes:
-        model: local folder of the SFT model every group's copy starts from (also the
-            reference).
-        tokenizer: tokenizer folder (default: ``model``).
+        model: the SFT model every group's copy starts from, also the reference, as in a train
+            recipe (``model=DIR``; ``model.tokenizer`` when it is not in that folder).
+        data: the pairs, as in a train recipe (``data=FILE``; a saved synthetic population is
+            ``data=FOLDER``); ``data.test_size`` of them (> 0) are held out.
         attribute: annotator attribute whose groups each get their own model (``gender`` or
             ``attr.gender``).
         groups: groups to compare (default: every value present).
         n_per_group: training pairs per group (default: the smallest group's count).
-        test_size: held-out fraction.
         split: hold out random ``pairs`` or whole annotators (``annotator``).
-        training: PreferenceConfig fields of every group's DPO run (the models are not kept).
-        max_length: token limit of training and scoring (unless ``training`` sets it).
-        max_prompt_length: prompt token limit (unless ``training`` sets it).
-        batch_size: scoring batch size.
-        n_boot: bootstrap resamples of the cell CIs.
-        seed: seed of the split, the training runs and the bootstrap.
+        training: PreferenceConfig fields of every group's DPO run (the models are not kept);
+            its max_length and max_prompt_length are the scoring ones unless set here.
+        seed: seed of the split, the training runs and the bootstrap (a different
+            ``data.seed`` or ``training.seed`` is refused).
         output_dir: run folder.
     """
 
-    model: str | None = None
-    tokenizer: str | None = None
+    model: ModelConfig | None = None
+    data: DataConfig | None = None
     attribute: str | None = None
     groups: list[str] | None = None
     n_per_group: int | None = None
-    test_size: float = 0.2
     split: str = "pairs"
-    training: dict[str, Any] = field(default_factory=dict)
-    max_length: int = 128
-    max_prompt_length: int = 64
-    batch_size: int = 32
-    n_boot: int = 1000
-    seed: int = 0
+    training: PreferenceConfig = field(default_factory=PreferenceConfig)
     output_dir: str = "runs/composition"
 
     def __post_init__(self) -> None:
-        if self.model is None or self.attribute is None:
-            raise ConfigError("composition needs model=SFT_FOLDER and attribute=ATTR")
+        check_trained_model(self.model, "composition", "the SFT model")
+        data = check_data(self.data, "composition")
+        if self.attribute is None:
+            raise ConfigError("composition needs attribute=ATTR (e.g. attr.gender)")
+        if self.model.ref_model is not None:
+            raise ConfigError("composition: every group's reference is the SFT model (model); "
+                              "remove model.ref_model")
         super().__post_init__()
+        check_number(data.test_size, "composition data.test_size", **OPEN_UNIT)
+        check_seeds("composition", self.seed,
+                    {**data_seeds(data), "training.seed": changed_fields(self.training).get(
+                        "seed")})
         if self.split not in SPLITS:
             raise ConfigError(f"split={self.split!r} is unknown; use one of {', '.join(SPLITS)}")
 
     def preference_config(self, output_dir: str | Path) -> Any:
         """PreferenceConfig of every group's run; ``output_dir`` is scratch (no checkpoints)."""
-        from pluralign.training import PreferenceConfig
-
         values = {"max_length": self.max_length, "max_prompt_length": self.max_prompt_length,
-                  "seed": self.seed, **self.training,
+                  "seed": self.seed, **changed_fields(self.training),
                   "output_dir": str(output_dir), "save_strategy": "no", "report_to": "none"}
         return config_from_dict(PreferenceConfig, values, "composition training")
 
@@ -110,6 +117,7 @@ def main(config: CompositionConfig) -> dict[str, Any]:
     """Train and score the matrix, write the run folder and print the summary."""
     import torch
 
+    from pluralign.data.config import load_data
     from pluralign.data.splits import split_by_annotator, train_test_split_pairs
     from pluralign.evaluation.plots import plot_composition
     from pluralign.training import load_causal_lm, load_tokenizer
@@ -118,18 +126,18 @@ def main(config: CompositionConfig) -> dict[str, Any]:
     attribute = config.attribute.removeprefix("attr.")
     with tempfile.TemporaryDirectory(prefix="pluralign-composition-") as scratch:
         pref = config.preference_config(scratch)
-        dataset = config.load()
+        dataset, _ = load_data(dataclasses.replace(config.data, test_size=0))
         splitter = split_by_annotator if config.split == "annotator" else train_test_split_pairs
-        split = splitter(dataset, config.test_size, seed=config.seed)
+        split = splitter(dataset, config.data.test_size, seed=config.seed)
         torch.manual_seed(config.seed)
-        sft = load_causal_lm(config.model).eval()
-        tokenizer = load_tokenizer(config.tokenizer or config.model)
+        sft = load_causal_lm(config.model.name_or_path).eval()
+        tokenizer = load_tokenizer(config.model.tokenizer or config.model.name_or_path)
         train_fn, score_fn = tiny_dpo_functions(sft, tokenizer, pref,
                                                 margin_kwargs={"batch_size": config.batch_size})
         result = composition_matrix(split["train"], split["test"], attribute, train_fn,
                                     score_fn, n=config.n_per_group, groups=config.groups,
                                     n_boot=config.n_boot, seed=config.seed)
-    write_config(out, config)
+    write_config(out, config_values(config))
     write_table(out, "composition.csv", result.to_frame())
     write_table(out, "composition_margin.csv", result.margin, index=True)
     write_table(out, "composition_accuracy.csv", result.accuracy, index=True)
@@ -156,7 +164,8 @@ def main(config: CompositionConfig) -> dict[str, Any]:
              "pairs with positive margin): trained on (rows) vs evaluated on (columns)"}],
         "notes": [f"Training: objective={pref.objective}, learning_rate={pref.learning_rate}, "
                   f"epochs={pref.num_train_epochs}, batch={pref.per_device_train_batch_size};"
-                  f" split by {config.split} (test_size={config.test_size}), seed {config.seed}.",
+                  f" split by {config.split} (test_size={config.data.test_size}), seed "
+                  f"{config.seed}.",
                   "Margins are policy-minus-reference log-probability differences; the "
                   "reference is the SFT model."],
     }

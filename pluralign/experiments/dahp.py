@@ -259,7 +259,7 @@ class ExperimentResult:
     timings: dict[str, float]
 
 
-def run_experiment(env: ProximityEnv, config: ExperimentConfig) -> ExperimentResult:
+def fit_methods(env: ProximityEnv, config: ExperimentConfig) -> ExperimentResult:
     """Generate the datasets and fit every requested method (see :class:`ExperimentConfig`).
 
     Timings (seconds) are recorded per dataset (``data/...``) and per method.
@@ -373,7 +373,7 @@ class SimulateConfig:
 def run_simulation(config: SimulateConfig) -> dict[str, Any]:
     """Run the §7.2 experiment and write its run folder; return the metrics."""
     env = ProximityEnv(config.environment)
-    result = run_experiment(env, config.experiment)
+    result = fit_methods(env, config.experiment)
     out = config.output_dir
     write_config(out, config)
     rolled = {name: env.roll(pol).mean(axis=0) for name, pol in result.policies.items()}
@@ -395,7 +395,7 @@ def run_simulation(config: SimulateConfig) -> dict[str, Any]:
 def simulate_metrics(per_method: dict[str, Any], timings: dict[str, float],
                      config: ExperimentConfig) -> dict[str, Any]:
     """``metrics.json`` of a run: per-method metrics at the top level (as returned by
-    :func:`run_experiment`), ``timings_s``, and the title, summary, table and figure of the
+    :func:`fit_methods`), ``timings_s``, and the title, summary, table and figure of the
     report."""
     columns = ["policy", "TV to π*", "TV to π* (per state)", "peak δ", "Spearman vs NBC",
                "Spearman vs π*"]

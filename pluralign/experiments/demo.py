@@ -5,12 +5,15 @@
    value weights differ, Gamma-distributed preference strength) and its *homogeneous control*
    (one type with the average weights, constant β = the mean strength) — [VARIANCE-CLAIM]'s
    contrast.
-2. The policy: by default (``model_name: tiny``) a tiny GPT-NeoX and a byte-level BPE tokenizer
-   built from the texts (no download), SFT on prompt + chosen of each population's training split;
-   or a registered pretrained model (``model_name: smollm2-135m-instruct``,
-   :mod:`pluralign.training.registry`) with its own tokenizer and chat template, LoRA adapters by
-   default (``finetuning``), and no SFT when ``sft`` is null (an instruct model).
-3. DPO, MixDPO-Gamma and MixDPO-LogNormal from each SFT model ([MixDPO, §3–4], learnable strength).
+2. The policy (the ``model:`` section of a train recipe): by default (``name_or_path: tiny``) a
+   tiny GPT-NeoX and a byte-level BPE tokenizer built from the texts (no download), SFT on
+   prompt + chosen of each population's training split (``sft:``); or a registered pretrained
+   model (``name_or_path: smollm2-135m-instruct``, :mod:`pluralign.training.registry`) with its
+   own tokenizer and chat template, LoRA adapters (``model.lora``), and no SFT when ``sft`` is
+   null (an instruct model).
+3. DPO, MixDPO-Gamma and MixDPO-LogNormal from each SFT model ([MixDPO, §3–4], learnable strength;
+   ``training:`` shared, ``methods:`` per method), by :func:`pluralign.training.methods.
+   train_methods`.
 4. Preference margins on held-out pairs → subgroup micro/macro tables with bootstrap CIs
    (Fig. 2), margin gains over DPO with paired CIs (Fig. 3), learned β-variance trajectories
    (Fig. 4) with collapse verdicts, and the standalone strength fit on the populations' true
@@ -31,23 +34,20 @@ learned scale E[β]); the demo reports it either way.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from pluralign.config import config_values
+from pluralign.data.config import DataConfig
 from pluralign.data.splits import train_test_split_pairs
-from pluralign.data.synthetic import PopulationConfig, make_population
+from pluralign.data.synthetic import make_population
 from pluralign.errors import ConfigError
 from pluralign.evaluation.diagnose import (
     TrajectoryVerdict,
@@ -65,6 +65,13 @@ from pluralign.evaluation.plots import (
 )
 from pluralign.evaluation.subgroups import SubgroupTable, margin_gains, subgroup_table
 from pluralign.evaluation.winrate import judged_win_rate
+from pluralign.experiments.base import (
+    TINY_SFT,
+    PopulationExperimentConfig,
+    print_summary,
+    start_run,
+    synthetic_data,
+)
 from pluralign.runs import (
     format_estimate,
     format_interval,
@@ -73,49 +80,40 @@ from pluralign.runs import (
     write_table,
 )
 from pluralign.strength import PARAMETERIZATIONS
-from pluralign.training import (
-    PreferenceConfig,
-    PreferenceTrainer,
-    SFTConfig,
-    build_tokenizer,
-    load_causal_lm,
-    load_tokenizer,
-    run_sft,
-    tiny_gpt_neox,
+from pluralign.training import PreferenceConfig, SFTConfig
+from pluralign.training.methods import train_methods
+from pluralign.training.recipe import (
+    ModelConfig,
+    build_base_model,
+    build_tokenizer_for,
+    pair_texts,
 )
-from pluralign.training.recipe import add_lora, check_lora
-from pluralign.validation import COUNT, INDEX, OPEN_UNIT, check_fields, check_lengths
+from pluralign.validation import COUNT, INDEX, check_fields
 
 POPULATIONS = ("heterogeneous", "homogeneous")
 BASELINE = "DPO"
 GAMMA_METHOD = "MixDPO-Gamma"
 #: A relative CV² gap below this is reported as too small for one run to resolve.
 MARGINAL_GAP = 0.05
-TINY = "tiny"
-FINETUNING = ("auto", "lora", "full")
 
 
-def _default_population() -> dict[str, Any]:
-    return {"n_annotators": 60, "pairs_per_annotator": 20, "n_prompts": 60, "n_types": 3,
-            "type_spread": 1.5, "strength": "gamma", "shape": 1.0, "rate": 1.0,
-            "reward_scale": 3.0, "text_style": "compact"}
+def _default_data() -> DataConfig:
+    return synthetic_data(0.25, n_annotators=60, pairs_per_annotator=20, n_prompts=60, n_types=3,
+                          type_spread=1.5, strength="gamma", shape=1.0, rate=1.0,
+                          reward_scale=3.0, text_style="compact")
 
 
-def default_sft() -> dict[str, Any]:
-    """SFT settings of the tiny-model runs (demo and experiments built on it)."""
-    return {"learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 16}
+#: Shared by the demo's SFT and training (the lengths also limit scoring): configs/demo.yaml.
+_SHARED_ARGS = {"max_length": 64, "max_prompt_length": 40, "use_cpu": True}
 
 
-def default_preference() -> dict[str, Any]:
-    """Preference-training settings shared by every method of the tiny-model runs."""
-    return {"learning_rate": 3e-4, "strength_learning_rate": 3e-2, "num_train_epochs": 2,
-            "per_device_train_batch_size": 16, "logging_steps": 5}
+def _default_sft() -> SFTConfig:
+    return SFTConfig(**TINY_SFT, **_SHARED_ARGS)
 
 
-def default_lora() -> dict[str, Any]:
-    """LoRA adapters of a pretrained policy: rank 16 on the attention projections."""
-    return {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
-            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+def _default_training() -> PreferenceConfig:
+    return PreferenceConfig(learning_rate=3e-4, strength_learning_rate=3e-2, num_train_epochs=2,
+                            per_device_train_batch_size=16, logging_steps=5, **_SHARED_ARGS)
 
 
 def _default_methods() -> dict[str, dict[str, Any]]:
@@ -125,105 +123,54 @@ def _default_methods() -> dict[str, dict[str, Any]]:
 
 
 @dataclass
-class DemoConfig:
-    """Sizes and settings of the demo (``configs/demo.yaml`` holds the shipped values).
+class DemoConfig(PopulationExperimentConfig):
+    """The demo: the sections of a train recipe plus its own fields (``configs/demo.yaml`` holds
+    the shipped values).
 
     Attributes:
-        output_dir: run folder for report.html, PNGs and metrics.json.
-        seed: seed of the populations, split, models and bootstraps.
-        threads: torch CPU threads (1: the matrices are tiny, more threads only add overhead).
-        population: :class:`~pluralign.data.synthetic.PopulationConfig` fields of the
-            heterogeneous population; the control is its ``homogeneous_control()``.
-        test_size: fraction of pairs held out for the margins.
-        model_name: ``tiny`` (a tiny GPT-NeoX and a BPE tokenizer built from the texts) or a
-            registered model name / local model folder (e.g. ``smollm2-135m-instruct``), used
-            with its own tokenizer and chat template (set ``population.chat: true``).
-        tokenizer_vocab: BPE vocabulary size learned from the texts (``tiny`` only).
-        model: ``tiny_gpt_neox`` overrides (hidden_size, num_hidden_layers, ...; ``tiny`` only).
-        finetuning: ``lora`` (peft adapters, the reference is the frozen base), ``full`` (every
-            weight) or ``auto`` (full for ``tiny``, LoRA for a pretrained model).
-        lora: peft ``LoraConfig`` fields of the adapters (r, lora_alpha, target_modules, ...).
-        max_length, max_prompt_length: token limits of training and evaluation.
-        sft: :class:`~pluralign.training.SFTConfig` fields; null skips SFT (an instruct model is
-            its own reference).
-        preference: :class:`~pluralign.training.PreferenceConfig` fields shared by every method.
-        methods: method name -> PreferenceConfig fields of that method (objective, strength);
-            must include MixDPO-Gamma (the claim under test); the gains over DPO and their
-            figures need DPO.
+        data: ``source: synthetic`` and the heterogeneous population (``data.population``);
+            the control is its ``homogeneous_control()``; ``test_size`` of the pairs are held
+            out for the margins.
+        methods: method name -> PreferenceConfig fields of that method over ``training``
+            (objective, strength); must include MixDPO-Gamma (the claim under test); the gains
+            over DPO and their figures need DPO. ``training.max_length`` and
+            ``training.max_prompt_length`` also limit the held-out scoring and generation.
         generations: held-out prompts per population to generate for before/after training
             and judge (0: none).
         max_new_tokens: generation length (greedy decoding).
         strength_parameterization: coordinates of every learned LogNormal/Gamma strength
             (``softplus``: the paper's; ``log``; ``mean_cv2``), unless a method sets its own.
         subgroups: attribute columns of the subgroup tables (``attr.*`` / ``ctx.*``).
-        n_boot: bootstrap resamples of the subgroup tables.
         fit_boot: bootstrap refits of the standalone strength fits.
-        progress: show progress bars.
     """
 
     output_dir: str = "runs/demo"
-    seed: int = 0
-    threads: int = 1
-    population: dict[str, Any] = field(default_factory=_default_population)
-    test_size: float = 0.25
-    model_name: str = TINY
-    tokenizer_vocab: int = 400
-    model: dict[str, Any] = field(default_factory=dict)
-    finetuning: str = "auto"
-    lora: dict[str, Any] = field(default_factory=default_lora)
-    max_length: int = 64
-    max_prompt_length: int = 40
-    sft: dict[str, Any] | None = field(default_factory=default_sft)
-    preference: dict[str, Any] = field(default_factory=default_preference)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(tokenizer_vocab_size=400))
+    data: DataConfig = field(default_factory=_default_data)
+    sft: SFTConfig | None = field(default_factory=_default_sft)
+    training: PreferenceConfig = field(default_factory=_default_training)
     methods: dict[str, dict[str, Any]] = field(default_factory=_default_methods)
     generations: int = 0
     max_new_tokens: int = 32
     strength_parameterization: str = "softplus"
     subgroups: list[str] = field(default_factory=lambda: [
         "attr.education", "attr.age", "attr.gender", "attr.employment_status", "ctx.domain"])
-    n_boot: int = 1000
     fit_boot: int = 50
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if GAMMA_METHOD not in self.methods:
-            raise ConfigError(f"demo methods must include {GAMMA_METHOD!r} (the claim under "
-                              f"test; got {sorted(self.methods)})")
-        check_fields(self, {
-            "threads": COUNT, "seed": INDEX, "n_boot": COUNT, "fit_boot": INDEX,
-            "test_size": OPEN_UNIT, "generations": INDEX, "max_new_tokens": COUNT,
-            "tokenizer_vocab": {"minimum": 257, "integer": True},
-        })
-        if not isinstance(self.model_name, str) or not self.model_name:
-            raise ConfigError(f"DemoConfig.model_name={self.model_name!r} is invalid; use "
-                              "'tiny', a registered model name or a local model folder")
-        if self.model and self.model_name != TINY:
-            raise ConfigError(f"DemoConfig.model (tiny_gpt_neox overrides) applies to "
-                              f"model_name: tiny only, not {self.model_name!r}; remove it")
-        if self.finetuning not in FINETUNING:
-            raise ConfigError(f"DemoConfig.finetuning={self.finetuning!r} is unknown; use one "
-                              f"of {', '.join(FINETUNING)}")
-        self.lora = check_lora(self.lora, "DemoConfig.lora")
-        if self.sft is not None and not isinstance(self.sft, dict):
-            raise ConfigError(f"DemoConfig.sft={self.sft!r} is invalid; use a mapping of "
-                              "SFTConfig fields, or null to skip SFT")
-        check_lengths(self.max_length, self.max_prompt_length, "DemoConfig")
+        check_fields(self, {"fit_boot": INDEX, "generations": INDEX, "max_new_tokens": COUNT})
         if self.strength_parameterization not in PARAMETERIZATIONS:
             raise ConfigError(f"strength_parameterization={self.strength_parameterization!r} is "
                               f"unknown; use one of {', '.join(PARAMETERIZATIONS)}")
-        self.methods = {name: ({"strength_parameterization": self.strength_parameterization, **m}
-                               if m.get("strength") in ("gamma", "lognormal") else m)
-                        for name, m in self.methods.items()}
-        try:
-            PopulationConfig(**self.population)
-        except TypeError as exc:
-            raise ConfigError(f"demo population: {exc}") from exc
-
-    @property
-    def uses_lora(self) -> bool:
-        """Whether the policies are LoRA adapters (``finetuning``, ``auto`` resolved)."""
-        return self.finetuning == "lora" or (self.finetuning == "auto"
-                                             and self.model_name != TINY)
+        if isinstance(self.methods, dict):
+            self.methods = {name: ({"strength_parameterization": self.strength_parameterization,
+                                    **m} if isinstance(m, dict)
+                                   and m.get("strength") in ("gamma", "lognormal") else m)
+                            for name, m in self.methods.items()}
+        super().__post_init__()
+        if GAMMA_METHOD not in self.methods:
+            raise ConfigError(f"demo methods must include {GAMMA_METHOD!r} (the claim under "
+                              f"test; got {sorted(self.methods)})")
 
 
 @dataclass
@@ -236,59 +183,22 @@ class _PopulationResult:
     generations: dict[str, Any] = field(default_factory=dict)
 
 
-def train_methods(cfg: Any, splits: Any, tokenizer: Any, run_dir: Path, model: Any,
-                  lora: dict[str, Any] | None = None
-                  ) -> Iterator[tuple[str, Any, Any, PreferenceTrainer]]:
-    """SFT ``model`` in place on ``splits["train"]`` (skipped when ``cfg.sft`` is None), then
-    train every method of ``cfg.methods`` from it; yields ``(method, policy, sft_model,
-    trainer)`` after each method's training. With ``lora`` (LoraConfig fields) each policy is a
-    fresh set of adapters on a copy of the SFT model; otherwise a full copy is trained.
-
-    ``cfg`` supplies ``seed``, ``progress``, ``max_length``, ``max_prompt_length``, ``sft``,
-    ``preference`` and ``methods`` (as :class:`DemoConfig`).
-    """
-    common = {"report_to": [], "save_strategy": "no", "seed": cfg.seed, "use_cpu": True,
-              "disable_tqdm": not cfg.progress, "max_length": cfg.max_length,
-              "max_prompt_length": cfg.max_prompt_length}
-    if cfg.sft is not None:
-        sft_args = SFTConfig(output_dir=str(run_dir / "sft"), **common, **cfg.sft)
-        run_sft(model, tokenizer, splits["train"], sft_args)
-    sft_model = model.eval()
-    for method, overrides in cfg.methods.items():
-        policy = copy.deepcopy(sft_model).requires_grad_(True)  # the reference is frozen in place
-        if lora is not None:
-            policy = add_lora(policy, lora)
-        args = PreferenceConfig(output_dir=str(run_dir / method), **common,
-                                **{**cfg.preference, **overrides})
-        trainer = PreferenceTrainer(policy, ref_model=sft_model, args=args,
-                                    train_dataset=splits["train"], processing_class=tokenizer)
-        trainer.train()
-        yield method, policy, sft_model, trainer
-
-
-def _base_model(cfg: DemoConfig, tokenizer: Any) -> Any:
-    """A fresh policy to start from: the seeded tiny GPT-NeoX or the pretrained model."""
-    if cfg.model_name == TINY:
-        return tiny_gpt_neox(len(tokenizer), seed=cfg.seed, **cfg.model)
-    return load_causal_lm(cfg.model_name)
-
-
 def _train_population(cfg: DemoConfig, name: str, splits: Any, tokenizer: Any,
                       run_dir: Path, bar: Any) -> _PopulationResult:
     margins, trajectories, final, texts = {}, {}, {}, {}
-    lora = cfg.lora if cfg.uses_lora else None
     prompts = distinct_prompts(splits["test"]["prompt"], cfg.generations)
-    for method, policy, sft_model, trainer in train_methods(
-            cfg, splits, tokenizer, run_dir / name, _base_model(cfg, tokenizer), lora):
+    lengths = {"max_length": cfg.training.max_length,
+               "max_prompt_length": cfg.training.max_prompt_length}
+    model = build_base_model(cfg.model, tokenizer, cfg.seed)
+    for method, policy, sft_model, trainer in train_methods(cfg, splits["train"], tokenizer,
+                                                            model, run_dir / name):
         bar.update()
         metrics = trainer.objective.metrics()
         final[method] = {k: float(v) for k, v in metrics.items()}
         if cfg.methods[method].get("objective") == "mixdpo":
             trajectories[method] = trajectory_verdict(trainer.state.log_history)
         margins[method] = preference_margins(policy, sft_model, splits["test"], tokenizer,
-                                             max_length=cfg.max_length,
-                                             max_prompt_length=cfg.max_prompt_length,
-                                             progress=cfg.progress)
+                                             progress=cfg.progress, **lengths)
         if prompts:
             if not texts:
                 texts["reference"] = _generate(cfg, sft_model, tokenizer, prompts)
@@ -304,7 +214,8 @@ def _train_population(cfg: DemoConfig, name: str, splits: Any, tokenizer: Any,
 
 def _generate(cfg: DemoConfig, model: Any, tokenizer: Any, prompts: list[Any]) -> list[str]:
     return generate_responses(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                              batch_size=8, seed=cfg.seed, max_prompt_length=cfg.max_prompt_length,
+                              batch_size=8, seed=cfg.seed,
+                              max_prompt_length=cfg.training.max_prompt_length,
                               progress=cfg.progress)
 
 
@@ -335,23 +246,19 @@ def _judge_generations(cfg: DemoConfig, splits: Any, prompts: list[Any],
             "win_rates_vs_reference": rates, "samples": samples}
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run the demo end to end; returns the metrics written to ``metrics.json``."""
+def train_and_compare(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the demo end to end: train every method on the heterogeneous population and on its
+    homogeneous control, compare, write the run folder; returns the metrics written to
+    ``metrics.json``."""
     start = time.perf_counter()
-    torch.set_num_threads(cfg.threads)
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    out = Path(cfg.output_dir)
-    het_cfg = PopulationConfig(**{**cfg.population, "seed": cfg.seed})
+    out = start_run(cfg)
+    het_cfg = cfg.population()
     pops = {"heterogeneous": make_population(het_cfg),
             "homogeneous": make_population(het_cfg.homogeneous_control())}
-    splits = {k: train_test_split_pairs(p.dataset, cfg.test_size, seed=cfg.seed)
+    splits = {k: train_test_split_pairs(p.dataset, cfg.data.test_size, seed=cfg.seed)
               for k, p in pops.items()}
-    if cfg.model_name == TINY:
-        texts = [t for s in splits.values() for col in ("prompt", "chosen", "rejected")
-                 for t in s["train"][col]]
-        tokenizer = build_tokenizer(texts, vocab_size=cfg.tokenizer_vocab)
-    else:
-        tokenizer = load_tokenizer(cfg.model_name)
+    tokenizer = build_tokenizer_for(cfg.model, lambda: [t for s in splits.values()
+                                                        for t in pair_texts(s["train"])])
     runs = len(POPULATIONS) * len(cfg.methods)
     with tqdm(total=runs, desc="Demo training runs", unit="run", disable=not cfg.progress,
               position=0) as bar:
@@ -472,10 +379,10 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
                          for r in t.excluded_rows],
         "notes": sorted({n for k in POPULATIONS for t in results[k].tables.values()
                          for n in t.notes}),
-        "config": dataclasses.asdict(cfg),
+        "config": config_values(cfg),
         "runtime_seconds": runtime,
     }
-    write_config(out, cfg)
+    write_config(out, config_values(cfg))
     write_table(out, "strength_table.csv", strength_table(metrics))
     write_report(out, metrics)
     return metrics
@@ -486,7 +393,7 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    metrics = run_demo(cfg)
+    metrics = train_and_compare(cfg)
     console = Console()
     table = Table(title="Held-out preference margins, heterogeneous population (95% CI)")
     for col in ("method", "micro", "macro", "final Var[β] het / hom"):
@@ -505,15 +412,6 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
     console.print(by_population)
     print_summary(console, metrics, cfg.output_dir)
     return metrics
-
-
-def print_summary(console: Any, metrics: dict[str, Any], output_dir: str) -> None:
-    """An experiment's summary bullets and where its report is, on a rich ``console``."""
-    for line in metrics["summary"]:
-        console.print(f"• {line}")
-    # soft_wrap: a path must stay copy-pasteable at any terminal width (rich wraps at 80 in CI).
-    console.print(f"Report: {Path(output_dir) / 'report.html'}", soft_wrap=True,
-                  markup=False, highlight=False)
 
 
 def strength_table(metrics: dict[str, Any]) -> pd.DataFrame:

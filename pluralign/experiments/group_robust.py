@@ -6,10 +6,12 @@ preferences conflict on part of the compared pairs (the share is measured on the
 from the ground-truth rewards and reported). A tiny GPT-NeoX (no user information in the prompt)
 is fine-tuned on prompt + chosen, then DPO, MixDPO (Gamma strength) and group-robust DPO (Ramesh
 et al. 2024, :mod:`pluralign.objectives.group_robust`, groups = the latent user type) start from
-the SFT model; the SFT model, the tokenizer and training go through the same functions as the
-demo (:mod:`pluralign.experiments.demo`). ``pluralign experiment group_robust [--config FILE]
-[key=value ...] --output-dir DIR`` runs it; the run folder gets config.yaml, metrics.json,
-report.html, group_accuracy.png and group_weights.png (:mod:`pluralign.runs`).
+the SFT model; its config has the sections of a train recipe (``model:``, ``data:``, ``sft:``,
+``training:``) and training goes through :func:`pluralign.training.methods.train_methods`, as
+the demo's. ``pluralign experiment group_robust [--config FILE] [key=value ...] --output-dir
+DIR`` runs it (``configs/group_robust.yaml`` holds the shipped values); the run folder gets
+config.yaml, metrics.json, report.html, group_accuracy.png and group_weights.png
+(:mod:`pluralign.runs`).
 
 On the held-out pairs: per-group, average (micro) and worst-group accuracy with bootstrap CIs
 (:mod:`pluralign.evaluation.worst_group`), the paired-bootstrap worst-group accuracy gain of
@@ -30,7 +32,6 @@ that excludes 0 on most seeds).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,9 @@ from typing import Any
 import datasets
 import numpy as np
 import pandas as pd
-import torch
 
+from pluralign.config import config_values
+from pluralign.data.config import DataConfig
 from pluralign.data.splits import train_test_split_pairs
 from pluralign.data.synthetic import (
     Population,
@@ -59,25 +61,46 @@ from pluralign.evaluation.worst_group import (
     worst_group_summary,
 )
 from pluralign.evaluation.worst_group_plots import plot_group_accuracy, plot_group_weights
-from pluralign.experiments.demo import (
-    default_preference,
-    default_sft,
+from pluralign.experiments.base import (
+    TINY_SFT,
+    PopulationExperimentConfig,
     print_summary,
-    train_methods,
+    start_run,
+    synthetic_data,
 )
 from pluralign.runs import format_estimate, write_config, write_report
-from pluralign.training import build_tokenizer, tiny_gpt_neox
-from pluralign.validation import COUNT, INDEX, OPEN_UNIT, check_fields, check_lengths
+from pluralign.training import PreferenceConfig, SFTConfig
+from pluralign.training.methods import train_methods
+from pluralign.training.recipe import (
+    ModelConfig,
+    build_base_model,
+    build_tokenizer_for,
+    pair_texts,
+)
+from pluralign.validation import OPEN_UNIT, check_fields
 
 GROUP = "user_type"
 MAJORITY, MINORITY = "majority", "minority"
 BASELINE, ROBUST = "DPO", "GR-DPO"
 
 
-def _default_population() -> dict[str, Any]:
-    return {"n_annotators": 300, "pairs_per_annotator": 12, "n_prompts": 60, "n_types": 2,
-            "type_spread": 1.0, "strength": "point", "beta": 5.0, "reward_scale": 3.0,
-            "demographic_signal": 0.0, "text_style": "compact"}
+def _default_data() -> DataConfig:
+    return synthetic_data(0.5, n_annotators=300, pairs_per_annotator=12, n_prompts=60, n_types=2,
+                          type_spread=1.0, strength="point", beta=5.0, reward_scale=3.0,
+                          demographic_signal=0.0, text_style="compact")
+
+
+#: Shared by SFT and training (the lengths also limit scoring): configs/group_robust.yaml.
+_SHARED_ARGS = {"max_length": 48, "max_prompt_length": 28, "use_cpu": True}
+
+
+def _default_sft() -> SFTConfig:
+    return SFTConfig(**TINY_SFT, **_SHARED_ARGS)
+
+
+def _default_training() -> PreferenceConfig:
+    return PreferenceConfig(learning_rate=1e-3, strength_learning_rate=3e-2, num_train_epochs=3,
+                            per_device_train_batch_size=16, logging_steps=1, **_SHARED_ARGS)
 
 
 def _default_methods() -> dict[str, dict[str, Any]]:
@@ -88,70 +111,48 @@ def _default_methods() -> dict[str, dict[str, Any]]:
 
 
 @dataclass
-class GroupRobustConfig:
-    """Settings of the group-robust experiment (defaults: the shipped configuration).
+class GroupRobustConfig(PopulationExperimentConfig):
+    """The group-robust experiment: the sections of a train recipe plus its own fields (defaults:
+    the shipped configuration, ``configs/group_robust.yaml``).
 
     Attributes:
-        output_dir: run folder for config.yaml, metrics.json, report.html and the PNGs.
-        seed: seed of the population, split, models and bootstraps.
-        threads: torch CPU threads.
-        population: :class:`~pluralign.data.synthetic.PopulationConfig` fields (two types;
+        data: ``source: synthetic`` and the population (``data.population``: two types;
             ``type_spread`` sets how far the types' value weights differ; ``type_probs``,
-            ``exact_type_shares`` and ``conflict_share`` are set from the fields below).
+            ``exact_type_shares`` and ``conflict_share`` are set from the fields below), with
+            ``test_size`` of the pairs held out.
+        methods: method name -> PreferenceConfig fields over ``training`` (must include ``DPO``
+            and ``GR-DPO``; ``GR-DPO`` groups by the ``user_type`` column, η =
+            ``group_step_size``). ``training.max_length`` and ``training.max_prompt_length``
+            also limit the held-out scoring.
         majority_share: exact share of majority-type annotators (the minority has the rest).
         conflict_share: exact share of compared pairs on which the two types disagree.
-        test_size: fraction of pairs held out.
-        tokenizer_vocab: BPE vocabulary size learned from the texts.
-        model: ``tiny_gpt_neox`` overrides.
-        max_length, max_prompt_length: token limits of training and evaluation.
-        sft: :class:`~pluralign.training.SFTConfig` fields.
-        preference: :class:`~pluralign.training.PreferenceConfig` fields shared by every method.
-        methods: method name -> PreferenceConfig fields (must include ``DPO`` and ``GR-DPO``;
-            ``GR-DPO`` groups by the ``user_type`` column, η = ``group_step_size``).
-        n_boot: bootstrap resamples of every interval.
-        progress: show progress bars.
     """
 
     output_dir: str = "runs/group_robust"
-    seed: int = 0
-    threads: int = 1
-    population: dict[str, Any] = field(default_factory=_default_population)
-    majority_share: float = 0.8
-    conflict_share: float = 0.45
-    test_size: float = 0.5
-    tokenizer_vocab: int = 300
-    model: dict[str, Any] = field(default_factory=dict)
-    max_length: int = 48
-    max_prompt_length: int = 28
-    sft: dict[str, Any] = field(default_factory=default_sft)
-    preference: dict[str, Any] = field(default_factory=lambda: {
-        **default_preference(), "learning_rate": 1e-3, "num_train_epochs": 3, "logging_steps": 1})
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(tokenizer_vocab_size=300))
+    data: DataConfig = field(default_factory=_default_data)
+    sft: SFTConfig | None = field(default_factory=_default_sft)
+    training: PreferenceConfig = field(default_factory=_default_training)
     methods: dict[str, dict[str, Any]] = field(default_factory=_default_methods)
     n_boot: int = 2000
     progress: bool = False
+    majority_share: float = 0.8
+    conflict_share: float = 0.45
 
     def __post_init__(self) -> None:
+        check_fields(self, {"majority_share": {**OPEN_UNIT, "minimum": 0.5},
+                            "conflict_share": {"minimum": 0, "maximum": 1}})
+        super().__post_init__()
         if BASELINE not in self.methods or ROBUST not in self.methods:
             raise ConfigError(f"group-robust methods must include {BASELINE!r} and {ROBUST!r}, "
                               f"got {sorted(self.methods)}")
-        check_fields(self, {
-            "threads": COUNT, "seed": INDEX, "n_boot": COUNT, "test_size": OPEN_UNIT,
-            "majority_share": {**OPEN_UNIT, "minimum": 0.5},
-            "conflict_share": {"minimum": 0, "maximum": 1},
-            "tokenizer_vocab": {"minimum": 257, "integer": True},
-        })
-        check_lengths(self.max_length, self.max_prompt_length, "GroupRobustConfig")
-        try:
-            self.population_config()
-        except TypeError as exc:
-            raise ConfigError(f"group-robust population: {exc}") from exc
+        self.population_config()
 
     def population_config(self) -> PopulationConfig:
         """The two-type population of this experiment."""
-        return PopulationConfig(**{**self.population, "n_types": 2, "seed": self.seed,
-                                   "type_probs": [self.majority_share, 1 - self.majority_share],
-                                   "exact_type_shares": True,
-                                   "conflict_share": self.conflict_share})
+        return dataclasses.replace(self.population(), n_types=2,
+                                   type_probs=[self.majority_share, 1 - self.majority_share],
+                                   exact_type_shares=True, conflict_share=self.conflict_share)
 
 
 def _labelled(pop: Population) -> tuple[datasets.Dataset, np.ndarray]:
@@ -180,13 +181,14 @@ def _weight_trajectory(trainer: Any) -> dict[str, Any]:
 def _train_methods(cfg: GroupRobustConfig, splits: Any, tokenizer: Any, out: Path
                    ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     margins, trajectory = {}, {}
-    model = tiny_gpt_neox(len(tokenizer), seed=cfg.seed, **cfg.model)
-    for method, policy, sft_model, trainer in train_methods(cfg, splits, tokenizer, out, model):
+    model = build_base_model(cfg.model, tokenizer, cfg.seed)
+    for method, policy, sft_model, trainer in train_methods(cfg, splits["train"], tokenizer,
+                                                            model, out):
         if method == ROBUST:
             trajectory = _weight_trajectory(trainer)
         margins[method] = preference_margins(policy, sft_model, splits["test"], tokenizer,
-                                             max_length=cfg.max_length,
-                                             max_prompt_length=cfg.max_prompt_length,
+                                             max_length=cfg.training.max_length,
+                                             max_prompt_length=cfg.training.max_prompt_length,
                                              progress=cfg.progress)
     return margins, trajectory
 
@@ -195,13 +197,10 @@ def run_group_robust(config: GroupRobustConfig) -> dict[str, Any]:
     """Run the experiment into ``config.output_dir`` (config.yaml, metrics.json, report.html,
     PNGs); returns the metrics."""
     start = time.perf_counter()
-    torch.set_num_threads(config.threads)
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    out = Path(config.output_dir)
+    out = start_run(config)
     data, conflict = _labelled(make_population(config.population_config()))
-    splits = train_test_split_pairs(data, config.test_size, seed=config.seed)
-    texts = [t for col in ("prompt", "chosen", "rejected") for t in splits["train"][col]]
-    tokenizer = build_tokenizer(texts, vocab_size=config.tokenizer_vocab)
+    splits = train_test_split_pairs(data, config.data.test_size, seed=config.seed)
+    tokenizer = build_tokenizer_for(config.model, lambda: pair_texts(splits["train"]))
     margins, trajectory = _train_methods(config, splits, tokenizer, out)
     summaries = {m: worst_group_summary(df, GROUP, n_boot=config.n_boot, seed=config.seed)
                  for m, df in margins.items()}
@@ -217,7 +216,7 @@ def run_group_robust(config: GroupRobustConfig) -> dict[str, Any]:
     metrics = _metrics(config, summaries, gain, cost, trajectory,
                        {"all_pairs": float(conflict.mean()), "test_pairs": test_conflict},
                        time.perf_counter() - start)
-    write_config(out, config)
+    write_config(out, config_values(config))
     write_report(out, metrics)
     return metrics
 
@@ -292,6 +291,6 @@ def _metrics(cfg: GroupRobustConfig, summaries: dict[str, WorstGroupSummary],
                                 "average accuracy."},
                     {"file": "group_weights.png",
                      "caption": f"{ROBUST} group weights α_g during training."}],
-        "config": dataclasses.asdict(cfg),
+        "config": config_values(cfg),
         "runtime_seconds": runtime,
     }

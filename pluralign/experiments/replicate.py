@@ -2,9 +2,10 @@
 
 [VARIANCE-CLAIM]: the learned preference-strength distribution of MixDPO-Gamma ends
 with a larger CV² (and Var[β]) on the heterogeneous population than on its homogeneous control.
-One demo run cannot decide it; this experiment runs the demo (:func:`pluralign.experiments.demo.
-run_demo`, unchanged) once per seed — each seed a complete demo run folder ``seed-<s>/`` — and
-judges the claim from the paired interval over seeds of ``log CV²_het − log CV²_hom``
+One demo run cannot decide it; this experiment runs the demo
+(:func:`pluralign.experiments.demo.train_and_compare`, unchanged) once per seed — each seed a
+complete demo run folder ``seed-<s>/`` — and judges the claim from the paired interval over
+seeds of ``log CV²_het − log CV²_hom``
 (:func:`pluralign.evaluation.replication.paired_seed_interval`: Student-t, verdict supported /
 not supported / unresolved). ``log Var_het − log Var_hom`` gets the same interval, reported
 alongside.
@@ -17,7 +18,6 @@ summary (``metrics.json``, ``seeds.csv``, ``report.html``) is rewritten after ev
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,10 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from pluralign.config import config_from_dict, read_config
+from pluralign.config import config_from_dict, config_values, read_config
 from pluralign.errors import ConfigError
 from pluralign.evaluation.replication import SeedInterval, paired_seed_interval
-from pluralign.experiments.demo import GAMMA_METHOD, DemoConfig, print_summary, run_demo
+from pluralign.experiments.base import print_summary
+from pluralign.experiments.demo import GAMMA_METHOD, DemoConfig, train_and_compare
 from pluralign.runs import METRICS_FILE, plain, write_config, write_report, write_table
 from pluralign.validation import OPEN_UNIT, check_fields
 
@@ -46,8 +47,8 @@ class ReplicateConfig:
         demo_config: YAML file of the demo configuration (``DemoConfig`` fields), e.g.
             configs/demo.yaml or configs/demo_smollm2.yaml.
         demo: ``key=value`` overrides of that file, as on the command line (dotted keys, YAML
-            values; e.g. ``["generations=0", "population.n_annotators=40"]``); seed, output_dir
-            and progress are set per seed.
+            values; e.g. ``["generations=0", "data.population.n_annotators=40"]``); seed,
+            output_dir and progress are set per seed.
         seeds: seeds to run (each seeds the populations, split, models and bootstraps).
         level: confidence level of the paired interval over seeds.
         progress: show the demo runs' progress bars.
@@ -96,9 +97,9 @@ def _seed_metrics(cfg: DemoConfig) -> dict[str, Any]:
             done = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             done = {}
-        if done.get("config") == json.loads(json.dumps(plain(dataclasses.asdict(cfg)))):
+        if done.get("config") == json.loads(json.dumps(plain(config_values(cfg)))):
             return done
-    return run_demo(cfg)
+    return train_and_compare(cfg)
 
 
 def _seed_row(seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def _log_ratio(a: float | None, b: float | None) -> float:
 def run_replication(cfg: ReplicateConfig) -> dict[str, Any]:
     """Run (or reuse) every seed's demo, then write and return the summary metrics."""
     out = Path(cfg.output_dir)
-    write_config(out, cfg)
+    write_config(out, config_values(cfg))
     rows = []
     for seed in cfg.seeds:
         rows.append(_seed_row(seed, _seed_metrics(cfg.seed_config(seed))))
@@ -161,7 +162,7 @@ def _summarise(cfg: ReplicateConfig, seeds: pd.DataFrame) -> dict[str, Any]:
         "log_cv2_difference": _json_safe(cv2.to_dict()) if cv2 else None,
         "log_var_difference": _json_safe(var.to_dict()) if var else None,
         "seeds": [_json_safe(r) for r in seeds.to_dict(orient="records")],
-        "config": dataclasses.asdict(cfg),
+        "config": config_values(cfg),
     }
 
 

@@ -7,8 +7,7 @@ import argparse
 
 from pluralign.config import add_config_arguments, config_from_args
 
-EPILOG = """\
-Examples:
+EPILOG = r"""Examples:
   pluralign nbc table=survey.csv --output-dir runs/pew_nbc
   pluralign nbc table=survey.parquet options=options.csv skip_incomplete=true --output-dir runs/pew
   pluralign nbc table=shares.csv question=Q17 eps=1e-5 --output-dir runs/shares_nbc

@@ -143,7 +143,9 @@ class SFTRecipe(_Recipe):
     training: SFTConfig = field(default_factory=SFTConfig)
 
 
-def _texts(dataset: datasets.Dataset) -> list[str]:
+def pair_texts(dataset: datasets.Dataset) -> list[str]:
+    """The prompt, chosen and rejected texts of ``dataset``, column by column (chat messages
+    joined), e.g. to train a tiny model's BPE tokenizer on."""
     out = []
     for column in ("prompt", "chosen", "rejected"):
         for value in dataset[column] if column in dataset.column_names else []:
@@ -153,21 +155,34 @@ def _texts(dataset: datasets.Dataset) -> list[str]:
     return out
 
 
-def build_model_and_tokenizer(spec: ModelConfig, train: datasets.Dataset, seed: int):
-    """The policy and tokenizer ``spec`` names ('tiny' builds both without any download)."""
-    from pluralign.training.loading import load_causal_lm, load_tokenizer
-    from pluralign.training.models import build_tokenizer, tiny_gpt_neox
+def build_tokenizer_for(spec: ModelConfig, texts: Callable[[], list[str]]) -> Any:
+    """The tokenizer ``spec`` names: ``spec.tokenizer``, the model's own, or for 'tiny' a BPE
+    trained on ``texts()`` (called only then)."""
+    from pluralign.training.loading import load_tokenizer
+    from pluralign.training.models import build_tokenizer
 
     if spec.tokenizer is not None:
-        tokenizer = load_tokenizer(spec.tokenizer)
-    elif spec.name_or_path == "tiny":
-        tokenizer = build_tokenizer(_texts(train), vocab_size=spec.tokenizer_vocab_size)
-    else:
-        tokenizer = load_tokenizer(spec.name_or_path)
+        return load_tokenizer(spec.tokenizer)
     if spec.name_or_path == "tiny":
-        model = tiny_gpt_neox(len(tokenizer), seed=seed, **spec.config)
-    else:
-        model = load_causal_lm(spec.name_or_path)
+        return build_tokenizer(texts(), vocab_size=spec.tokenizer_vocab_size)
+    return load_tokenizer(spec.name_or_path)
+
+
+def build_base_model(spec: ModelConfig, tokenizer: Any, seed: int) -> Any:
+    """The model ``spec`` names, without adapters: a seeded tiny GPT-NeoX sized by
+    ``spec.config`` for 'tiny', else the pretrained / local model."""
+    from pluralign.training.loading import load_causal_lm
+    from pluralign.training.models import tiny_gpt_neox
+
+    if spec.name_or_path == "tiny":
+        return tiny_gpt_neox(len(tokenizer), seed=seed, **spec.config)
+    return load_causal_lm(spec.name_or_path)
+
+
+def build_model_and_tokenizer(spec: ModelConfig, train: datasets.Dataset, seed: int):
+    """The policy and tokenizer ``spec`` names ('tiny' builds both without any download)."""
+    tokenizer = build_tokenizer_for(spec, lambda: pair_texts(train))
+    model = build_base_model(spec, tokenizer, seed)
     if spec.lora:
         model = add_lora(model, spec.lora)
     return model, tokenizer
