@@ -52,7 +52,7 @@ def _run(argv: list[str], capsys) -> str:
     return lines[-1]
 
 
-EVAL = ["evaluate", "model=nomodel", "data=nopop", "--output-dir", "out"]
+EVAL = ["evaluate", "model=nomodel", "data=pairs.jsonl", "--output-dir", "out"]
 DIAG = ["diagnose", "margins=margins.csv", "n_boot=5", "--output-dir", "out"]
 TRAIN = ["train", "--config", "train.yaml", "--output-dir", "out"]
 SFT_ARGS = ["sft", "--config", "sft.yaml", "--output-dir", "out"]
@@ -154,7 +154,8 @@ CASES = {
     "missing-cluster-column": ([*DIAG, "cluster=nope"], r"margins.csv: no 'nope' column"),
     "missing-compare-column": (["diagnose", "compare.a=margins.csv", "compare.b=nomargin.csv",
                                 "--output-dir", "o"], r"nomargin.csv: no 'margin' column"),
-    "missing-data-source": (EVAL, r"nopop: no such file or folder"),
+    "missing-data-source": (["evaluate", "model=nomodel", "data=nopop", "--output-dir", "out"],
+                            r"nopop: no such file or folder"),
     "missing-population-diagnose": (["diagnose", "population=nopop", "--output-dir", "o"],
                                     r"nopop: not a saved synthetic population"),
     "metrics-json-list": (["report", "--output-dir", "listrun"],

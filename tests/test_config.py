@@ -70,11 +70,13 @@ def test_help_shows_a_sections_own_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     demo = capsys.readouterr().out
-    assert "training.learning_rate = 0.0003" in demo and "model.tokenizer_vocab_size = 400" in demo
-    assert "data.source = 'synthetic'" in demo and "data.population.n_annotators = 60" in demo
+    assert "training.learning_rate: float = 0.0003" in demo
+    assert "model.tokenizer_vocab_size: int = 400" in demo
+    assert "data.source: str | None = 'synthetic'" in demo
+    assert "data.population.n_annotators: int = 60" in demo
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "training.learning_rate = 5e-07" in capsys.readouterr().out
+    assert "training.learning_rate: float = 5e-07" in capsys.readouterr().out
 
 
 def test_strength_shape_reaches_gamma_under_one_name():

@@ -256,3 +256,12 @@ def test_conflict_share_is_exact_on_the_pairs_and_labels_still_follow_the_types(
 def test_exact_composition_options_reject_what_they_cannot_do(bad):
     with pytest.raises(ConfigError, match="exact_type_shares|conflict_share"):
         PopulationConfig(**bad)
+
+
+@pytest.mark.parametrize("overrides", [{"type_spread": 5.9e307},
+                                       {"type_spread": 1e200, "reward_scale": 1e200}])
+def test_overflowing_type_weights_are_refused_not_written_as_nan(overrides):
+    """type_spread 5.9e307 (found by the CLI fuzz test) made the type weights NaN, and saving the
+    population then failed inside json.dumps."""
+    with pytest.raises(ConfigError, match="overflow the type weights"):
+        make_population(PopulationConfig(n_annotators=4, **overrides))

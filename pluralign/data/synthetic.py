@@ -433,8 +433,14 @@ def _make_types(config: PopulationConfig) -> tuple[np.ndarray, np.ndarray]:
     base = rng.standard_normal(k)
     z = rng.standard_normal((config.n_types, k))
     unit = base / np.linalg.norm(base)
-    raw = unit + config.type_spread * z / np.linalg.norm(z, axis=1, keepdims=True)
-    weights = config.reward_scale * raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused below
+        raw = unit + config.type_spread * z / np.linalg.norm(z, axis=1, keepdims=True)
+        norm = np.linalg.norm(raw, axis=1, keepdims=True)
+        weights = config.reward_scale * raw / norm
+    if not (np.isfinite(norm).all() and np.isfinite(weights).all()):
+        raise ConfigError(f"PopulationConfig: type_spread={config.type_spread:g} and "
+                          f"reward_scale={config.reward_scale:g} overflow the type weights; use "
+                          "values of a sensible size (e.g. below 1e100)")
     probs = np.full(config.n_types, 1.0 / config.n_types) if config.type_probs is None \
         else np.asarray(config.type_probs, dtype=float) / np.sum(config.type_probs)
     return weights, probs
@@ -608,7 +614,12 @@ def make_population(config: PopulationConfig | None = None, **overrides: Any) ->
         weights, shares, types = (shares @ weights)[None, :], np.ones(1), np.zeros_like(types)
     beta = _sample_beta(config)
     annotator_ids = [f"a{i:05d}" for i in range(config.n_annotators)]
-    rewards = weights @ features.T
+    with np.errstate(over="ignore", invalid="ignore"):
+        rewards = weights @ features.T
+    if not np.isfinite(rewards).all():
+        raise ConfigError(f"PopulationConfig: reward_scale={config.reward_scale:g} overflows the "
+                          "type rewards (they are not finite); use a value of a sensible size "
+                          "(e.g. below 1e100)")
     prompt_texts, response_texts = _text_arrays(prompts, responses, config.chat)
     texts = {"prompts": prompt_texts, "responses": response_texts,
              "annotators": pa.array(annotator_ids),
