@@ -44,6 +44,11 @@ from pluralign.numerics import (
     log_point_expected_sigmoid,
     lognormal_expected_sigmoid,
 )
+from pluralign.panel import (
+    log_gamma_panel_likelihood,
+    log_lognormal_panel_likelihood,
+    log_point_panel_likelihood,
+)
 
 __all__ = [
     "StrengthDistribution",
@@ -115,6 +120,14 @@ class StrengthDistribution(nn.Module):
         """``log E_{β~p}[σ(β·Δ)]`` per pair, finite for ``|Δ|`` up to 1e4."""
         raise NotImplementedError
 
+    def log_panel_likelihood(self, margin: Tensor, group: Tensor,
+                             num_groups: int | None = None) -> Tensor:
+        """``log E_{β~p} Π_{j∈a} σ(β·Δ_j)`` per annotator ``a`` (one β shared by each annotator's
+        pairs, the panel mixed logit): ``group`` holds each pair's annotator index 0..G−1, the
+        result has shape (G,). Exact to ~1e-13 in float64 (see :mod:`pluralign.panel`; a
+        LogNormal uses that adaptive rule whatever its ``method``)."""
+        raise NotImplementedError
+
     def mean(self) -> Tensor:
         """``E[β]`` as a 0-dim tensor."""
         raise NotImplementedError
@@ -164,6 +177,10 @@ class PointMass(StrengthDistribution):
     def log_expected_sigmoid(self, margin: Tensor) -> Tensor:
         """``log σ(β·Δ)`` — the same function :func:`~pluralign.objectives.dpo_loss` negates."""
         return log_point_expected_sigmoid(margin, self.beta)
+
+    def log_panel_likelihood(self, margin: Tensor, group: Tensor,
+                             num_groups: int | None = None) -> Tensor:
+        return log_point_panel_likelihood(margin, group, self.beta, num_groups=num_groups)
 
     def mean(self) -> Tensor:
         return self.beta
@@ -261,6 +278,12 @@ class LogNormal(StrengthDistribution):
             margin, mu, sigma, self.num_points, self.method, self.generator, softplus=softplus
         )
 
+    def log_panel_likelihood(self, margin: Tensor, group: Tensor,
+                             num_groups: int | None = None) -> Tensor:
+        mu, sigma, softplus = self._kernel_args()
+        return log_lognormal_panel_likelihood(margin, group, mu, sigma, num_groups=num_groups,
+                                              softplus=softplus)
+
     def mean(self) -> Tensor:
         return torch.exp(self.mu + self.sigma**2 / 2)
 
@@ -343,6 +366,12 @@ class Gamma(StrengthDistribution):
     def expected_sigmoid(self, margin: Tensor) -> Tensor:
         shape, rate, softplus = self._kernel_args()
         return gamma_expected_sigmoid(margin, shape, rate, softplus=softplus)
+
+    def log_panel_likelihood(self, margin: Tensor, group: Tensor,
+                             num_groups: int | None = None) -> Tensor:
+        shape, rate, softplus = self._kernel_args()
+        return log_gamma_panel_likelihood(margin, group, shape, rate, num_groups=num_groups,
+                                          softplus=softplus)
 
     def mean(self) -> Tensor:
         return self.shape / self.rate

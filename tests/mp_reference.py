@@ -79,3 +79,65 @@ def lognormal_posterior_mean(margin: float, mu: float, sigma: float, dps: int = 
         return _lognormal_integral(margin, mu, sigma, 1) / _lognormal_integral(
             margin, mu, sigma, 0
         )
+
+
+def _log_sigmoid(z: mp.mpf) -> mp.mpf:
+    return -mp.log1p(mp.exp(-z)) if z > 0 else z - mp.log1p(mp.exp(z))
+
+
+def panel_log_likelihood(margins, family: str, params: dict, dps: int = 20) -> mp.mpf:
+    """``log E_β Π_j σ(β Δ_j)`` for one annotator, by mpmath quadrature over ``v = log β``.
+
+    The peak of the log-integrand is found by a dense numpy scan followed by mpmath's own root
+    finder on its derivative; the quadrature interval extends to where the integrand is e^−60
+    below the peak (found by stepping out), with breakpoints every half width. Repeated margins
+    are summed with their multiplicity. Shares no code with :mod:`pluralign.panel`.
+    """
+    import numpy as np
+
+    values, counts = np.unique(np.asarray(margins, dtype=float), return_counts=True)
+    with mp.workdps(dps):
+        d = [(mp.mpf(float(x)), int(c)) for x, c in zip(values, counts, strict=True)]
+        if family == "gamma":
+            k, lam = mp.mpf(params["shape"]), mp.mpf(params["rate"])
+            c = k * mp.log(lam) - mp.loggamma(k)
+
+            def log_prior(v):
+                return c + k * v - lam * mp.exp(v)
+            centre, spread = mp.log(k / lam), 1 / mp.sqrt(k)
+        else:
+            mu, s = mp.mpf(params["mu"]), mp.mpf(params["sigma"])
+
+            def log_prior(v):
+                return -((v - mu) / s) ** 2 / 2 - mp.log(s) - mp.log(2 * mp.pi) / 2
+            centre, spread = mu, s
+
+        def f(v):
+            b = mp.exp(v)
+            return log_prior(v) + mp.fsum(c * _log_sigmoid(b * x) for x, c in d)
+
+        grid = float(centre) + float(spread) * np.arange(-400, 161) / 4
+        z = np.exp(grid)[:, None] * values[None, :]
+        scan = -np.logaddexp(0, -z) @ counts + np.array([float(log_prior(mp.mpf(v)))
+                                                         for v in grid])
+        peak = mp.mpf(grid[int(np.argmax(scan))])
+        try:
+            peak = mp.findroot(lambda v: mp.diff(f, v), peak, tol=mp.mpf(10) ** (-dps + 6))
+        except (ValueError, ZeroDivisionError):
+            pass
+        top = f(peak)
+        h = mp.mpf(10) ** -4 * (1 + abs(peak))
+        curv = -(f(peak + h) - 2 * top + f(peak - h)) / h**2
+        width = 1 / mp.sqrt(curv) if curv > 0 else spread
+        points = [peak]
+        for sign in (-1, 1):
+            v = peak
+            step = width / 2
+            while f(v) > top - 60:
+                v += sign * step
+                points.append(v)
+                if abs(v - peak) > 8 * width:
+                    step *= 1.5
+        points = sorted(points)
+        value = mp.quad(lambda v: mp.exp(f(v) - top), points)
+        return top + mp.log(value)
