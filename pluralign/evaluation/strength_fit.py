@@ -31,6 +31,16 @@ Identification, stated plainly:
   margins divided by their median ``|Δ|`` (parameter bounds are then relative to the data's scale),
   so rescaling every margin by ``c`` rescales the fitted β by ``1/c`` and leaves CV² unchanged.
 
+Panel likelihood (``groups=`` annotator ids). When each annotator's pairs share one β, the
+likelihood is ``Π_a E_β Π_{j∈a} σ(β Δ_j)`` (the panel mixed logit, Train 2009 §6.7), evaluated
+exactly by :mod:`pluralign.panel`. Per-pair β with a flexible margin model is not identified:
+``E_β σ(βΔ) = G(Δ)`` for one symmetric link ``G``, and any other strength distribution with link
+``G'`` fits equally well with margins ``G'⁻¹(G(Δ))``. The dependence between one annotator's labels
+cannot be produced by any transform of Δ, so the panel fit identifies the spread of β even when the
+margins come from a flexible model — through annotators with two or more pairs (an annotator with
+one pair contributes ``E_β σ(βΔ)``, exactly as in the per-pair fit). Its bootstrap resamples
+annotators.
+
 Every fit carries :attr:`StrengthFit.identification`: which parameters ended on a bound of the
 optimiser's box, whether the optimiser moved from its start, and whether the scale of β is pinned
 by the data at all; each flag also adds a plain-language note to :attr:`StrengthFit.notes`.
@@ -44,17 +54,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import optimize, special, stats
 
+from pluralign.errors import PluralignError
 from pluralign.evaluation.bootstrap import percentile_interval
 from pluralign.evaluation.errors import EvaluationError
-from pluralign.numerics import (
-    log_gamma_expected_sigmoid,
-    log_lognormal_expected_sigmoid,
-    trapezoid_step,
-)
+from pluralign.numerics import log_gamma_expected_sigmoid, trapezoid_step
+from pluralign.panel import log_panel_likelihood
 from pluralign.strength import StrengthDistribution, build_strength
 
 FAMILIES = ("lognormal", "gamma")
@@ -103,7 +112,8 @@ def lognormal_num_points(sigma: float, mu: float = 0.0, most_negative: float = 0
       ``H ≥ |ε* − c| + 7w``;
     * the Gaussian itself: ``H ≥ 7``.
 
-    Returns the first of :data:`NODE_TIERS` meeting all three (the last if none does).
+    Returns the first of :data:`NODE_TIERS` meeting all three; raises :class:`EvaluationError`
+    if none does (the fit itself uses the adaptive rule of :mod:`pluralign.panel` instead).
     """
     x = sigma * sigma * math.exp(min(mu, 700.0)) * max(-most_negative, 0.0)
     w_x = float(np.real(special.lambertw(x))) if x > 0 else 0.0
@@ -114,7 +124,10 @@ def lognormal_num_points(sigma: float, mu: float = 0.0, most_negative: float = 0
         if (sigma * h <= 0.45 and h <= 0.9 * width
                 and h * (n - 1) / 2 >= max(7.0, offset + 7.0 * width)):
             return n
-    return NODE_TIERS[-1]
+    raise EvaluationError(
+        f"no trapezoidal rule of up to {NODE_TIERS[-1]} nodes is accurate for LogNormal σ = "
+        f"{sigma:.3g}, μ = {mu:.3g} and margin {most_negative:.3g}; use "
+        "pluralign.panel.log_lognormal_panel_likelihood (one pair per group), which adapts")
 
 
 @dataclass
@@ -138,6 +151,11 @@ class StrengthFit:
             says the labels follow the margin's sign almost surely or are at chance).
         notes: warnings (each identification flag, weak identification, failed resamples).
         scale: the median ``|Δ|`` the fit standardised the margins by.
+        likelihood: ``"per-pair"`` (β drawn per comparison, eq. 3) or ``"panel"`` (one β per
+            annotator, ``groups=``).
+        n_annotators, n_single: annotators in a panel fit and how many of them have one pair
+            (``None`` for a per-pair fit).
+        bootstrap_failures: resamples whose refit failed or had one-signed margins.
     """
 
     family: str
@@ -158,6 +176,10 @@ class StrengthFit:
     identification: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     scale: float = 1.0
+    likelihood: str = "per-pair"
+    n_annotators: int | None = None
+    n_single: int | None = None
+    bootstrap_failures: int = 0
     #: bootstrap draws of (mean, variance), one row per resample (for comparisons between fits)
     samples: np.ndarray | None = field(default=None, repr=False)
 
@@ -174,7 +196,7 @@ class StrengthFit:
         """No identification flag is raised."""
         ident = self.identification
         return not (ident.get("at_bound") or ident.get("not_moved")
-                    or ident.get("scale_unidentified"))
+                    or ident.get("scale_unidentified") or ident.get("panel_uninformative"))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -184,19 +206,34 @@ class StrengthFit:
         return out
 
 
-def _lognormal_points(mu: float, sigma: float, margins: torch.Tensor) -> int:
-    return lognormal_num_points(sigma, mu, float(margins.min()) if margins.numel() else 0.0)
+@dataclass
+class _Data:
+    """What the likelihood needs: standardised margins, the unit each belongs to and the number
+    of units. Per-pair: the distinct margins (a unit each; weights are their counts). Panel:
+    every margin, ``group`` its annotator index (weights per annotator)."""
+
+    margins: torch.Tensor
+    group: torch.Tensor | None
+    units: int
 
 
-def _log_lik_terms(theta: torch.Tensor, margins: torch.Tensor, family: str) -> torch.Tensor:
-    """Per-comparison ``log E_β σ(β Δ_i)`` at unconstrained parameters ``theta``."""
-    if family == "lognormal":
-        sigma = theta[1].exp()
-        n = _lognormal_points(float(theta[0].detach()), float(sigma.detach()), margins)
-        return log_lognormal_expected_sigmoid(margins, theta[0], sigma, num_points=n)
-    if family == "gamma":
-        return log_gamma_expected_sigmoid(margins, theta[0].exp(), theta[1].exp())
-    return F.logsigmoid(theta[0].exp() * margins)
+def _log_lik_terms(theta: torch.Tensor, data: _Data, family: str) -> torch.Tensor:
+    """Per-unit log-likelihood at unconstrained parameters ``theta``: ``log E_β σ(β Δ_i)`` per
+    distinct margin, or ``log E_β Π_{j∈a} σ(β Δ_j)`` per annotator (panel). LogNormal terms come
+    from the adaptive rule of :mod:`pluralign.panel` (one pair per group when per-pair), exact to
+    ~1e-13 for any margin and σ."""
+    m = data.margins
+    if family == "point":
+        terms = F.logsigmoid(theta[0].exp() * m)
+        if data.group is None:
+            return terms
+        return torch.zeros(data.units, dtype=m.dtype).index_add(0, data.group, terms)
+    if family == "gamma" and data.group is None:
+        return log_gamma_expected_sigmoid(m, theta[0].exp(), theta[1].exp())
+    group = data.group if data.group is not None else torch.arange(m.numel())
+    params = ({"mu": theta[0], "sigma": theta[1].exp()} if family == "lognormal"
+              else {"shape": theta[0].exp(), "rate": theta[1].exp()})
+    return log_panel_likelihood(m, group, family, num_groups=data.units, **params)
 
 
 def _theta(params: dict[str, float], family: str) -> np.ndarray:
@@ -208,16 +245,23 @@ def _theta(params: dict[str, float], family: str) -> np.ndarray:
     return np.array([math.log(params["beta"])])
 
 
-def log_likelihood(margins: Any, family: str, params: dict[str, float]) -> float:
-    """``Σ_i log E_{β~p(·; params)} σ(β Δ_i)`` (eq. 3), the quantity :func:`fit_strength`
-    maximises, with the LogNormal rule's nodes from :func:`lognormal_num_points`."""
-    m = torch.as_tensor(_as_float64(margins), dtype=torch.float64)
+def log_likelihood(margins: Any, family: str, params: dict[str, float],
+                   groups: Sequence[Any] | None = None) -> float:
+    """``Σ_i log E_{β~p(·; params)} σ(β Δ_i)`` (eq. 3), or with ``groups`` (annotator ids) the
+    panel ``Σ_a log E_β Π_{j∈a} σ(β Δ_j)`` — the quantity :func:`fit_strength` maximises."""
+    m = _as_float64(margins)
+    if groups is None:
+        data = _Data(torch.as_tensor(m, dtype=torch.float64), None, m.size)
+    else:
+        codes, _ = _group_codes(groups, m.size)
+        data = _Data(torch.as_tensor(m, dtype=torch.float64), torch.as_tensor(codes),
+                     int(codes.max()) + 1)
     theta = torch.as_tensor(_theta(params, family), dtype=torch.float64)
     with torch.no_grad():
-        return float(_log_lik_terms(theta, m, family).sum())
+        return float(_log_lik_terms(theta, data, family).sum())
 
 
-def _maximise(margins: torch.Tensor, weights: torch.Tensor, family: str,
+def _maximise(data: _Data, weights: torch.Tensor, family: str,
               starts: Sequence[Sequence[float]], bounds) -> tuple[np.ndarray, float, bool]:
     """Best of bounded Newton-CG runs from ``starts``.
 
@@ -226,7 +270,7 @@ def _maximise(margins: torch.Tensor, weights: torch.Tensor, family: str,
 
     def negll(x: np.ndarray) -> tuple[float, np.ndarray]:
         theta = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        value = -(weights * _log_lik_terms(theta, margins, family)).sum()
+        value = -(weights * _log_lik_terms(theta, data, family)).sum()
         (grad,) = torch.autograd.grad(value, theta)
         return float(value.detach()), grad.numpy()
 
@@ -264,6 +308,20 @@ def _as_float64(margins: Any) -> np.ndarray:
         raise EvaluationError(f"fit_strength: margins must be numbers ({exc})") from None
 
 
+def _group_codes(groups: Sequence[Any], n: int, what: str = "groups") -> tuple[np.ndarray, int]:
+    """Integer codes 0..G−1 of annotator ids (or cluster labels); refuses missing ids."""
+    values = pd.Series(list(groups) if not isinstance(groups, pd.Series) else groups.to_list())
+    if len(values) != n:
+        raise EvaluationError(f"fit_strength: {len(values)} {what} labels for {n} margins; give "
+                              "one label per margin")
+    missing = np.flatnonzero(values.isna().to_numpy())
+    if missing.size:
+        raise EvaluationError(f"fit_strength: {missing.size} {what} labels are missing (rows "
+                              f"{missing[:10].tolist()}); drop those rows or fill the ids")
+    _, codes = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    return codes.astype(np.int64), int(codes.max()) + 1
+
+
 def _check_margins(margins: Any) -> np.ndarray:
     m = _as_float64(margins)
     if m.size == 0:
@@ -293,17 +351,32 @@ def _on_bounds(theta: np.ndarray, bounds, family: str) -> list[str]:
     return out
 
 
+#: Fewer annotators with two or more pairs than this: the panel fit cannot see the
+#: within-annotator dependence that identifies the spread.
+MIN_MULTI_ANNOTATORS = 10
+_NO_SPREAD = {"lognormal": "sigma (lower)", "gamma": "shape (upper)"}
+
+
 def _identification(family: str, theta: np.ndarray, not_moved: bool, point_std: float,
-                    point_at_bound: bool, minority: int) -> tuple[dict[str, Any], list[str]]:
-    """Identification flags of a fit and one note per raised flag."""
+                    point_at_bound: bool, minority: int, multi: int | None
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """Identification flags of a fit and one note per raised flag (``multi``: annotators with
+    two or more pairs in a panel fit, ``None`` per-pair)."""
     at_bound = _on_bounds(theta, _BOUNDS[family], family)
     scale_bad = (minority < _MIN_MINORITY or point_at_bound
                  or not _SCALE_RANGE[0] <= point_std <= _SCALE_RANGE[1])
+    panel_bad = multi is not None and multi < MIN_MULTI_ANNOTATORS
     notes = []
-    if at_bound:
-        notes.append(f"{', '.join(at_bound)} on the bound of the fit's parameter box: the "
-                     "likelihood keeps improving past it (outliers, or no spread at all), so "
-                     "mean, variance and CV² are limits, not estimates")
+    spread_bound = [b for b in at_bound if b == _NO_SPREAD[family]]
+    other_bound = [b for b in at_bound if b != _NO_SPREAD[family]]
+    if spread_bound:
+        notes.append(f"{spread_bound[0]} on its no-spread bound: the maximum-likelihood CV² is "
+                     "essentially 0; whether the spread is really small is for the interval and "
+                     "the point-mass test to say (see the verdict)")
+    if other_bound:
+        notes.append(f"{', '.join(other_bound)} on the bound of the fit's parameter box: the "
+                     "likelihood keeps improving past it (outliers, or a tail heavier than the "
+                     "family allows), so mean, variance and CV² are limits, not estimates")
     if not_moved:
         notes.append("the optimiser did not move from its start: the likelihood is flat there "
                      "and the reported parameters are the start, not an estimate")
@@ -311,63 +384,102 @@ def _identification(family: str, theta: np.ndarray, not_moved: bool, point_std: 
         notes.append(f"the scale of β is not identified: {minority} margins on the minority "
                      f"side, point-mass β·median|Δ| = {point_std:.3g} (labels follow the margin's "
                      "sign almost surely, or are at chance); mean and variance are not estimates")
-    return {"at_bound": at_bound, "not_moved": not_moved, "scale_unidentified": scale_bad}, notes
+    if panel_bad:
+        notes.append(f"only {multi} annotators have two or more pairs: the panel fit cannot see "
+                     "the within-annotator dependence that identifies the spread of β")
+    return {"at_bound": at_bound, "not_moved": not_moved, "scale_unidentified": scale_bad,
+            "panel_uninformative": panel_bad}, notes
+
+
+def _starts(family: str, point_log_beta: float) -> list[list[float]]:
+    """Cold starts around the point-mass fit: three spreads (CV² ≈ 0.04, 0.6, 2.5 / 1.4, 0.5,
+    0.1), never the fitted values."""
+    if family == "lognormal":
+        return [[point_log_beta, math.log(s)] for s in (0.2, 0.7, 1.5)]
+    point_std = math.exp(point_log_beta)
+    return [[math.log(k), math.log(k / point_std)] for k in (0.7, 2.0, 10.0)]
 
 
 def fit_strength(
     margins: Sequence[float] | np.ndarray | torch.Tensor,
     family: str = "lognormal",
     *,
+    groups: Sequence[Any] | None = None,
     n_boot: int = 200,
     level: float = 0.95,
     clusters: Sequence[Any] | None = None,
     seed: int = 0,
 ) -> StrengthFit:
-    """Fit ``p(β)`` by maximum likelihood of ``Π_i E_β σ(β Δ_i)`` on fixed margins (eq. 3).
+    """Fit ``p(β)`` by maximum likelihood on fixed margins: per pair ``Π_i E_β σ(β Δ_i)``
+    (eq. 3), or with ``groups`` the panel ``Π_a E_β Π_{j∈a} σ(β Δ_j)``.
 
     Args:
         margins: ``Δ_i = r(chosen) − r(rejected)`` per comparison (both signs must occur); any
             float dtype, numpy or torch (detached and read in float64).
         family: ``"lognormal"`` (β = exp(μ + σ ε)) or ``"gamma"`` (shape k, rate λ).
-        n_boot: bootstrap refits for the intervals (0 skips them).
+        groups: optional annotator id per comparison: β is shared by each annotator's pairs
+            (panel mixed logit; identifies the spread even with flexible margins) and the
+            bootstrap resamples annotators.
+        n_boot: bootstrap refits for the intervals (0 skips them); each refit starts cold
+            (the resample's point-mass fit, CV² ≈ 0.5), never from the fitted values.
         level: confidence level of the percentile intervals.
         clusters: optional cluster label per comparison (e.g. annotator id); the bootstrap then
-            resamples clusters, which is right when β is shared within a cluster.
+            resamples clusters, which is right when β is shared within a cluster. With
+            ``groups``, each annotator must lie in one cluster.
         seed: bootstrap seed.
     """
     if family not in FAMILIES:
         raise EvaluationError(f"fit_strength: family must be one of {FAMILIES}, got {family!r}")
     m_np = _check_margins(margins)
     scale = float(np.median(np.abs(m_np[m_np != 0])))
-    # The likelihood depends on the data only through the distinct margins and their counts.
-    values, inverse = np.unique(m_np / scale, return_inverse=True)
-    margins_t = torch.as_tensor(values, dtype=torch.float64)
-    counts = torch.as_tensor(np.bincount(inverse, minlength=values.size), dtype=torch.float64)
     notes: list[str] = []
     n_neg = int((m_np < 0).sum())
     minority = min(n_neg, int((m_np > 0).sum()))
     if _MIN_MINORITY <= minority < 20:
         notes.append(f"only {minority} margins on the minority side: the scale of β is weakly "
                      "identified")
+    cluster_codes = None if clusters is None else _group_codes(clusters, m_np.size, "cluster")[0]
+    multi = n_annotators = n_single = None
+    if groups is None:
+        # The likelihood depends on the data only through the distinct margins and their counts.
+        values, inverse = np.unique(m_np / scale, return_inverse=True)
+        data = _Data(torch.as_tensor(values, dtype=torch.float64), None, values.size)
+        weights = torch.as_tensor(np.bincount(inverse, minlength=values.size), dtype=torch.float64)
+        resample_codes, unit_of = (np.arange(m_np.size) if cluster_codes is None
+                                   else cluster_codes), inverse
+    else:
+        codes, n_annotators = _group_codes(groups, m_np.size)
+        sizes = np.bincount(codes, minlength=n_annotators)
+        n_single = int((sizes == 1).sum())
+        multi = n_annotators - n_single
+        if n_single:
+            notes.append(f"{n_single} of {n_annotators} annotators have a single pair: they "
+                         "inform the scale of β like per-pair data, not its spread")
+        data = _Data(torch.as_tensor(m_np / scale, dtype=torch.float64), torch.as_tensor(codes),
+                     n_annotators)
+        weights = torch.ones(n_annotators, dtype=torch.float64)
+        if cluster_codes is None:
+            resample_codes = np.arange(n_annotators)
+        else:
+            per_annotator = pd.DataFrame({"a": codes, "c": cluster_codes}).groupby("a")["c"]
+            if (per_annotator.nunique() > 1).any():
+                raise EvaluationError("fit_strength: an annotator (groups) appears in several "
+                                      "clusters; clusters must contain whole annotators")
+            resample_codes = per_annotator.first().to_numpy()
+        unit_of = np.arange(n_annotators)
 
-    # Point mass (DPO) fit in standardised units: one-dimensional, starts around β·|Δ| = 1.
+    # Point mass (DPO) fit in standardised units: one-dimensional, starts around β·|Δ| = 1. Its
+    # panel and per-pair likelihoods are the same (a point mass makes the pairs independent).
     point_bounds = [(-20.0, 20.0)]
-    point_theta, point_ll, _ = _maximise(margins_t, counts, "point", [[-2.0], [0.0], [2.0]],
+    point_theta, point_ll, _ = _maximise(data, weights, "point", [[-2.0], [0.0], [2.0]],
                                          point_bounds)
     point_std = math.exp(point_theta[0])
-
-    if family == "lognormal":
-        starts = [[point_theta[0], math.log(s)] for s in (0.2, 0.7, 1.5)]
-    else:
-        starts = [[math.log(k), math.log(k / point_std)] for k in (0.7, 2.0, 10.0)]
-    theta, ll, not_moved = _maximise(margins_t, counts, family, starts, _BOUNDS[family])
+    theta, ll, not_moved = _maximise(data, weights, family, _starts(family, point_theta[0]),
+                                     _BOUNDS[family])
     identification, flag_notes = _identification(
         family, theta, not_moved, point_std,
-        bool(_on_bounds(point_theta, point_bounds, "point")), minority)
+        bool(_on_bounds(point_theta, point_bounds, "point")), minority, multi)
     notes.extend(flag_notes)
-    spread_name = "sigma (lower)" if family == "lognormal" else "shape (upper)"
-    if spread_name in identification["at_bound"]:
-        notes.append("the fit puts no spread in β: it has collapsed to a point mass")
     mean, variance = _moments(theta, family, scale)
     lr = max(0.0, 2 * (ll - point_ll))
     fit = StrengthFit(
@@ -375,42 +487,51 @@ def fit_strength(
         cv2=variance / mean**2, loglik=ll, point_beta=point_std / scale, point_loglik=point_ll,
         heterogeneity_pvalue=float(0.5 * stats.chi2.sf(lr, 1)) if lr > 0 else 1.0,
         n=int(m_np.size), n_negative=n_neg, level=level, identification=identification,
-        notes=notes, scale=scale,
+        notes=notes, scale=scale, likelihood="per-pair" if groups is None else "panel",
+        n_annotators=n_annotators, n_single=n_single,
     )
     if n_boot > 0:
-        _bootstrap(fit, margins_t, inverse, theta, clusters, n_boot, seed)
+        _bootstrap(fit, data, unit_of, resample_codes, n_boot, seed)
     return fit
 
 
-def _bootstrap(fit: StrengthFit, margins: torch.Tensor, inverse: np.ndarray, theta: np.ndarray,
-               clusters: Sequence[Any] | None, n_boot: int, seed: int) -> None:
-    """Refit on multinomial resamples (of comparisons or clusters), warm-started at the MLE.
+def _bootstrap(fit: StrengthFit, data: _Data, unit_of: np.ndarray, resample_codes: np.ndarray,
+               n_boot: int, seed: int) -> None:
+    """Refit on multinomial resamples of the resampling units (comparisons, clusters or
+    annotators), each from a cold start: the resample's own point-mass fit and the middle spread
+    of :func:`_starts` (CV² ≈ 0.5). A warm start at the fitted values would leave a fit on the
+    no-spread bound there (the likelihood is flat in that direction) and give a zero-width
+    interval (issue 22: "collapsed" with CI [1e-5, 1e-5] at true CV² 0.1).
 
-    ``margins`` are the distinct standardised margins and ``inverse`` maps each comparison to
-    its margin.
+    ``unit_of`` maps each element the codes index (comparison, or annotator in a panel) to its
+    likelihood unit (distinct margin, or annotator); ``resample_codes`` maps it to its resampling
+    unit.
     """
     rng = np.random.default_rng(seed)
-    n = inverse.size
-    if clusters is None:
-        codes, k = np.arange(n), n
-    else:
-        if len(clusters) != n:
-            raise EvaluationError(f"fit_strength: {len(clusters)} cluster labels for {n} margins")
-        _, codes = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
-        k = int(codes.max()) + 1
-    samples = []
+    k = int(resample_codes.max()) + 1
+    samples, failures = [], 0
     for _ in range(n_boot):
-        w = np.bincount(inverse, weights=rng.multinomial(k, np.full(k, 1.0 / k))[codes],
-                        minlength=margins.numel())
-        used = margins[torch.as_tensor(w > 0)]
-        if not (used < 0).any() or not (used > 0).any():
-            continue
+        draws = rng.multinomial(k, np.full(k, 1.0 / k))[resample_codes]
+        w = np.bincount(unit_of, weights=draws, minlength=data.units)
         weights = torch.as_tensor(w, dtype=torch.float64)
-        t, _, _ = _maximise(margins, weights, fit.family, [theta], _BOUNDS[fit.family])
+        used = data.margins[weights > 0] if data.group is None else data.margins[
+            weights[data.group] > 0]
+        if not (used < 0).any() or not (used > 0).any():
+            failures += 1
+            continue
+        try:
+            p_theta, _, _ = _maximise(data, weights, "point", [[-2.0], [0.0], [2.0]],
+                                      [(-20.0, 20.0)])
+            t, _, _ = _maximise(data, weights, fit.family, _starts(fit.family, p_theta[0])[1:2],
+                                _BOUNDS[fit.family])
+        except PluralignError:
+            failures += 1
+            continue
         samples.append(_moments(t, fit.family, fit.scale))
-    if len(samples) < n_boot:
-        fit.notes.append(f"{n_boot - len(samples)} bootstrap resamples had one-signed margins "
-                         "and were skipped")
+    fit.bootstrap_failures = failures
+    if failures:
+        fit.notes.append(f"{failures} of {n_boot} bootstrap resamples had one-signed margins "
+                         "or failed to refit and were skipped")
     if not samples:
         return
     arr = np.array(samples)

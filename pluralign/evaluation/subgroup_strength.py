@@ -97,6 +97,7 @@ def subgroup_strength(
     margin: str = "margin",
     family: str = "gamma",
     cluster: str | None = None,
+    groups: str | None = None,
     n_boot: int = 200,
     seed: int = 0,
 ) -> SubgroupStrength:
@@ -110,13 +111,19 @@ def subgroup_strength(
         family: ``"gamma"`` or ``"lognormal"``.
         cluster: column whose values share one β (e.g. ``"annotator_id"``): the bootstrap
             resamples it and the equality test is the cluster-bootstrap Wald test.
+        groups: annotator-id column: each subgroup is fitted with the panel likelihood (one β
+            per annotator, annotator bootstrap) and the equality test is the cluster-bootstrap
+            Wald test on annotators (an annotator must not appear in two subgroups).
         n_boot: bootstrap refits per group (the Wald test needs at least 20).
         seed: bootstrap seed.
     """
-    missing = [c for c in [margin, *by, *([cluster] if cluster else [])] if c not in df.columns]
+    extra = [c for c in (cluster, groups) if c]
+    missing = [c for c in [margin, *by, *extra] if c not in df.columns]
     if missing:
         raise EvaluationError(f"subgroup_strength: no column(s) {missing}; available: "
                               f"{sorted(map(str, df.columns))}")
+    if groups is not None and cluster is None:
+        cluster = groups
     if cluster is not None and n_boot < 20:
         raise EvaluationError("subgroup_strength: the clustered equality test needs n_boot >= 20")
     rows, tests, fits = [], {}, {}
@@ -132,7 +139,8 @@ def subgroup_strength(
                                       "one-signed margins"})
                 continue
             f = fit_strength(values, family, n_boot=n_boot, seed=seed + i,
-                             clusters=None if cluster is None else part[cluster].tolist())
+                             clusters=None if cluster is None else part[cluster].tolist(),
+                             groups=None if groups is None else part[groups].tolist())
             fits[(attr, str(group))] = f
             fitted.append(f)
             fitted_margins.append(values)
