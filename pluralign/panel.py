@@ -172,17 +172,22 @@ def _f_d1_d2(v: Tensor, m: Tensor, g: Tensor, prior: _Prior) -> tuple[Tensor, Te
 def _newton(v: Tensor, m: Tensor, g: Tensor, prior: _Prior, width0: float) -> Tensor:
     """Safeguarded Newton ascent on ``f_a`` from ``v`` (one point per annotator): Newton's step
     where ``f'' < 0`` (else a prior-width step uphill), at most 8 prior widths, halved until
-    ``f`` increases; an annotator stops when no halving increases ``f``."""
+    ``f`` increases; an annotator stops when no halving increases ``f`` or its Newton step is
+    below 1% of the local width."""
     backtrack = _BACKTRACK.to(v.device)
     for _ in range(_NEWTON_STEPS):
         f, d1, d2 = _f_d1_d2(v, m, g, prior)
         step = torch.where(d2 < 0, -d1 / d2.clamp(max=-1e-300), torch.sign(d1) * width0)
         step = step.clamp(-8 * width0, 8 * width0)
+        # within 1% of a local width of the peak: the nodes need no better
+        done = (d2 < 0) & (step.abs() * (-d2).clamp(min=0).sqrt() < 1e-2)
+        if done.all():
+            break
         offsets = step.unsqueeze(-1) * backtrack
         fc = _f(v, offsets, m, g, prior)
         better = fc > f.unsqueeze(-1)
         first = torch.where(better.any(-1), better.float().argmax(-1), -1)
-        moved = first >= 0
+        moved = (first >= 0) & ~done
         if not moved.any():
             break
         v = torch.where(moved, v + offsets.gather(1, first.clamp(min=0).unsqueeze(-1))[:, 0], v)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pluralign.evaluation.errors import EvaluationError
-from pluralign.evaluation.power import _cv2_standard_error, _simulate, separation_power
+from pluralign.evaluation.power import _simulate, power_at_fit, separation_power
 from pluralign.evaluation.strength_fit import fit_strength
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,11 +31,42 @@ def test_sandwich_standard_error_matches_the_spread_over_replications():
     cv2, ses = [], []
     for _ in range(40):
         m, clusters = _simulate(4000, 10, 0.5, 1.0, grid, probs, rng)
-        fit = fit_strength(m, "gamma", n_boot=0)
+        fit = fit_strength(m, "gamma", n_boot=0, clusters=clusters)
         cv2.append(fit.cv2)
-        ses.append(_cv2_standard_error(m / fit.scale, clusters, fit.params["shape"],
-                                       fit.params["rate"] / fit.scale))
+        ses.append(fit.cv2_se)
     assert np.median(ses) == pytest.approx(np.std(cv2, ddof=1), rel=0.35)
+
+
+def test_panel_standard_error_matches_the_spread_over_replications():
+    """Same check for the panel fit (one β per annotator, 10 pairs each), whose standard error
+    is smaller than the per-pair fit's on the same data."""
+    rng = np.random.default_rng(6)
+    grid = np.linspace(-8, 8, 201)
+    probs = np.exp(-0.5 * (grid / 2) ** 2)
+    probs /= probs.sum()
+    cv2, ses, per_pair = [], [], []
+    for _ in range(15):
+        m, annotators = _simulate(800, 10, 0.5, 1.0, grid, probs, rng)
+        fit = fit_strength(m, "gamma", n_boot=0, groups=annotators)
+        cv2.append(fit.cv2)
+        ses.append(fit.cv2_se)
+        per_pair.append(fit_strength(m, "gamma", n_boot=0, clusters=annotators).cv2_se)
+    assert np.nanmedian(ses) == pytest.approx(np.std(cv2, ddof=1), rel=0.4)
+    assert np.nanmedian(ses) < np.nanmedian(per_pair)
+
+
+def test_power_at_fit_detects_spread_at_the_fitted_distribution():
+    rng = np.random.default_rng(7)
+    grid = np.linspace(-8, 8, 201)
+    probs = np.exp(-0.5 * (grid / 2) ** 2)
+    probs /= probs.sum()
+    m, annotators = _simulate(600, 20, 1.0, 1.0, grid, probs, rng)
+    fit = fit_strength(m, "gamma", n_boot=0, groups=annotators)
+    power = power_at_fit(m, fit, groups=annotators, n_sims=8, seed=1)
+    assert power.likelihood == "panel" and power.n_annotators == 30
+    assert power.power >= 0.75  # CV² ≈ 1 with 20 pairs per annotator is plain to see
+    with pytest.raises(EvaluationError, match="groups"):
+        power_at_fit(m, fit)
 
 
 def test_bad_arguments_are_refused():
@@ -43,3 +74,5 @@ def test_bad_arguments_are_refused():
         separation_power(5, 0.5, 0.5)
     with pytest.raises(EvaluationError, match="CV²"):
         separation_power(100, -0.1, 0.5)
+    with pytest.raises(EvaluationError, match="likelihood"):
+        separation_power(100, 0.5, 0.5, likelihood="pairs")

@@ -36,7 +36,12 @@ import torch
 
 from pluralign.evaluation.bootstrap import percentile_interval
 from pluralign.evaluation.errors import EvaluationError, require_column
-from pluralign.evaluation.strength_fit import FAMILIES, StrengthFit, fit_strength
+from pluralign.evaluation.strength_fit import (
+    FAMILIES,
+    StrengthFit,
+    cv2_difference_test,
+    fit_strength,
+)
 from pluralign.evaluation.subgroup_strength import SubgroupStrength, subgroup_strength
 from pluralign.panel import log_lognormal_panel_likelihood
 
@@ -243,7 +248,9 @@ def compare_heterogeneity(margins: Mapping[str, Sequence[float] | np.ndarray],
     per annotator, annotator bootstrap); a dataset missing from ``groups`` is an error, since
     per-pair and panel CV² are not comparable. Differences ``Var_a − Var_b`` (and of CV²) get
     percentile intervals from the two independent bootstraps (draw ``j`` of one minus draw ``j``
-    of the other).
+    of the other); the CV² difference also gets the sandwich Wald test
+    (:func:`~pluralign.evaluation.strength_fit.cv2_difference_test`), the test whose power
+    :func:`~pluralign.evaluation.power.separation_power` simulates.
     """
     if len(margins) < 2:
         raise EvaluationError("compare_heterogeneity needs at least two datasets")
@@ -265,6 +272,8 @@ def compare_heterogeneity(margins: Mapping[str, Sequence[float] | np.ndarray],
             fa, fb = fits[a], fits[b]
             entry: dict[str, Any] = {"a": a, "b": b, "variance_diff": fa.variance - fb.variance,
                                      "cv2_diff": fa.cv2 - fb.cv2}
+            test = cv2_difference_test(fa, fb)
+            entry["cv2_wald_z"], entry["cv2_wald_pvalue"] = test["z"], test["pvalue"]
             if fa.samples is not None and fb.samples is not None:
                 k = min(len(fa.samples), len(fb.samples))
                 sa, sb = fa.samples[:k], fb.samples[:k]

@@ -67,6 +67,8 @@ from pluralign.panel import log_panel_likelihood
 from pluralign.strength import StrengthDistribution, build_strength
 
 FAMILIES = ("lognormal", "gamma")
+#: Likelihoods of a fit: β per comparison (eq. 3) or per annotator (panel).
+LIKELIHOODS = ("per-pair", "panel")
 
 #: Largest LogNormal σ the fit may return (CV² = e^{σ²} − 1 ≈ 2.7e43 there: a fit on this bound
 #: is flagged, it says "heavier tail than any LogNormal we allow", not a number to report).
@@ -156,6 +158,10 @@ class StrengthFit:
         n_annotators, n_single: annotators in a panel fit and how many of them have one pair
             (``None`` for a per-pair fit).
         bootstrap_failures: resamples whose refit failed or had one-signed margins.
+        cv2_se: sandwich standard error of CV² (``H⁻¹BH⁻¹`` over the resampling units: clusters,
+            annotators in a panel fit, else comparisons; delta method), the one
+            :func:`cv2_difference_test` and :func:`~pluralign.evaluation.power.separation_power`
+            use; ``nan`` when the fit is on a bound of its box.
     """
 
     family: str
@@ -180,6 +186,7 @@ class StrengthFit:
     n_annotators: int | None = None
     n_single: int | None = None
     bootstrap_failures: int = 0
+    cv2_se: float = math.nan
     #: bootstrap draws of (mean, variance), one row per resample (for comparisons between fits)
     samples: np.ndarray | None = field(default=None, repr=False)
 
@@ -490,9 +497,68 @@ def fit_strength(
         notes=notes, scale=scale, likelihood="per-pair" if groups is None else "panel",
         n_annotators=n_annotators, n_single=n_single,
     )
+    if not identification["at_bound"]:
+        fit.cv2_se = _cv2_se(data, weights, theta, family, unit_of, resample_codes)
     if n_boot > 0:
         _bootstrap(fit, data, unit_of, resample_codes, n_boot, seed)
     return fit
+
+
+def _log_cv2_gradient(theta: np.ndarray, family: str) -> np.ndarray:
+    """``∇_θ log CV²``: Gamma CV² = 1/k = e^{−θ₀}; LogNormal CV² = e^{σ²} − 1, σ = e^{θ₁}."""
+    if family == "gamma":
+        return np.array([-1.0, 0.0])
+    s2 = math.exp(2 * theta[1])
+    return np.array([0.0, 2 * s2 * math.exp(s2) / math.expm1(s2)])
+
+
+def _cv2_se(data: _Data, weights: torch.Tensor, theta: np.ndarray, family: str,
+            unit_of: np.ndarray, resample_codes: np.ndarray, step: float = 1e-3) -> float:
+    """Sandwich standard error of CV² at the MLE ``theta`` (see :attr:`StrengthFit.cv2_se`).
+
+    Per-unit scores and the Hessian by central differences of the (exact) per-unit
+    log-likelihood (9 evaluations); the score of each resampling unit is the sum over its
+    elements (``unit_of`` maps an element to its likelihood unit, ``resample_codes`` to its
+    resampling unit), so ``B`` is right when β is shared within a resampling unit.
+    """
+    def terms(t: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return _log_lik_terms(torch.as_tensor(t, dtype=torch.float64), data, family).numpy()
+
+    w = weights.numpy()
+    e = np.eye(2) * step
+    plus = [terms(theta + e[j]) for j in range(2)]
+    minus = [terms(theta - e[j]) for j in range(2)]
+    centre = float(w @ terms(theta))
+    scores = np.stack([(plus[j] - minus[j]) / (2 * step) for j in range(2)], axis=1)
+    hess = np.empty((2, 2))
+    for j in range(2):
+        hess[j, j] = (w @ plus[j] - 2 * centre + w @ minus[j]) / step**2
+    corners = [float(w @ terms(theta + a * e[0] + b * e[1])) for a, b in
+               ((1, 1), (1, -1), (-1, 1), (-1, -1))]
+    hess[0, 1] = hess[1, 0] = (corners[0] - corners[1] - corners[2] + corners[3]) / (4 * step**2)
+    per_element = scores[unit_of]  # (elements, 2)
+    per_resample = np.zeros((int(resample_codes.max()) + 1, 2))
+    np.add.at(per_resample, resample_codes, per_element)
+    inv = np.linalg.pinv(-hess)
+    cov = inv @ (per_resample.T @ per_resample) @ inv
+    g = _log_cv2_gradient(theta, family)
+    var = float(g @ cov @ g)
+    cv2 = _moments(theta, family)[1] / _moments(theta, family)[0] ** 2
+    return cv2 * math.sqrt(var) if var >= 0 else math.nan
+
+
+def cv2_difference_test(a: StrengthFit, b: StrengthFit) -> dict[str, float]:
+    """Wald test of equal CV² for two independently fitted datasets (same family):
+    ``z = (ĉ_a − ĉ_b)/√(se_a² + se_b²)`` with the sandwich standard errors
+    (:attr:`StrengthFit.cv2_se`), two-sided p-value. The test ``compare_heterogeneity`` reports
+    and ``separation_power`` simulates. ``nan`` when either fit is on a bound."""
+    if a.family != b.family:
+        raise EvaluationError(f"cv2_difference_test: CV² of a {a.family} and a {b.family} fit "
+                              "are not comparable; fit both with one family")
+    se = math.hypot(a.cv2_se, b.cv2_se)
+    z = (a.cv2 - b.cv2) / se if se > 0 else math.nan
+    return {"z": z, "pvalue": float(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else math.nan}
 
 
 def _bootstrap(fit: StrengthFit, data: _Data, unit_of: np.ndarray, resample_codes: np.ndarray,
