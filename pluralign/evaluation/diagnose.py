@@ -185,8 +185,15 @@ def verdict_explanation(fit: StrengthFit, alpha: float = 0.05) -> str:
                 f"above {COLLAPSE_CV2}")
     if fit.cv2_ci is None:
         return f"inconclusive: no bootstrap interval (n_boot=0); {p}"
-    return (f"inconclusive: the CV² interval {ci} reaches both sides of {COLLAPSE_CV2} or the "
-            f"{p} does not reject one β for all at {alpha:g}")
+    reasons = []
+    if fit.cv2_ci[0] < COLLAPSE_CV2 <= fit.cv2_ci[1]:
+        reasons.append(f"the CV² interval {ci} reaches both sides of {COLLAPSE_CV2}")
+    if fit.heterogeneity_pvalue >= alpha:
+        reasons.append(f"the {p} does not reject one β for all at {alpha:g}")
+    if not reasons:  # CV² above the threshold but the interval below it, or the reverse
+        reasons.append(f"CV² {fit.cv2:.3g} and its interval {ci} fall on different sides of "
+                       f"{COLLAPSE_CV2}")
+    return "inconclusive: " + " and ".join(reasons)
 
 
 def posterior_strengths(fit: StrengthFit, margins: Sequence[float] | np.ndarray) -> np.ndarray:
