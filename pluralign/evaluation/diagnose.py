@@ -280,7 +280,8 @@ def compare_heterogeneity(margins: Mapping[str, Sequence[float] | np.ndarray],
             entry: dict[str, Any] = {"a": a, "b": b, "variance_diff": fa.variance - fb.variance,
                                      "cv2_diff": fa.cv2 - fb.cv2}
             test = cv2_difference_test(fa, fb)
-            entry["cv2_wald_z"], entry["cv2_wald_pvalue"] = test["z"], test["pvalue"]
+            for key in ("z", "pvalue"):  # None where a fit is on a bound (JSON has no NaN)
+                entry[f"cv2_wald_{key}"] = test[key] if np.isfinite(test[key]) else None
             if fa.samples is not None and fb.samples is not None:
                 k = min(len(fa.samples), len(fb.samples))
                 sa, sb = fa.samples[:k], fb.samples[:k]
