@@ -18,6 +18,7 @@ from pluralign.evaluation.diagnose import (
 )
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.evaluation.strength_fit import fit_strength, log_likelihood, lognormal_num_points
+from pluralign.evaluation.subgroup_strength import subgroup_strength
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,3 +142,15 @@ def test_cli_groups_column_missing_or_nan_margins_get_one_line(tmp_path, capsys)
                  "--output-dir", str(tmp_path / "y")]) == 0
     out = capsys.readouterr().out
     assert "1 comparisons with NaN/inf margins excluded" in out and "panel gamma" in out
+
+
+def test_subgroup_strength_panel_option_fits_each_group_by_annotator():
+    a, ia = _panel(12, 4, 1.0, seed=7)
+    b, ib = _panel(12, 4, 1.0, seed=8)
+    df = pd.DataFrame({"margin": np.concatenate([a, b]), "team": ["u"] * a.size + ["v"] * b.size,
+                       "annotator_id": [f"u{i}" for i in ia] + [f"v{i}" for i in ib]})
+    sub = subgroup_strength(df, ["team"], groups="annotator_id", n_boot=20)
+    assert all(f.likelihood == "panel" and f.n_annotators == 12 for f in sub.fits.values())
+    assert sub.tests["team"]["test"] == "cluster-bootstrap Wald"
+    with pytest.raises(EvaluationError, match="annotator"):
+        subgroup_strength(df, ["team"], groups="annotator")
