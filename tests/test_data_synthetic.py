@@ -1,6 +1,7 @@
 """Synthetic populations: determinism, Bradley–Terry calibration, controls, save/load."""
 
 import hashlib
+import json
 from importlib import resources
 
 import numpy as np
@@ -191,19 +192,23 @@ def test_schema_error_is_not_config_error():
     assert not issubclass(SchemaError, ConfigError)
 
 
-# sha256 of to_pandas(dataset).to_csv(index=False) for make_population(n_annotators=20, **kw),
-# computed on main at 9470e78, before the text templates moved to pluralign/resources.
+# sha256 of the rows as canonical JSON (python values from `Dataset.to_list()`, keys sorted;
+# attributes and context parsed where the old schema stored them as JSON strings) for
+# make_population(n_annotators=20, **kw), computed with the code of 9470e78, before the text
+# templates moved to pluralign/resources. A CSV rendering was used before; its bytes change with
+# the pandas release (pandas 3.1 renders the same rows differently).
 _MAIN_FINGERPRINTS = [
-    ({}, "116edff341018149738ff36f305be13e41d529984d6dd59aa6b5a5d94344b4cc"),
+    ({}, "f5716e386702d93b94febc1b12bc09321034ff8f28521444849a9a83b4ef168b"),
     ({"text_style": "compact", "seed": 3},
-     "3089be4642356b9971a31eb5a98efe974ec23e283e2cb37ce49a1fb51f5cfce9"),
+     "ebd2df674fe6b82afdb0faaaa652d02fabe8b6ae405d81b11832dec86bca5cef"),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "expected"), _MAIN_FINGERPRINTS)
 def test_templates_resource_keeps_datasets_identical_to_before(overrides, expected):
-    frame = to_pandas(make_population(n_annotators=20, **overrides).dataset)
-    assert hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest() == expected
+    rows = make_population(n_annotators=20, **overrides).dataset.to_list()
+    canonical = json.dumps(rows, sort_keys=True).encode()
+    assert hashlib.sha256(canonical).hexdigest() == expected
 
 
 def test_templates_ship_as_package_resource():
