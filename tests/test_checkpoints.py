@@ -18,7 +18,6 @@ from pluralign.training.checkpoints import (
     fingerprint_differences,
     is_complete_checkpoint,
     last_complete_checkpoint,
-    prepare_fresh_run,
     resume_checkpoint,
     run_fingerprint,
 )
@@ -163,19 +162,3 @@ def test_checkpoint_without_fingerprint_is_not_resumed(finished_run, tmp_path):
         (checkpoint / FINGERPRINT_FILE).unlink()
     with pytest.raises(ConfigError, match=f"no readable {FINGERPRINT_FILE}"):
         resume_checkpoint(run, run_fingerprint(RECIPE))
-
-
-def test_fresh_run_refuses_a_non_empty_run_folder_unless_overwrite(finished_run, tmp_path):
-    prepare_fresh_run(tmp_path / "new")  # missing: fine
-    (tmp_path / "empty").mkdir()
-    prepare_fresh_run(tmp_path / "empty")
-    run = tmp_path / "copy"
-    shutil.copytree(finished_run, run)
-    (run / "metrics.json").write_text("{}")
-    (run / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match=r"run folder .*copy is not empty \(checkpoint-2, "
-                                          r"checkpoint-4, checkpoint-6, metrics.json, notes.txt\)"
-                                          r"; set resume=true .* overwrite=true"):
-        prepare_fresh_run(run)
-    prepare_fresh_run(run, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]

@@ -26,7 +26,7 @@ from pluralign.io import atomic_path, check_output_dir, write_json
 from pluralign.reward.bradley_terry import BradleyTerryConfig
 from pluralign.reward.encoders import DEFAULT_CACHE_DIR
 from pluralign.reward.pal import UNKNOWN_POLICIES, PALConfig
-from pluralign.runs import write_config, write_metrics
+from pluralign.runs import RunFolderOptions, write_config, write_metrics
 from pluralign.validation import COUNT, check_fields
 
 KINDS = ("pal", "bt")
@@ -44,7 +44,7 @@ class HeldOutDataConfig(DataConfig):
 
 
 @dataclass
-class _RewardCommand:
+class _RewardCommand(RunFolderOptions):
     """Fields every ``pal`` command has.
 
     Attributes:

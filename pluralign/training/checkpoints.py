@@ -11,8 +11,8 @@ Shared by ``train`` (:class:`~pluralign.training.trainer.PreferenceTrainer`) and
   without the keys in :data:`RESUME_IGNORED` (output folder, logging, saving, evaluation cadence,
   step budget).
 * :func:`resume_checkpoint` finds the last *complete* checkpoint of a run folder and checks that it
-  was written by the same configuration; :func:`prepare_fresh_run` refuses to start a new run in a
-  folder that already holds one. Both raise :class:`ConfigError` before anything is written.
+  was written by the same configuration, raising :class:`ConfigError` before anything is written
+  (a fresh run's folder goes through :func:`pluralign.runs.run_folder`).
 """
 
 from __future__ import annotations
@@ -223,27 +223,3 @@ def resume_checkpoint(run_dir: str | os.PathLike[str],
     if fingerprint is not None:
         check_checkpoint(checkpoint, fingerprint)
     return checkpoint
-
-
-def prepare_fresh_run(run_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Make sure a *new* run may write into ``run_dir``.
-
-    A missing or empty folder is fine. A non-empty one raises :class:`ConfigError` (listing a few
-    entries) unless ``overwrite``; with ``overwrite`` its ``checkpoint-N`` folders, staging folder
-    and ``metrics.json`` are deleted so that nothing of the old run can later be resumed or read
-    as the new run's result (other files are replaced as the new run writes them).
-    """
-    root = Path(run_dir)
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"output_dir {run_dir} exists and is not a folder")
-    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-    if not entries:
-        return
-    if not overwrite:
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise ConfigError(
-            f"run folder {run_dir} is not empty ({shown}); set resume=true to continue that "
-            "run, overwrite=true to replace it, or choose another output_dir")
-    for folder in [*checkpoint_folders(root), root / STAGING_DIR]:
-        shutil.rmtree(folder, ignore_errors=True)
-    (root / "metrics.json").unlink(missing_ok=True)
