@@ -24,7 +24,7 @@ from typing import Any
 
 import datasets
 
-from pluralign.data.config import DataConfig, load_data
+from pluralign.data.config import DataConfig, load_data, require_data
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
 from pluralign.runs import plain, run_folder, write_config, write_metrics
@@ -118,6 +118,7 @@ class _Recipe:
         for name in ("resume", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; use true or false")
+        require_data(self.data, type(self).__name__.removesuffix("Recipe").lower(), whole=False)
         if self.resume and self.overwrite:
             raise ConfigError("resume=true and overwrite=true contradict each other: resume "
                               "continues the run in output_dir, overwrite replaces it; pick one")
