@@ -158,7 +158,10 @@ def run_folder(output_dir: str | os.PathLike[str], overwrite: bool = False, *,
             f"run folder {output_dir} already holds a run ({shown}); "
             + ("set resume=true to continue that run, " if can_resume else "")
             + "pass overwrite=true to replace the whole folder, or choose another output_dir")
-    staging = _staging(root)
+    if Path.cwd().resolve().is_relative_to(root.resolve()):
+        raise RunFolderError(f"overwrite=true cannot replace {output_dir}: it holds the current "
+                             "folder; run the command from outside it")
+    staging = _staging(Path(os.path.abspath(root)))
     if primary:
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed overwrite
         staging.mkdir()
@@ -166,7 +169,7 @@ def run_folder(output_dir: str | os.PathLike[str], overwrite: bool = False, *,
     try:
         yield staging
         if primary:
-            swap_folders(staging, root)
+            swap_folders(staging, os.path.abspath(root))
     finally:
         _STAGED.pop(os.fspath(staging), None)
         if primary:

@@ -248,3 +248,22 @@ def test_kill_during_an_overwrite_leaves_the_old_run(inputs, tmp_path):
         assert list(staging.iterdir()) == []  # the killed run's staging folder was cleared
         (staging / "metrics.json").write_text("new")
     assert _content(out) == {"metrics.json": b"new"}
+
+
+def test_overwrite_of_the_current_folder_is_refused(tmp_path, monkeypatch):
+    before = _old_run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(RunFolderError, match="holds the current folder"), \
+            run_folder(".", overwrite=True):
+        pass
+    assert _content(tmp_path / "run") == before
+
+
+def test_relative_run_folder_is_swapped_beside_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _old_run(tmp_path / "run")
+    with run_folder("run/", overwrite=True) as out:
+        assert out.parent == tmp_path and out.name == ".run.overwrite"
+        assert runs.published(str(out / "x.png")) == os.path.join("run", "x.png")
+        (out / "metrics.json").write_text("new")
+    assert _content(tmp_path / "run") == {"metrics.json": b"new"}
