@@ -19,12 +19,14 @@ test: $(STAMP)
 	$(PY) -m ruff check pluralign tests bench
 	$(PY) -m pytest -n 2 -q
 
+# overwrite=true: a second `make demo` replaces runs/demo as a whole (a plain `pluralign demo`
+# refuses a run folder that already holds a run).
 demo: $(STAMP)
-	$(VENV)/bin/pluralign demo
+	$(VENV)/bin/pluralign demo overwrite=true
 
 # The same demo on SmolLM2-135M-Instruct (LoRA, chat template; about 14-18 minutes on 2 quiet CPU cores).
 demo-real: $(STAMP)
-	$(VENV)/bin/pluralign demo --config configs/demo_smollm2.yaml
+	$(VENV)/bin/pluralign demo --config configs/demo_smollm2.yaml overwrite=true
 
 lint: $(STAMP)
 	$(PY) -m ruff check pluralign tests bench

@@ -16,18 +16,33 @@ The HTML is rendered from ``metrics.json`` alone (plus the PNGs it lists), so ``
 ``tables`` (list of {title, columns, rows}: small result tables, cells shown as given),
 ``figures`` (list of {file, caption}), ``failed_items`` (list), ``notes`` (list),
 ``runtime_seconds``. Everything else appears in the collapsible raw-JSON section.
+
+Every command that writes a run folder goes through one guard, :func:`run_folder` (for a config
+dataclass with ``output_dir`` and ``overwrite`` fields: :func:`run_guarded`), before it writes
+anything: a missing or empty folder is written in place; a folder that holds anything is refused
+(:class:`RunFolderError` naming what is there) unless ``overwrite=true``, which writes the new run
+into a hidden sibling (``.NAME.overwrite``) and swaps it in whole once the command succeeds
+(:func:`swap_folders`), so no file of the old run survives and a kill leaves the old run or the
+new one, never a mix. Continuing a run (``train resume=true``, ``experiment replicate
+resume=true``) writes in place: a resume is not an overwrite. ``report`` only re-renders a run's
+own ``report.html`` and needs no guard.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import dataclasses
+import errno
 import html
 import json
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -41,7 +56,152 @@ REPORT_FILE = "report.html"
 
 
 class RunFolderError(PluralignError):
-    """A run folder lacks the file asked for, or holds an unreadable one."""
+    """A run folder lacks the file asked for, holds an unreadable one, or holds a run that a
+    command would overwrite."""
+
+
+T = TypeVar("T")
+#: Staging folder -> the run folder it will replace, while an overwrite is under way.
+_STAGED: dict[str, str] = {}
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@dataclasses.dataclass
+class RunFolderOptions:
+    """Fields of every command that writes a run folder.
+
+    Attributes:
+        overwrite: replace a run folder that already holds files, as a whole (the new run is
+            written beside it and swapped in once it succeeds); without it such a folder is
+            refused.
+    """
+
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.overwrite, bool):
+            raise RunFolderError(f"overwrite={self.overwrite!r} is invalid; use true or false")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the platform or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(b))
+
+
+def _aside(root: Path) -> Path:
+    return root.parent / f".{root.name}.replaced"
+
+
+def swap_folders(new: str | os.PathLike[str], old: str | os.PathLike[str]) -> None:
+    """Put folder ``new`` in the place of folder ``old`` and delete the old content.
+
+    One atomic exchange where the OS allows it; else ``old`` is renamed aside, ``new`` renamed
+    in and the aside folder deleted (a kill between the two renames leaves the old run aside,
+    put back by the next :func:`run_folder` on that path)."""
+    new, old = Path(new), Path(old)
+    if _exchange(new, old):
+        shutil.rmtree(new)
+        return
+    aside = _aside(old)
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(old, aside)
+    os.rename(new, old)
+    shutil.rmtree(aside)
+
+
+def _staging(root: Path) -> Path:
+    return root.parent / f".{root.name}.overwrite"
+
+
+@contextlib.contextmanager
+def run_folder(output_dir: str | os.PathLike[str], overwrite: bool = False, *,
+               resume: bool = False, primary: bool = True,
+               can_resume: bool = False) -> Iterator[Path]:
+    """The run-folder guard: yield the folder a command writes its run into.
+
+    ``output_dir`` missing or empty, or ``resume`` (continuing the run there): ``output_dir``
+    itself. Holding anything else: :class:`RunFolderError` naming a few entries and
+    ``overwrite=true``, before anything is written; with ``overwrite``, a fresh hidden sibling
+    ``.NAME.overwrite`` that replaces ``output_dir`` as a whole when the block succeeds (and is
+    deleted when it fails, leaving the old run untouched). ``primary=False`` (the other ranks of
+    a distributed run) neither cleans nor swaps; ``can_resume`` adds ``resume=true`` to the
+    refusal's ways out.
+    """
+    if not isinstance(overwrite, bool):
+        raise RunFolderError(f"overwrite={overwrite!r} is invalid; use true or false")
+    root = Path(output_dir)
+    aside = _aside(root)
+    if primary and not root.exists() and aside.is_dir():
+        os.rename(aside, root)  # a kill between swap_folders' two renames: the old run is back
+    if root.exists() and not root.is_dir():
+        raise RunFolderError(f"output_dir {output_dir} is a file, not a folder; choose another "
+                             "output_dir")
+    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if resume or not entries:
+        yield root
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise RunFolderError(
+            f"run folder {output_dir} already holds a run ({shown}); "
+            + ("set resume=true to continue that run, " if can_resume else "")
+            + "pass overwrite=true to replace the whole folder, or choose another output_dir")
+    if Path.cwd().resolve().is_relative_to(root.resolve()):
+        raise RunFolderError(f"overwrite=true cannot replace {output_dir}: it holds the current "
+                             "folder; run the command from outside it")
+    staging = _staging(Path(os.path.abspath(root)))
+    if primary:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed overwrite
+        staging.mkdir()
+    _STAGED[os.fspath(staging)] = os.fspath(root)
+    try:
+        yield staging
+        if primary:
+            swap_folders(staging, os.path.abspath(root))
+    finally:
+        _STAGED.pop(os.fspath(staging), None)
+        if primary:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def published(value: Any) -> Any:
+    """``value`` with every path inside a staging folder of :func:`run_folder` shown as the path
+    it will have once swapped in (for config.yaml and the paths printed)."""
+    if isinstance(value, Mapping):
+        return {k: published(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [published(v) for v in value]
+    if isinstance(value, str | os.PathLike):
+        text = os.fspath(value)
+        for staging, final in _STAGED.items():
+            if text == staging or text.startswith(staging + os.sep):
+                return final + text[len(staging):]
+    return value
+
+
+def run_guarded(config: Any, run: Callable[[Any], T], *, resume: bool = False) -> T:
+    """``run(config)`` behind :func:`run_folder` on ``config.output_dir`` (with
+    ``config.overwrite``): with an overwrite, ``run`` gets a copy of ``config`` whose
+    ``output_dir`` is the staging folder. A config without ``output_dir`` runs as it is."""
+    output_dir = getattr(config, "output_dir", None)
+    if output_dir is None:
+        return run(config)
+    with run_folder(output_dir, getattr(config, "overwrite", False), resume=resume) as out:
+        if out != Path(output_dir):
+            config = dataclasses.replace(config, output_dir=os.fspath(out))
+        return run(config)
 
 
 @dataclasses.dataclass
@@ -76,7 +236,7 @@ def plain(value: Any) -> Any:
 
 def write_config(run_dir: str | os.PathLike[str], config: Any) -> Path:
     """Record the config of a run as ``config.yaml`` (a dataclass or the mapping read)."""
-    text = yaml.safe_dump(plain(config), sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(published(plain(config)), sort_keys=False, allow_unicode=True)
     return write_text(Path(run_dir) / CONFIG_FILE, text)
 
 

@@ -60,6 +60,8 @@ FRACTION = {"minimum": 0, "maximum": 1, "exclusive_maximum": True}
 OPEN_UNIT = {"minimum": 0, "maximum": 1, "exclusive_minimum": True, "exclusive_maximum": True}
 COUNT = {"minimum": 1, "integer": True}
 INDEX = {"minimum": 0, "integer": True}
+#: A seed every generator takes (numpy's legacy seeding stops at 2**32 - 1).
+SEED = {"minimum": 0, "maximum": 2**32 - 1, "integer": True}
 
 
 def check_fields(config: object, rules: dict[str, dict[str, object]]) -> None:

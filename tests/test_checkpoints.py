@@ -3,11 +3,14 @@ folders that refuse checkpoints of another configuration."""
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 from pathlib import Path
 
 import datasets
 import pytest
+import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -18,7 +21,6 @@ from pluralign.training.checkpoints import (
     fingerprint_differences,
     is_complete_checkpoint,
     last_complete_checkpoint,
-    prepare_fresh_run,
     resume_checkpoint,
     run_fingerprint,
 )
@@ -165,17 +167,49 @@ def test_checkpoint_without_fingerprint_is_not_resumed(finished_run, tmp_path):
         resume_checkpoint(run, run_fingerprint(RECIPE))
 
 
-def test_fresh_run_refuses_a_non_empty_run_folder_unless_overwrite(finished_run, tmp_path):
-    prepare_fresh_run(tmp_path / "new")  # missing: fine
-    (tmp_path / "empty").mkdir()
-    prepare_fresh_run(tmp_path / "empty")
-    run = tmp_path / "copy"
-    shutil.copytree(finished_run, run)
-    (run / "metrics.json").write_text("{}")
-    (run / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match=r"run folder .*copy is not empty \(checkpoint-2, "
-                                          r"checkpoint-4, checkpoint-6, metrics.json, notes.txt\)"
-                                          r"; set resume=true .* overwrite=true"):
-        prepare_fresh_run(run)
-    prepare_fresh_run(run, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_resume_restores_the_saved_lm_head_without_unexpected_keys(tmp_path, capfd, tied):
+    """Issue 23 #8: transformers 5 saves GPT-NeoX's head as 'embed_out.weight' (a tied head not
+    at all); resume printed "unexpected keys ... ['embed_out.weight']" and, for SFT, kept the
+    fresh head. The resumed weights must equal the checkpoint's file, read here without
+    transformers."""
+    from safetensors.torch import load_file
+
+    def build(out: Path) -> Trainer:
+        trainer = _sft(out)
+        if tied:
+            trainer.model.config.tie_word_embeddings = True
+            trainer.model.lm_head.weight = trainer.model.gpt_neox.embed_in.weight
+        return trainer
+
+    build(tmp_path / "run").train()
+    checkpoint = tmp_path / "run" / "checkpoint-6"
+    saved = load_file(checkpoint / "model.safetensors")
+    head = saved.get("embed_out.weight", saved["gpt_neox.embed_in.weight"])
+    resumed = build(tmp_path / "run")
+    capfd.readouterr()
+    resumed._load_from_checkpoint(str(checkpoint))
+    assert "unexpected keys" not in capfd.readouterr().err.lower()
+    state = resumed.model.state_dict()
+    assert torch.equal(state["lm_head.weight"], head)
+    assert tied == (resumed.model.lm_head.weight is resumed.model.gpt_neox.embed_in.weight)
+    for name, tensor in saved.items():
+        assert torch.equal(state["lm_head.weight" if name == "embed_out.weight" else name], tensor)
+
+
+@pytest.mark.parametrize("name", ["rng_state.pth", "optimizer.pt", "scheduler.pt",
+                                  "model.safetensors"])
+@pytest.mark.parametrize("damage", ["tampered", "truncated"])
+def test_resume_from_a_damaged_checkpoint_file_is_one_line(tmp_path, name, damage):
+    """Issue 23 #6: torch's weights_only refusal (a pickle that would run code) or a truncated
+    file was a traceback; it is one ConfigError naming the checkpoint and the file."""
+    _sft(tmp_path / "run").train()
+    shutil.rmtree(tmp_path / "run" / "checkpoint-6")  # resume from 4: steps 5-6 still to run
+    path = tmp_path / "run" / "checkpoint-4" / name
+    if damage == "tampered":
+        path.write_bytes(pickle.dumps(os.system))  # a global torch's weights_only refuses
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=rf"cannot resume from .*checkpoint-4: its .*{name}"
+                                          r".* does not load \(.*\); it was changed"):
+        _sft(tmp_path / "run").train(resume_from_checkpoint=True)

@@ -22,10 +22,11 @@ from cli_fuzz import (
     config_cases,
     field_values,
 )
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_training_cli import TINY
 
+from pluralign.config import set_dotted
 from pluralign.data.synthetic import PopulationConfig, make_population
 
 PRISM = Path(__file__).parent / "fixtures" / "prism"
@@ -221,3 +222,172 @@ def test_written_files_follow_the_umask(files, tmp_path):
         assert_umask(tmp_path / "b")
     finally:
         os.umask(old)
+
+
+# ------------------------------------------------------------ data export, pal, experiments
+
+def _clean(base_case: bool, argv: list[str], out_dir: Path) -> None:
+    """:func:`assert_clean`; the base case (nothing generated) must run (exit 0)."""
+    result = assert_clean(argv, out_dir)
+    assert result.code == 0 or not base_case, result.err
+
+#: Fewer examples for commands whose valid cases train (each still tiny).
+FEW = settings(CLI_SETTINGS, max_examples=6)
+
+#: A demo / group-robust experiment at the smallest size that runs end to end.
+_TINY_EXPERIMENT = {
+    "threads": 1, "progress": False, "n_boot": 5,
+    "model": {"name_or_path": "tiny", "tokenizer_vocab_size": 300,
+              "config": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                         "intermediate_size": 32}},
+    "data.source": "synthetic", "data.population.n_annotators": 8,
+    "data.population.pairs_per_annotator": 4,
+    "data.population.n_prompts": 4, "data.population.text_style": "compact",
+    "data.test_size": 0.3,
+    "sft": {"max_steps": 1, "per_device_train_batch_size": 8, "max_length": 32,
+            "max_prompt_length": 16, "use_cpu": True, "learning_rate": 1e-3},
+    "training.max_steps": 1, "training.per_device_train_batch_size": 8,
+    "training.max_length": 32, "training.max_prompt_length": 16, "training.use_cpu": True,
+    "training.logging_steps": 1,
+}
+
+
+@FEW
+@example(case=ConfigCase())
+@given(case=config_cases({
+    "to": st.sampled_from(["trl-jsonl", "parquet", "hf", "xml"]), "data.test_size": field_values(),
+    "data.options.limit": field_values(), "data.format": field_values(),
+    "data.options.attributes": _names("age", "gender"),
+}))
+def test_data_export_configs(tmp_path_factory, case):
+    base_case = not case.in_file and not case.overrides
+    folder = tmp_path_factory.mktemp("export")
+    case.in_file = {"data.source": str(PRISM), **case.in_file}
+    out = folder / "run"
+    _clean(base_case, ["data", "export", *case.argv(folder, ["--output-dir", str(out)])], out)
+
+
+@pytest.fixture(scope="module")
+def reward_model(files, tmp_path_factory) -> dict[str, Path]:
+    """A PAL reward model trained by `pal train` (one epoch) on half the annotators of the saved
+    population (``seen``); the other half (``unseen``) is what `pal adapt` reads."""
+    from pluralign.data.config import DataConfig, load_data
+    from pluralign.data.splits import split_by_annotator
+
+    root = tmp_path_factory.mktemp("pal-model")
+    split = split_by_annotator(load_data(DataConfig(source=str(files["pop"])))[0],
+                               test_size=0.5, seed=0)
+    split["train"].to_parquet(root / "seen.parquet")
+    split["test"].to_parquet(root / "unseen.parquet")
+    assert_clean(["pal", "train", f"data={root / 'seen.parquet'}", "pal.n_prototypes=2",
+                  "pal.epochs=1", "progress=false", f"cache_dir={files['pop'].parent / 'cache'}",
+                  "--output-dir", str(root / "model")])
+    assert (root / "model" / "config.json").is_file()
+    return {"model": root / "model", "seen": root / "seen.parquet",
+            "unseen": root / "unseen.parquet"}
+
+
+@FEW
+@example(case=ConfigCase())
+@given(case=config_cases({
+    "kind": st.sampled_from(["pal", "bt", "x"]), "pal.n_prototypes": field_values(),
+    "pal.epochs": st.one_of(st.integers(1, 2), field_values()), "bt.epochs": field_values(),
+    "data.test_size": field_values(), "pal.lr": field_values(),
+}))
+def test_pal_train_configs(files, tmp_path_factory, case):
+    base_case = not case.in_file and not case.overrides
+    folder = tmp_path_factory.mktemp("pal")
+    case.in_file = {"progress": False, "cache_dir": str(files["pop"].parent / "cache"),
+                    "data.source": str(files["pop"]), **case.in_file}
+    out = folder / "run"
+    _clean(base_case, ["pal", "train", *case.argv(folder, ["--output-dir", str(out)])], out)
+
+
+@FEW
+@example(action="eval", case=ConfigCase())
+@example(action="adapt", case=ConfigCase())
+@given(action=st.sampled_from(["eval", "adapt"]), case=config_cases({
+    "unknown": st.sampled_from(["error", "average", "x"]), "n": field_values(),
+    "model": field_values(), "data.test_size": field_values(),
+}))
+def test_pal_eval_and_adapt_configs(files, reward_model, tmp_path_factory, action, case):
+    base_case = not case.in_file and not case.overrides
+    folder = tmp_path_factory.mktemp("pal-use")
+    if action == "eval":
+        case.overrides = [o for o in case.overrides if not o.startswith("n=")]
+        case.in_file.pop("n", None)
+    else:
+        case.overrides = [o for o in case.overrides if not o.startswith("unknown=")]
+        case.in_file.pop("unknown", None)
+    case.in_file = {"progress": False, "cache_dir": str(files["pop"].parent / "cache"),
+                    "model": str(reward_model["model"]),
+                    "data.source": str(reward_model["seen" if action == "eval" else "unseen"]),
+                    **case.in_file}
+    out = folder / "run"
+    _clean(base_case, ["pal", action, *case.argv(folder, ["--output-dir", str(out)])], out)
+
+
+@FEW
+@example(name="demo", case=ConfigCase())
+@example(name="group_robust", case=ConfigCase())
+@given(name=st.sampled_from(["demo", "group_robust"]), case=config_cases({
+    "seed": field_values(), "n_boot": field_values(), "threads": field_values(),
+    "data.population.n_annotators": field_values(), "training.learning_rate": field_values(),
+    "methods": field_values(), "subgroups": _names("ctx.domain", "attr.education"),
+    "data.test_size": field_values(), "overwrite": field_values(),
+}))
+def test_population_experiment_configs(tmp_path_factory, name, case):
+    """demo and group_robust at a tiny size (one SFT and one training step per method)."""
+    base_case = not case.in_file and not case.overrides
+    folder = tmp_path_factory.mktemp(name)
+    base = dict(_TINY_EXPERIMENT)
+    if name == "group_robust":
+        base.pop("n_boot")
+        base["data.population.demographic_signal"] = 0.0
+        case.overrides = [o for o in case.overrides if not o.startswith("subgroups=")]
+        case.in_file.pop("subgroups", None)
+    case.in_file = {**base, **case.in_file}
+    out = folder / "run"
+    _clean(base_case, ["experiment", name, *case.argv(folder, ["--output-dir", str(out)])], out)
+
+
+@FEW
+@example(case=ConfigCase())
+@given(case=config_cases({
+    "attribute": _names("attr.gender", "attr.age"), "split": field_values(),
+    "data.test_size": field_values(), "n_boot": field_values(), "seed": field_values(),
+    "training.learning_rate": field_values(),
+}))
+def test_experiment_composition_configs(files, tmp_path_factory, case):
+    base_case = not case.in_file and not case.overrides
+    folder = tmp_path_factory.mktemp("composition")
+    case.in_file = {"model": str(files["model"]), "data.source": str(files["pop"]),
+                    "data.test_size": 0.5, "attribute": "attr.gender", "n_boot": 5,
+                    "max_length": 32, "max_prompt_length": 16, "training.max_steps": 1,
+                    "training.use_cpu": True, **case.in_file}
+    out = folder / "run"
+    _clean(base_case, ["experiment", "composition",
+                       *case.argv(folder, ["--output-dir", str(out)])], out)
+
+
+@FEW
+@example(case=ConfigCase())
+@given(case=config_cases({
+    "seeds": field_values(), "level": field_values(), "demo": field_values(),
+    "resume": field_values(), "demo_config": field_values(),
+}))
+def test_experiment_replicate_configs(tmp_path_factory, case):
+    """Replication over tiny demos (the valid cases run one demo per seed)."""
+    base_case = not case.in_file and not case.overrides
+    folder = tmp_path_factory.mktemp("replicate")
+    demo = folder / "demo.yaml"
+    tiny: dict = {}
+    for key, value in _TINY_EXPERIMENT.items():
+        set_dotted(tiny, key, value)
+    demo.write_text(yaml.safe_dump(tiny))
+    case.in_file = {"demo_config": str(demo), "progress": False, **case.in_file}
+    if "seeds" not in case.in_file and not any(o.startswith("seeds=") for o in case.overrides):
+        case.in_file["seeds"] = [0]
+    out = folder / "run"
+    _clean(base_case, ["experiment", "replicate",
+                       *case.argv(folder, ["--output-dir", str(out)])], out)

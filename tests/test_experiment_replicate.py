@@ -87,7 +87,7 @@ fit_boot: 0
     base = ["experiment", "replicate", f"demo_config={demo}", "progress=false",
             "--output-dir", str(out)]
     assert main(base + ["seeds=[0]"]) == 0
-    assert main(base + ["seeds=[0, 1, 2]"]) == 0
+    assert main(base + ["seeds=[0, 1, 2]", "resume=true"]) == 0
     assert trained == [0, 1, 2]  # seed 0 was reused, not retrained
     metrics = json.loads((out / "metrics.json").read_text())
     diffs = []

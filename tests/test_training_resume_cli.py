@@ -56,7 +56,8 @@ def test_fresh_run_refuses_a_non_empty_run_folder_unless_overwrite(finished, tmp
     assert main([command, "--config", recipe, "--output-dir", str(run),
                  "training.learning_rate=2e-3"]) == 2
     err = capsys.readouterr().err
-    assert "is not empty" in err and "overwrite=true" in err and len(err.splitlines()) == 1
+    assert "already holds a run" in err and "resume=true" in err and "overwrite=true" in err
+    assert len(err.splitlines()) == 1
     assert (run / "config.yaml").read_bytes() == before
     assert main([command, "--config", recipe, "--output-dir", str(run), "overwrite=true",
                  "training.learning_rate=2e-3", "training.max_steps=1"]) == 0

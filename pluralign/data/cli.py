@@ -8,6 +8,7 @@ import logging
 
 from pluralign.config import add_config_arguments, config_from_args
 from pluralign.errors import ConfigError
+from pluralign.runs import run_guarded
 
 _INSPECT = """Examples:
   pluralign data inspect data=tests/fixtures/prism
@@ -86,5 +87,6 @@ def run_data(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config, _ = config_from_args(_subcommands()[name][0], args)
     run = {"inspect": inspect_data, "synthetic": write_synthetic, "export": export_data}[name]
-    run(config, Console(width=120))
+    console = Console(width=120)
+    run_guarded(config, lambda c: run(c, console))
     return 0

@@ -33,7 +33,7 @@ from pluralign.data.schema import column_array, to_pandas
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError
 from pluralign.io import check_output_dir
-from pluralign.runs import write_config, write_metrics
+from pluralign.runs import RunFolderOptions, write_config, write_metrics
 from pluralign.validation import INDEX, check_fields, check_names
 
 DEFAULT_BY = ("age", "gender", "education", "employment_status")
@@ -47,7 +47,7 @@ def _check_output_dir(output_dir: str | None, command: str, required: bool) -> N
 
 
 @dataclass
-class InspectConfig:
+class InspectConfig(RunFolderOptions):
     """``pluralign data inspect``: counts, example pairs and subgroup sizes of a dataset.
 
     Attributes:
@@ -77,7 +77,7 @@ class InspectConfig:
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(RunFolderOptions):
     """``pluralign data synthetic``: write a synthetic population with its ground truth.
 
     Attributes:
@@ -94,7 +94,7 @@ class SyntheticConfig:
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(RunFolderOptions):
     """``pluralign data export``: write a dataset in TRL's preference format.
 
     Attributes:

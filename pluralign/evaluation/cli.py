@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from pluralign.config import add_config_arguments, config_from_args
+from pluralign.runs import run_guarded
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -36,7 +37,7 @@ The composition matrix ([COMPOSITION]) is `pluralign experiment composition`."""
 def run_evaluate(args: argparse.Namespace) -> int:
     from pluralign.evaluation.evaluate_run import EvaluateConfig, run_evaluation
 
-    run_evaluation(config_from_args(EvaluateConfig, args)[0])
+    run_guarded(config_from_args(EvaluateConfig, args)[0], run_evaluation)
     return 0
 
 
@@ -66,7 +67,7 @@ simulated power to separate two CV^2 (power_pairs=...).""")
 def run_diagnose(args: argparse.Namespace) -> int:
     from pluralign.evaluation.diagnose_run import DiagnoseConfig, run_diagnosis
 
-    run_diagnosis(config_from_args(DiagnoseConfig, args)[0])
+    run_guarded(config_from_args(DiagnoseConfig, args)[0], run_diagnosis)
     return 0
 
 

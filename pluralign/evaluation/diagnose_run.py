@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pluralign.errors import ConfigError
-from pluralign.runs import read_table
+from pluralign.runs import RunFolderOptions, read_table
 from pluralign.validation import (
     COUNT,
     INDEX,
@@ -23,7 +23,7 @@ from pluralign.validation import (
 
 
 @dataclass
-class DiagnoseConfig:
+class DiagnoseConfig(RunFolderOptions):
     """``pluralign diagnose``: the preference-strength heterogeneity diagnostic.
 
     Attributes:

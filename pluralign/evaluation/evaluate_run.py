@@ -12,7 +12,7 @@ from pluralign.config import config_values
 from pluralign.data.config import DataConfig
 from pluralign.errors import ConfigError
 from pluralign.evaluation.margins import ScoringConfig
-from pluralign.runs import read_table
+from pluralign.runs import RunFolderOptions, read_table
 from pluralign.training.recipe import ModelConfig
 from pluralign.validation import COUNT, check_fields, check_names
 
@@ -39,7 +39,7 @@ def check_data(data: DataConfig | None, where: str) -> DataConfig:
 
 
 @dataclass
-class EvaluateConfig(ScoringConfig):
+class EvaluateConfig(ScoringConfig, RunFolderOptions):
     """``pluralign evaluate``: held-out preference margins by subgroup, and win rates.
 
     Attributes:

@@ -13,6 +13,7 @@ from typing import Any
 from pluralign.data.config import DataConfig
 from pluralign.data.synthetic import PopulationConfig
 from pluralign.errors import ConfigError
+from pluralign.runs import RunFolderOptions, published
 from pluralign.training.methods import MethodsConfig, check_seeds
 from pluralign.validation import COUNT, OPEN_UNIT, check_fields, check_number
 
@@ -28,7 +29,7 @@ def synthetic_data(test_size: float, **population: Any) -> DataConfig:
 
 
 @dataclass
-class PopulationExperimentConfig(MethodsConfig):
+class PopulationExperimentConfig(MethodsConfig, RunFolderOptions):
     """An experiment that trains ``methods`` on a synthetic population it generates.
 
     Attributes:
@@ -85,5 +86,5 @@ def print_summary(console: Any, metrics: dict[str, Any], output_dir: str) -> Non
     for line in metrics["summary"]:
         console.print(f"• {line}")
     # soft_wrap: a path must stay copy-pasteable at any terminal width (rich wraps at 80 in CI).
-    console.print(f"Report: {Path(output_dir) / 'report.html'}", soft_wrap=True,
+    console.print(f"Report: {published(Path(output_dir) / 'report.html')}", soft_wrap=True,
                   markup=False, highlight=False)

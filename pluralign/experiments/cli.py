@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pluralign.config import add_config_arguments, config_from_args
 from pluralign.experiments import EXPERIMENTS, Experiment
+from pluralign.runs import run_guarded
 
 
 def _add_arguments(parser: argparse.ArgumentParser, name: str, command: str) -> None:
@@ -39,7 +40,7 @@ def _run(experiment: Experiment, args: argparse.Namespace) -> int:
             and not Path(args.config).is_file():
         args.config = None  # the shipped config is optional: its values are the defaults
     config, _ = config_from_args(experiment.config_class(), args)
-    experiment.runner()(config)
+    run_guarded(config, experiment.runner(), resume=getattr(config, "resume", False))
     return 0
 
 

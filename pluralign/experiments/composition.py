@@ -26,7 +26,7 @@ from pluralign.evaluation.composition import ScoreFn, TrainFn, composition_matri
 from pluralign.evaluation.evaluate_run import check_data, check_trained_model
 from pluralign.evaluation.margins import ScoringConfig
 from pluralign.experiments.base import data_seeds
-from pluralign.runs import write_config, write_report, write_table
+from pluralign.runs import RunFolderOptions, write_config, write_report, write_table
 from pluralign.training import PreferenceConfig
 from pluralign.training.methods import check_seeds
 from pluralign.training.recipe import ModelConfig
@@ -36,7 +36,7 @@ SPLITS = ("pairs", "annotator")
 
 
 @dataclass
-class CompositionConfig(ScoringConfig):
+class CompositionConfig(ScoringConfig, RunFolderOptions):
     """``pluralign experiment composition``.
 
     Attributes:

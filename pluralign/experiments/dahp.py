@@ -34,7 +34,7 @@ from pluralign.envs.proximity import (
 from pluralign.errors import ConfigError
 from pluralign.objectives import Objective, build_objective, dpo_loss
 from pluralign.reward.joint_likelihood import repeat_label_variance
-from pluralign.runs import write_config, write_report, write_table
+from pluralign.runs import RunFolderOptions, write_config, write_report, write_table
 from pluralign.validation import (
     COUNT,
     INDEX,
@@ -355,7 +355,7 @@ def indirect_policy(env: ProximityEnv, pairs: Pairs, policy: nn.Module,
 
 # ------------------------------------------------------------------------------------ the run
 @dataclass
-class SimulateConfig:
+class SimulateConfig(RunFolderOptions):
     """``pluralign simulate`` / ``pluralign experiment dahp``: environment, experiment, folder.
 
     Attributes:

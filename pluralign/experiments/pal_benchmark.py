@@ -51,7 +51,7 @@ from pluralign.reward.encoders import (
 )
 from pluralign.reward.pal import PALConfig, PALRewardModel
 from pluralign.reward.relabel import relabel_with_average_reward
-from pluralign.runs import write_config, write_report
+from pluralign.runs import RunFolderOptions, write_config, write_report
 from pluralign.validation import COUNT, INDEX, OPEN_UNIT, check_fields, check_number
 
 DEFAULT_POPULATION: dict[str, Any] = {
@@ -63,7 +63,7 @@ HEADLINE_N = 20
 
 
 @dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(RunFolderOptions):
     """Recipe of :func:`run_benchmark`.
 
     Attributes:

@@ -31,7 +31,14 @@ from pluralign.errors import ConfigError
 from pluralign.evaluation.replication import SeedInterval, paired_seed_interval
 from pluralign.experiments.base import print_summary
 from pluralign.experiments.demo import GAMMA_METHOD, DemoConfig, train_and_compare
-from pluralign.runs import METRICS_FILE, plain, write_config, write_report, write_table
+from pluralign.runs import (
+    METRICS_FILE,
+    RunFolderOptions,
+    plain,
+    write_config,
+    write_report,
+    write_table,
+)
 from pluralign.validation import OPEN_UNIT, check_fields
 
 HET, HOM = "heterogeneous", "homogeneous"
@@ -39,7 +46,7 @@ DEFAULT_DEMO_CONFIG = "configs/demo.yaml"
 
 
 @dataclass
-class ReplicateConfig:
+class ReplicateConfig(RunFolderOptions):
     """Which demo to replicate and over which seeds.
 
     Attributes:
@@ -52,6 +59,9 @@ class ReplicateConfig:
         seeds: seeds to run (each seeds the populations, split, models and bootstraps).
         level: confidence level of the paired interval over seeds.
         progress: show the demo runs' progress bars.
+        resume: continue the replication in output_dir: seeds whose demo folder the same
+            configuration finished are reused, the others run (without it a non-empty
+            output_dir is refused unless overwrite=true).
     """
 
     output_dir: str = "runs/replicate"
@@ -60,8 +70,14 @@ class ReplicateConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     level: float = 0.95
     progress: bool = True
+    resume: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.resume, bool) or (self.resume and self.overwrite):
+            raise ConfigError(f"ReplicateConfig: resume={self.resume!r} with overwrite="
+                              f"{self.overwrite!r}; use resume=true to continue the run in "
+                              "output_dir or overwrite=true to replace it, not both")
         check_fields(self, {"level": OPEN_UNIT})
         if not isinstance(self.seeds, list) or not self.seeds or any(
                 isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):

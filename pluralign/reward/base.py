@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -171,16 +172,38 @@ def save_checkpoint(directory: str | os.PathLike[str], module: nn.Module,
     return out
 
 
+def read_checkpoint_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint written by :func:`save_checkpoint`: a JSON object, else
+    :class:`CheckpointError` naming the file (missing, not UTF-8, not JSON, not an object)."""
+    folder = Path(directory)
+    config_file = folder / CONFIG_NAME
+    if not config_file.is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{folder} is not a saved reward model (needs {CONFIG_NAME} and "
+                              f"{WEIGHTS_NAME}); train one with `pluralign pal train`")
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise CheckpointError(f"{config_file}: not valid JSON ({reason}); the model folder is "
+                              "damaged: train it again with `pluralign pal train`") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object with a 'class', got a "
+                              f"{type(meta).__name__}; train the model again with `pluralign "
+                              "pal train`")
+    return meta
+
+
 def load_checkpoint(directory: str | os.PathLike[str],
                     kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read a checkpoint written by :func:`save_checkpoint`, checking that it holds a ``kind``
-    model."""
+    model; a damaged weights file raises :class:`CheckpointError` naming it."""
     folder = Path(directory)
-    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not config_file.is_file() or not weights_file.is_file():
-        raise CheckpointError(f"{folder} is not a saved reward model (needs {CONFIG_NAME} and "
-                              f"{WEIGHTS_NAME}); train one with `pluralign pal train`")
-    meta = json.loads(config_file.read_text(encoding="utf-8"))
+    meta = read_checkpoint_meta(folder)
     if meta.get("class") != kind:
         raise CheckpointError(f"{folder} holds a {meta.get('class')!r}, not a {kind!r}")
-    return meta, load_file(str(weights_file))
+    try:
+        return meta, load_file(str(folder / WEIGHTS_NAME))
+    except SafetensorError as exc:
+        raise CheckpointError(f"{folder / WEIGHTS_NAME}: not a readable safetensors file "
+                              f"({exc}); the model folder is damaged (truncated?): train it "
+                              "again with `pluralign pal train`") from None

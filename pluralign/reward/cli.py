@@ -11,6 +11,7 @@ import argparse
 
 from pluralign.config import add_config_arguments, config_from_args
 from pluralign.errors import ConfigError
+from pluralign.runs import run_guarded
 
 _TRAIN = """Examples:
   pluralign data synthetic population.n_annotators=40 population.n_prompts=20 \\
@@ -74,5 +75,5 @@ def run_pal(args: argparse.Namespace) -> int:
     config, _ = config_from_args(_actions()[name][0], args)
     run = {"train": train_reward_model, "eval": evaluate_reward_model,
            "adapt": adapt_reward_model}[name]
-    run(config)
+    run_guarded(config, run)
     return 0

@@ -15,7 +15,6 @@ Every command's ``config.yaml`` is its whole config, so ``--config RUN/config.ya
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from pluralign.io import atomic_path, check_output_dir, write_json
 from pluralign.reward.bradley_terry import BradleyTerryConfig
 from pluralign.reward.encoders import DEFAULT_CACHE_DIR
 from pluralign.reward.pal import UNKNOWN_POLICIES, PALConfig
-from pluralign.runs import write_config, write_metrics
+from pluralign.runs import RunFolderOptions, write_config, write_metrics
 from pluralign.validation import COUNT, check_fields
 
 KINDS = ("pal", "bt")
@@ -44,7 +43,7 @@ class HeldOutDataConfig(DataConfig):
 
 
 @dataclass
-class _RewardCommand:
+class _RewardCommand(RunFolderOptions):
     """Fields every ``pal`` command has.
 
     Attributes:
@@ -172,14 +171,11 @@ class PalAdaptConfig(_RewardCommand):
 
 def load_reward_model(folder: str, cache_dir: str) -> Any:
     """The PAL or Bradley–Terry model saved in ``folder`` (its kind read from config.json)."""
-    from pluralign.reward.base import CONFIG_NAME, CheckpointError
+    from pluralign.reward.base import CheckpointError, read_checkpoint_meta
     from pluralign.reward.bradley_terry import BradleyTerryRewardModel
     from pluralign.reward.pal import PALRewardModel
 
-    meta_file = Path(folder) / CONFIG_NAME
-    if not meta_file.is_file():
-        raise CheckpointError(f"{folder} is not a saved reward model (no {CONFIG_NAME})")
-    kind = json.loads(meta_file.read_text(encoding="utf-8")).get("class")
+    kind = read_checkpoint_meta(folder).get("class")
     cls = {m.kind: m for m in (PALRewardModel, BradleyTerryRewardModel)}.get(kind)
     if cls is None:
         raise CheckpointError(f"{folder}: unknown model class {kind!r}")

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pluralign.runs import plain, read_table, write_config, write_report, write_table
+from pluralign.runs import (
+    RunFolderOptions,
+    plain,
+    read_table,
+    write_config,
+    write_report,
+    write_table,
+)
 from pluralign.social_choice.borda import (
     LINKS,
     average_reward,
@@ -46,7 +53,7 @@ TABLE_ROWS = 15
 
 
 @dataclass
-class NBCConfig:
+class NBCConfig(RunFolderOptions):
     """``pluralign nbc``: normalized Borda count vs average reward on a survey.
 
     Attributes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pluralign.config import add_config_arguments, config_from_args
+from pluralign.runs import run_guarded
 
 EPILOG = r"""Examples:
   pluralign nbc table=survey.csv --output-dir runs/pew_nbc
@@ -48,5 +49,5 @@ def run_nbc(args: argparse.Namespace) -> int:
     """Run the analysis and write the run folder."""
     from pluralign.social_choice.analysis import NBCConfig, run_analysis
 
-    run_analysis(config_from_args(NBCConfig, args)[0])
+    run_guarded(config_from_args(NBCConfig, args)[0], run_analysis)
     return 0

@@ -11,23 +11,28 @@ Shared by ``train`` (:class:`~pluralign.training.trainer.PreferenceTrainer`) and
   without the keys in :data:`RESUME_IGNORED` (output folder, logging, saving, evaluation cadence,
   step budget).
 * :func:`resume_checkpoint` finds the last *complete* checkpoint of a run folder and checks that it
-  was written by the same configuration; :func:`prepare_fresh_run` refuses to start a new run in a
-  folder that already holds one. Both raise :class:`ConfigError` before anything is written.
+  was written by the same configuration, raising :class:`ConfigError` before anything is written
+  (a fresh run's folder goes through :func:`pluralign.runs.run_folder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
+import pickle
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from pluralign.errors import ConfigError
 from pluralign.io import follow_umask, write_json
@@ -73,6 +78,44 @@ class StagedCheckpoints:
                 resume_checkpoint(self.args.output_dir, self.run_fingerprint))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str,
+                              model: nn.Module | None = None) -> None:
+        """Restore the model weights of a checkpoint, exactly and quietly.
+
+        transformers 5 saves some weights under legacy names (GPT-NeoX's ``lm_head`` as
+        ``embed_out``; a tied head not at all), and ``Trainer``'s resume loads them non-strictly
+        without renaming: the head kept its fresh initialisation and the log said "unexpected
+        keys ['embed_out.weight']". When the checkpoint's names differ from the model's, the
+        weights are read with ``from_pretrained`` (which renames and ties) and loaded strictly.
+        """
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        plain = not (getattr(self, "is_deepspeed_enabled", False)
+                     or getattr(self, "is_fsdp_enabled", False))
+        if plain and isinstance(target, PreTrainedModel) and os.path.isfile(weights):
+            with unreadable_checkpoint(resume_from_checkpoint, SAFE_WEIGHTS_NAME):
+                with safe_open(weights, framework="pt") as f:
+                    saved = set(f.keys())
+                if saved != set(target.state_dict()):
+                    fresh = type(target).from_pretrained(resume_from_checkpoint,
+                                                         dtype=target.dtype)
+                    target.load_state_dict(fresh.state_dict(), strict=True)
+                    return
+        with unreadable_checkpoint(resume_from_checkpoint, SAFE_WEIGHTS_NAME):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        with unreadable_checkpoint(checkpoint, "rng_state.pth"):
+            super()._load_rng_state(checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        with unreadable_checkpoint(checkpoint, "optimizer.pt", "scheduler.pt"):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_scaler(self, checkpoint: str | None) -> None:
+        with unreadable_checkpoint(checkpoint, "scaler.pt"):
+            super()._load_scaler(checkpoint)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save as ``Trainer`` does, then give the model weights the umask's mode (transformers
         writes them through a private 0o600 temporary file)."""
@@ -117,6 +160,26 @@ class StagedCheckpoints:
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def unreadable_checkpoint(checkpoint: str | os.PathLike[str] | None,
+                          *files: str) -> Iterator[None]:
+    """Turn a checkpoint file that does not load (changed after it was written: torch's
+    ``weights_only`` refusal of a tampered pickle, a truncated archive or safetensors file) into
+    one :class:`ConfigError` naming the checkpoint and ``files``, instead of torch's traceback."""
+    try:
+        yield
+    except (pickle.UnpicklingError, EOFError, RuntimeError, SafetensorError, OSError,
+            ValueError) as exc:
+        if checkpoint is None:
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        names = " or ".join(files)
+        raise ConfigError(
+            f"cannot resume from {checkpoint}: its {names} does not load ({reason}); it was "
+            "changed after it was written: delete that checkpoint folder to resume from the one "
+            "before it, or start a fresh run (overwrite=true)") from None
 
 
 # ---------------------------------------------------------------------------- fingerprints
@@ -223,27 +286,3 @@ def resume_checkpoint(run_dir: str | os.PathLike[str],
     if fingerprint is not None:
         check_checkpoint(checkpoint, fingerprint)
     return checkpoint
-
-
-def prepare_fresh_run(run_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Make sure a *new* run may write into ``run_dir``.
-
-    A missing or empty folder is fine. A non-empty one raises :class:`ConfigError` (listing a few
-    entries) unless ``overwrite``; with ``overwrite`` its ``checkpoint-N`` folders, staging folder
-    and ``metrics.json`` are deleted so that nothing of the old run can later be resumed or read
-    as the new run's result (other files are replaced as the new run writes them).
-    """
-    root = Path(run_dir)
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"output_dir {run_dir} exists and is not a folder")
-    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-    if not entries:
-        return
-    if not overwrite:
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise ConfigError(
-            f"run folder {run_dir} is not empty ({shown}); set resume=true to continue that "
-            "run, overwrite=true to replace it, or choose another output_dir")
-    for folder in [*checkpoint_folders(root), root / STAGING_DIR]:
-        shutil.rmtree(folder, ignore_errors=True)
-    (root / "metrics.json").unlink(missing_ok=True)

@@ -27,7 +27,14 @@ from pluralign.objectives import (
     objective_settings,
     resolve_objective,
 )
-from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, check_lengths
+from pluralign.validation import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    check_fields,
+    check_lengths,
+)
 
 REFERENCE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -178,7 +185,7 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
         )
         check_fields(self, {
             "learning_rate": NON_NEGATIVE, "strength_learning_rate": NON_NEGATIVE,
-            "num_train_epochs": POSITIVE, "max_grad_norm": POSITIVE,
+            "num_train_epochs": POSITIVE, "max_grad_norm": POSITIVE, "seed": SEED,
             **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size",
                              "gradient_accumulation_steps"), COUNT),
         })

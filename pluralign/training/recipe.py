@@ -19,14 +19,15 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
 
-from pluralign.data.config import DataConfig, load_data
+from pluralign.data.config import DataConfig, load_data, require_data
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
-from pluralign.runs import plain, write_config, write_metrics
+from pluralign.runs import plain, run_folder, write_config, write_metrics
 from pluralign.training.config import PreferenceConfig
 from pluralign.training.sft import SFTConfig
 from pluralign.validation import check_number
@@ -101,8 +102,9 @@ class _Recipe:
         resume: continue from the last complete checkpoint in the run folder; refused when that
             checkpoint was written by another configuration (anything but the output folder,
             logging, saving, evaluation cadence and the step budget) or when there is none.
-        overwrite: let a fresh run (resume=false) start in a non-empty run folder, deleting its
-            old checkpoints and metrics.json; without it such a folder is refused.
+        overwrite: let a fresh run (resume=false) replace a non-empty run folder as a whole (it
+            trains into a hidden sibling folder swapped in at the end, so no file of the old run
+            survives and a kill leaves the old run); without it such a folder is refused.
     """
 
     OUTPUT_DIR = "training.output_dir"
@@ -116,6 +118,7 @@ class _Recipe:
         for name in ("resume", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; use true or false")
+        require_data(self.data, type(self).__name__.removesuffix("Recipe").lower(), whole=False)
         if self.resume and self.overwrite:
             raise ConfigError("resume=true and overwrite=true contradict each other: resume "
                               "continues the run in output_dir, overwrite replaces it; pick one")
@@ -201,33 +204,33 @@ def add_lora(model: Any, lora: Mapping[str, Any]) -> Any:
                           ) from None
 
 
-def prepare_run_folder(recipe: TrainRecipe | SFTRecipe) -> tuple[dict[str, Any], str | None]:
-    """The run's fingerprint and the checkpoint to resume from (None for a fresh run).
+def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """Train as ``recipe`` says and write its run folder; ``recorded`` is the recipe as read
+    (saved as ``config.yaml``). Returns the metrics written to ``metrics.json``.
 
-    Called before anything is written: ``resume`` refuses a run folder whose last complete
-    checkpoint another configuration wrote, or that has none; a fresh run refuses a non-empty
-    folder unless ``overwrite`` (which deletes the old checkpoints and metrics.json).
+    Before anything is written, ``resume`` refuses a run folder whose last complete checkpoint
+    another configuration wrote, or that has none, and a fresh run goes through the run-folder
+    guard (:func:`~pluralign.runs.run_folder`): a non-empty folder is refused unless
+    ``overwrite``, which trains into a staging folder swapped in whole at the end.
     """
-    from pluralign.training.checkpoints import (
-        prepare_fresh_run,
-        resume_checkpoint,
-        run_fingerprint,
-    )
+    from pluralign.training.checkpoints import resume_checkpoint, run_fingerprint
 
     fingerprint = run_fingerprint(plain(recipe))
     output_dir = recipe.training.output_dir
-    if recipe.resume:
-        return fingerprint, str(resume_checkpoint(output_dir, fingerprint))
-    prepare_fresh_run(output_dir, overwrite=recipe.overwrite)
-    return fingerprint, None
+    checkpoint = str(resume_checkpoint(output_dir, fingerprint)) if recipe.resume else None
+    primary = int(os.environ.get("RANK", "0")) == 0  # torchrun's global rank
+    with run_folder(output_dir, recipe.overwrite, resume=recipe.resume, primary=primary,
+                    can_resume=True) as out:
+        if out != Path(output_dir):
+            recipe.training.output_dir = os.fspath(out)
+        return _train(recipe, recorded, fingerprint, checkpoint)
 
 
-def run_recipe(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any]) -> dict[str, Any]:
-    """Train as ``recipe`` says and write its run folder; ``recorded`` is the recipe as read
-    (saved as ``config.yaml``). Returns the metrics written to ``metrics.json``."""
+def _train(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any],
+           fingerprint: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
+    """:func:`run_recipe` once the run folder is settled (``recipe.training.output_dir``)."""
     from pluralign.training.tokenization import check_pair_columns
 
-    fingerprint, checkpoint = prepare_run_folder(recipe)
     train, test = load_data(recipe.data)
     args = recipe.training
     extra: Callable[[], dict[str, Any]] = dict

@@ -17,7 +17,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from pluralign.training.checkpoints import StagedCheckpoints
 from pluralign.training.launch import CheckedLaunch
 from pluralign.training.tokenization import check_pair_columns, tokenize_pair
-from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_fields, check_lengths
+from pluralign.validation import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    check_fields,
+    check_lengths,
+)
 
 IGNORE_INDEX = -100
 
@@ -37,7 +44,7 @@ class SFTConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         check_fields(self, {
-            "learning_rate": NON_NEGATIVE, "num_train_epochs": POSITIVE,
+            "learning_rate": NON_NEGATIVE, "num_train_epochs": POSITIVE, "seed": SEED,
             **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size",
                              "gradient_accumulation_steps"), COUNT),
         })

@@ -41,18 +41,16 @@ import datasets
 import torch
 import torch.distributed as dist
 from accelerate.utils import gather_object
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
-from transformers.utils import SAFE_WEIGHTS_NAME
 
 from pluralign.errors import ConfigError
 from pluralign.io import atomic_path
 from pluralign.numerics import NumericsError, sync_free
 from pluralign.objectives import Objective
-from pluralign.training.checkpoints import StagedCheckpoints
+from pluralign.training.checkpoints import StagedCheckpoints, unreadable_checkpoint
 from pluralign.training.columns import prepare_columns
 from pluralign.training.config import PreferenceConfig
 from pluralign.training.launch import CheckedLaunch
@@ -450,22 +448,11 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
     def _load_from_checkpoint(
         self, resume_from_checkpoint: str, model: nn.Module | None = None
     ) -> None:
-        """Restore the policy (Trainer) and the strength parameters saved beside it.
-
-        transformers 5 saves some weights under legacy names (GPT-NeoX's ``lm_head`` as
-        ``embed_out``) that its resume path loads without renaming; when the checkpoint's names
-        differ from the model's, the weights are re-read with ``from_pretrained``, which renames.
-        """
+        """Restore the policy (:class:`StagedCheckpoints`) and the strength parameters saved
+        beside it."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
-        if isinstance(target, PreTrainedModel) and os.path.isfile(weights):
-            with safe_open(weights, framework="pt") as f:
-                saved = set(f.keys())
-            if saved != set(target.state_dict()):
-                fresh = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
-                target.load_state_dict(fresh.state_dict(), strict=True)
         path = os.path.join(resume_from_checkpoint, STRENGTH_FILE)
         if os.path.isfile(path):
-            state = load_file(path, device=str(self.args.device))
+            with unreadable_checkpoint(resume_from_checkpoint, STRENGTH_FILE):
+                state = load_file(path, device=str(self.args.device))
             self.objective.load_state_dict(state, strict=True)
