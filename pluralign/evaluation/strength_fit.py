@@ -314,6 +314,10 @@ def _identification(family: str, theta: np.ndarray, not_moved: bool, point_std: 
     return {"at_bound": at_bound, "not_moved": not_moved, "scale_unidentified": scale_bad}, notes
 
 
+#: Median |margin| the fit accepts: β ~ 1/scale and Var β ~ 1/scale² must stay in float64.
+MARGIN_SCALE_RANGE = (1e-100, 1e100)
+
+
 def fit_strength(
     margins: Sequence[float] | np.ndarray | torch.Tensor,
     family: str = "lognormal",
@@ -329,7 +333,7 @@ def fit_strength(
         margins: ``Δ_i = r(chosen) − r(rejected)`` per comparison (both signs must occur); any
             float dtype, numpy or torch (detached and read in float64).
         family: ``"lognormal"`` (β = exp(μ + σ ε)) or ``"gamma"`` (shape k, rate λ).
-        n_boot: bootstrap refits for the intervals (0 skips them).
+        n_boot: bootstrap refits for the intervals (0 skips them; an int >= 0).
         level: confidence level of the percentile intervals.
         clusters: optional cluster label per comparison (e.g. annotator id); the bootstrap then
             resamples clusters, which is right when β is shared within a cluster.
@@ -337,8 +341,15 @@ def fit_strength(
     """
     if family not in FAMILIES:
         raise EvaluationError(f"fit_strength: family must be one of {FAMILIES}, got {family!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise EvaluationError(f"fit_strength: n_boot={n_boot!r} is invalid; use a whole number "
+                              ">= 0 of bootstrap refits (0 skips the intervals)")
     m_np = _check_margins(margins)
     scale = float(np.median(np.abs(m_np[m_np != 0])))
+    if not MARGIN_SCALE_RANGE[0] <= scale <= MARGIN_SCALE_RANGE[1]:
+        raise EvaluationError(f"fit_strength: the margins' median |Δ| is {scale:.3g}, so β would "
+                              f"be of order {1 / scale:.3g} and its moments leave float64; "
+                              "rescale the margins into [1e-100, 1e100] (β scales inversely)")
     # The likelihood depends on the data only through the distinct margins and their counts.
     values, inverse = np.unique(m_np / scale, return_inverse=True)
     margins_t = torch.as_tensor(values, dtype=torch.float64)
