@@ -58,6 +58,6 @@ def _check_values(data: Any, column: Column, split: str) -> None:
     values = np.asarray(data[column.name], dtype=float)
     bad = np.flatnonzero(~np.isfinite(values) | (values < column.minimum))
     if bad.size:
-        row = int(bad[0])
-        raise SchemaError(f"{split} data, row {row}, column {column.name!r}: {values[row]!r} "
+        row, value = int(bad[0]), float(values[bad[0]])
+        raise SchemaError(f"{split} data, row {row}, column {column.name!r}: {value!r} "
                           f"({bad.size} row(s)); it must be a finite number >= {column.minimum:g}")
