@@ -310,12 +310,24 @@ def _(tmp):
                    for p in (tmp / "out").rglob("*") if p.is_file())
 
 
-@case("corrected DPO: negative variance refused")
+@case("corrected DPO: NaN variance refused")
 def _(tmp):
     import torch
 
     from pluralign.objectives.dahp import corrected_dpo_loss
-    return _library(lambda: corrected_dpo_loss(torch.tensor([1.0]), torch.tensor([-0.1]), 1.0))
+    return _library(lambda: corrected_dpo_loss(torch.tensor([1.0]), torch.tensor([math.nan]),
+                                               1.0))
+
+
+@case("corrected DPO: negative variance counts as 0 (documented: unbiased estimate)")
+def _(tmp):
+    import torch
+    import torch.nn.functional as F
+
+    from pluralign.objectives.dahp import corrected_dpo_loss
+    margin = torch.tensor([1.0, -2.0])
+    return bool(torch.allclose(corrected_dpo_loss(margin, torch.full((2,), -0.1), 1.0),
+                               -F.logsigmoid(0.1 * margin)))
 
 
 @case("corrected DPO: margins <= -40 keep a gradient")

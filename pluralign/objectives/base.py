@@ -75,14 +75,11 @@ class Column:
             column (the grammar of :mod:`pluralign.data.groups`). The trainer builds the column
             from it on the training split and maps the evaluation split through the training
             split's name table, so ids agree. None: the data carry the column already.
-        minimum: a value column's smallest valid value (e.g. 0 for a variance); the trainer
-            refuses data below it, or not finite, naming the row. None: any finite number.
     """
 
     name: str
     ids: bool = False
     ids_from: str | None = None
-    minimum: float | None = None
 
     def __post_init__(self) -> None:
         if self.ids_from is not None and not self.ids:

@@ -74,9 +74,11 @@ def corrected_dpo_loss(
 
     Args:
         margin: ``Δ`` per pair (policy log-ratio difference, no β inside).
-        variance: ``V`` per pair, the type variance of the preference probability (≥ 0;
-            a negative or NaN value is refused outside :func:`~pluralign.numerics.sync_free`,
-            and the trainer refuses such a ``pair_variance`` column before training).
+        variance: ``V`` per pair, the type variance of the preference probability. A
+            negative value counts as 0: the unbiased estimate
+            (:func:`~pluralign.reward.joint_likelihood.tabular_variance`) is negative by
+            chance where the true ``V`` is near 0. NaN/inf is refused (outside
+            :func:`~pluralign.numerics.sync_free`).
         alpha: correction strength ``α ≥ 0``.
         beta: DPO's β.
         floor: ``ε``: the corrected likelihood is kept in ``[ε, 1 − ε]`` where it is corrected.
@@ -86,10 +88,10 @@ def corrected_dpo_loss(
     if not 0 < floor < 0.5:
         raise ConfigError(f"corrected DPO floor must be in (0, 0.5), got {floor!r}")
     h = beta * upcast(margin)
-    if host_checks() and not bool((variance >= 0).all()):  # NaN fails too
-        raise ConfigError("corrected DPO: pair_variance must be >= 0 (a variance); got "
-                          f"{variance[~(variance >= 0)].flatten()[0].item()!r}; re-estimate it "
-                          "(pluralign.reward.joint_likelihood.pair_variance)")
+    if host_checks() and not bool(torch.isfinite(variance).all()):
+        raise ConfigError("corrected DPO: pair_variance must be a finite number; got "
+                          f"{variance[~torch.isfinite(variance)].flatten()[0].item()!r}; "
+                          "re-estimate it (pluralign.reward.joint_likelihood)")
     variance = variance.to(h.dtype).clamp(min=0.0)
     log_s, log_one_minus_s = F.logsigmoid(h), F.logsigmoid(-h)
     s = log_s.exp()
@@ -185,7 +187,7 @@ class CorrectedDPOObjective(Objective):
         self.alpha = check_number(alpha, "corrected DPO correction_alpha", **NON_NEGATIVE)
 
     def columns(self) -> tuple[Column, ...]:
-        return (Column(PAIR_VARIANCE, minimum=0.0),)
+        return (Column(PAIR_VARIANCE),)
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
         variance = _batch_field(batch, PAIR_VARIANCE, "CorrectedDPOObjective")

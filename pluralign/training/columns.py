@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 
 from pluralign.data.groups import add_group_column
-from pluralign.data.schema import SchemaError
 from pluralign.objectives import Objective
-from pluralign.objectives.base import Column
 
 
 def prepare_columns(objective: Objective, train: Any, evaluation: Any) -> tuple[Any, Any]:
@@ -36,8 +34,6 @@ def prepare_columns(objective: Objective, train: Any, evaluation: Any) -> tuple[
         return train, evaluation
     for column in objective.columns():
         if not column.ids:
-            for split, data in (("train", train), ("evaluation", evaluation)):
-                _check_values(data, column, split)
             continue
         if column.ids_from:
             train, ids = add_group_column(train, column.ids_from, column.name)
@@ -49,15 +45,3 @@ def prepare_columns(objective: Objective, train: Any, evaluation: Any) -> tuple[
             counts = np.bincount(np.asarray(train[column.name], dtype=np.int64))
             objective.set_ids(column.name, counts.tolist(), None)
     return train, evaluation
-
-
-def _check_values(data: Any, column: Column, split: str) -> None:
-    """Refuse a value column with a non-finite value or one below ``column.minimum``."""
-    if data is None or column.minimum is None or column.name not in data.column_names:
-        return
-    values = np.asarray(data[column.name], dtype=float)
-    bad = np.flatnonzero(~np.isfinite(values) | (values < column.minimum))
-    if bad.size:
-        row, value = int(bad[0]), float(values[bad[0]])
-        raise SchemaError(f"{split} data, row {row}, column {column.name!r}: {value!r} "
-                          f"({bad.size} row(s)); it must be a finite number >= {column.minimum:g}")
