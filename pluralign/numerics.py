@@ -58,6 +58,7 @@ __all__ = [
     "log_lognormal_expected_sigmoid",
     "log_point_expected_sigmoid",
     "sync_free",
+    "host_checks",
 ]
 
 #: Terms of the accelerated alternating series; the CVZ error bound is 4·(3+√8)^−N relative.
@@ -87,6 +88,11 @@ def sync_free() -> Iterator[None]:
         yield
     finally:
         _SYNC_FREE.reset(token)
+
+
+def host_checks() -> bool:
+    """Whether a kernel may check its inputs on the host (False inside :func:`sync_free`)."""
+    return not _SYNC_FREE.get()
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:

@@ -474,5 +474,11 @@ def build_report(run_dir: str | os.PathLike[str]) -> Path:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RunFolderError(f"{path}: invalid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(f"{path}: not UTF-8 text (byte {exc.start}); metrics.json is "
+                             "written as UTF-8 JSON: rewrite it or rerun the command") from None
+    except RecursionError:
+        raise RunFolderError(f"{path}: JSON nested too deeply to be a metrics file; rewrite it "
+                             "or rerun the command") from None
     return write_text(Path(run_dir) / REPORT_FILE,
                       render_html(check_metrics(metrics, path), run_dir))

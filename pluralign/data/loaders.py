@@ -21,8 +21,9 @@ local path is a Hub id, and only then is ``datasets.load_dataset`` called (needs
 never do this).
 
 Options every format takes: ``split``, ``limit`` (at most this many pairs), ``attributes`` (keep
-only these annotator attributes); the real-dataset formats take ``chat`` (prompt/responses as
-chat messages instead of transcript text); the generic formats ``column_map``,
+only these annotator attributes; a name the data does not have is an error listing those it
+has); the real-dataset formats take ``chat`` (prompt/responses as chat messages instead of
+transcript text); the generic formats ``column_map``,
 ``attribute_columns`` and ``context_columns``; see each format's options dataclass. Every result
 passes :func:`~pluralign.data.schema.validate`; every skipped row is counted in the
 ``pluralign.data.loaders`` log.
@@ -42,6 +43,7 @@ from pluralign.data.formats import detect_format, get_format
 from pluralign.data.formats.base import Loaded
 from pluralign.data.formats.generic import GenericOptions, standardise
 from pluralign.data.schema import column_array, dataset_from_table, schema_error, validate
+from pluralign.errors import ConfigError
 
 #: suffixes that mark a source string as a local file, never a Hub id.
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet", ".sav", ".dta", ".arrow",
@@ -75,7 +77,13 @@ def _check_exists(source: Any) -> None:
 def _select_attributes(ds: datasets.Dataset, keep: Iterable[str]) -> datasets.Dataset:
     """Only the wanted keys of ``attributes`` (``ds`` is validated: the column is a struct)."""
     struct = column_array(ds, "attributes").combine_chunks()
-    names = [f.name for f in struct.type if f.name in set(keep)]
+    wanted = list(keep)
+    available = [f.name for f in struct.type]
+    unknown = [k for k in wanted if k not in available]
+    if unknown:
+        raise ConfigError(f"attributes={wanted}: {unknown} not among the data's attributes; "
+                          f"available: {available}")
+    names = [f.name for f in struct.type if f.name in set(wanted)]
     kept = (pa.StructArray.from_arrays([struct.field(n) for n in names], names=names) if names
             else pa.array([{}] * len(struct), type=pa.struct([])))
     table = ds.data.table.set_column(ds.column_names.index("attributes"), "attributes", kept)
@@ -100,7 +108,24 @@ def _to_schema(loaded: Loaded, name: str, options: Any) -> datasets.Dataset:
     if not loaded["prompt"]:
         raise schema_error(name, None, None, "no preference pairs left; see the "
                            "pluralign.data.loaders log for the rows that were dropped")
-    return datasets.Dataset.from_dict(loaded)
+    try:
+        return datasets.Dataset.from_dict(loaded)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        column = _mixed_column(loaded)
+        raise schema_error(name, None, column,
+                           f"its values mix types ({str(exc).splitlines()[0]}); give every "
+                           "row the same kind of value (all objects or all scalars) or drop "
+                           "the column") from None
+
+
+def _mixed_column(columns: dict[str, list[Any]]) -> str | None:
+    """The first column pyarrow cannot type as one array (None when each types alone)."""
+    for key, values in columns.items():
+        try:
+            pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return key
+    return None
 
 
 def load_preferences(source: str | os.PathLike[str] | datasets.Dataset, format: str | None = None,
@@ -118,6 +143,10 @@ def load_preferences(source: str | os.PathLike[str] | datasets.Dataset, format: 
         SchemaError: unreadable or malformed source (names the source, row and field).
         ConfigError: unknown format, or an option the format does not take or a bad value.
     """
+    if not isinstance(source, (str, os.PathLike, datasets.Dataset)):
+        raise ConfigError(f"load_preferences: source={source!r:.60} is a "
+                          f"{type(source).__name__}; give a file or folder path, a Hub id or a "
+                          "datasets.Dataset (rows in memory: datasets.Dataset.from_list(rows))")
     _check_exists(source)
     spec = get_format(detect_format(source) if format is None else format)
     opts = spec.build_options(options)

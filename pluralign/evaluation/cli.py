@@ -30,7 +30,10 @@ only the held-out split is scored (the third example scores the pairs configs/ti
 out); a saved synthetic population is data=FOLDER.
 Win rates (policy vs model.ref_model generations): judge_model is a local sequence-classification
 checkpoint, judge_bt a pluralign Bradley-Terry reward model; judge_url/judge_name use an
-OpenAI-compatible endpoint (opt-in) with the key from the env var named by judge_key_env.
+OpenAI-compatible endpoint (opt-in) with the key from the env var named by judge_key_env; a
+user:password in judge_url is recorded in config.yaml as ***@.
+baseline_margins (a margins.csv on the same pairs) adds the margin gain over that baseline: per
+subgroup with by=, else the mean gain.
 The composition matrix ([COMPOSITION]) is `pluralign experiment composition`.""")
 
 

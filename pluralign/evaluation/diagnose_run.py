@@ -27,8 +27,9 @@ class DiagnoseConfig(RunFolderOptions):
     """``pluralign diagnose``: the preference-strength heterogeneity diagnostic.
 
     Attributes:
-        margins: CSV/parquet with one margin per pair.
-        population: saved synthetic population folder (its true margins).
+        margins: CSV/parquet with one margin per pair (numbers; NaN/inf rows are excluded).
+        population: saved synthetic population folder (its true margins); not with
+            ``margins``.
         column: margin column (default: margin; true_margin for ``population``).
         family: fitted strength family, gamma or lognormal.
         by: subgroup columns: a strength fit per group (mean, CV^2 with CIs) and a test that
@@ -83,6 +84,10 @@ class DiagnoseConfig(RunFolderOptions):
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in self.power_pairs):
             raise ConfigError(f"power_pairs={self.power_pairs!r}: give whole numbers of "
                                   "pairs, e.g. power_pairs=2000 or \"power_pairs=[500, 2000]\"")
+        if self.margins and self.population:
+            raise ConfigError(f"margins={self.margins} and population={self.population} are "
+                              "both set; diagnose reads one of them: remove the other (compare "
+                              "datasets with compare.NAME=FILE)")
         if self.family not in ("gamma", "lognormal"):
             raise ConfigError(f"family={self.family!r} is unknown; use gamma or lognormal")
         check_fields(self, {"n_boot": INDEX, "seed": INDEX,  # n_boot 0: no bootstrap CIs
@@ -121,6 +126,7 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
     elif config.margins:
         wanted = [column, *config.by, *(c for c in (config.cluster, config.groups) if c)]
         df = read_table(config.margins, required=wanted)
+        _check_numeric(df, column, config.margins)
     runs = {Path(r).name or r: r for r in config.runs}
     metrics: dict[str, Any] = {"title": "pluralign diagnose", "figures": [], "diagnostics": {}}
     if df is not None or runs:
@@ -131,6 +137,11 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
                      cluster=config.cluster, groups=config.groups, n_boot=config.n_boot,
                      seed=config.seed)
         metrics["summary"] = d.summary
+        if d.fit is not None:
+            unidentified = _scale_not_identified(d.fit)
+            if unidentified:
+                metrics["summary"] = [unidentified, *d.summary]
+                metrics["diagnostics"]["strength scale"] = unidentified
         metrics["diagnosis"] = d.to_dict()
         if d.subgroups is not None:
             write_table(out, "subgroup_strength.csv", d.subgroups.table)
@@ -163,6 +174,42 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
         print(line)
     print(f"wrote {path}")
     return metrics
+
+
+#: Likelihood-ratio test level below which a point-mass β > 0 is no better than β = 0.
+SCALE_TEST_LEVEL = 0.05
+
+
+def _check_numeric(df: Any, column: str, source: str) -> None:
+    """Refuse a margin column holding text (other than NaN/inf spellings) naming the row."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(df[column], errors="coerce")
+    text = numbers.isna() & df[column].notna()
+    if text.any():
+        row = int(text.to_numpy().nonzero()[0][0])
+        raise ConfigError(f"{source}: column {column!r} holds text, not margins: "
+                          f"{int(text.sum())} row(s), the first row {row} = "
+                          f"{df[column].iloc[row]!r}; give numbers (or set column=NAME)")
+
+
+def _scale_not_identified(fit: Any) -> str | None:
+    """A line saying the strength scale is not identified when the best point mass β explains
+    the labels no better than β = 0 (every preference probability ½): likelihood-ratio test of
+    β = 0 against the point-mass fit, ``2 (ℓ_point − n log ½) ~ χ²₁``, at :data:`SCALE_TEST_LEVEL`.
+    Then no mean, variance or CV² of β is estimable, whatever the fit reports."""
+    import math
+
+    from scipy import stats
+
+    lr = max(0.0, 2 * (fit.point_loglik - fit.n * math.log(0.5)))
+    p = float(stats.chi2.sf(lr, 1))
+    if p < SCALE_TEST_LEVEL:
+        return None
+    return (f"strength scale not identified: the margins' signs are no more likely under any "
+            f"β > 0 than under β = 0 (likelihood-ratio test p = {p:.3g}, {fit.n} comparisons), "
+            "so mean, variance and CV² of β are not estimable; ignore the verdict below and "
+            "check the margins' scale and sign convention")
 
 
 def _power(config: DiagnoseConfig, metrics: dict[str, Any]) -> None:

@@ -51,7 +51,9 @@ class EvaluateConfig(ScoringConfig, RunFolderOptions):
             ``data.test_size`` > 0 only its held-out split is scored (the one a train run with
             the same data section held out); else every pair.
         by: subgroup columns (``attr.*`` / ``ctx.*``).
-        baseline_margins: margins.csv of a baseline run, for per-subgroup margin gains.
+        baseline_margins: margins.csv of a baseline run on the same pairs, for the margin gain
+            over it (per subgroup with ``by``; else the mean gain). A missing, empty,
+            margin-less or wrong-length file is refused.
         judge_model: local sequence-classification reward model folder (judge).
         judge_bt: folder of a pluralign Bradley-Terry reward model (MiniLM) as judge.
         judge_url: OpenAI-compatible base URL (opt-in).
@@ -98,14 +100,18 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     """Score ``config.model`` on the pairs, tabulate by subgroup, judge win rates if asked, and
     write the run folder (config.yaml, margins.csv, figures, metrics.json, report.html)."""
 
+    import numpy as np
+    import pandas as pd
+
     from pluralign.evaluation.plots import plot_margin_gains, plot_subgroup_margins
     from pluralign.evaluation.subgroups import margin_gains, subgroup_table
     from pluralign.runs import write_config, write_report, write_table
     from pluralign.training import load_causal_lm, load_tokenizer
 
     out = Path(config.output_dir)
+    # read before the model loads, with or without by=: a bad baseline is never skipped
     base = (read_table(config.baseline_margins, required=("margin", *config.by))
-            if config.baseline_margins and config.by else None)
+            if config.baseline_margins else None)
     from pluralign.data.config import load_data
 
     train, test = load_data(config.data)
@@ -115,7 +121,16 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
     ref = load_causal_lm(spec.ref_model) if spec.ref_model else None
     tokenizer = load_tokenizer(spec.tokenizer or spec.name_or_path)
     df = config.margins(model, ref, dataset, tokenizer)
-    write_config(out, config_values(config))
+    if base is not None and len(base) != len(df):
+        raise ConfigError(f"baseline_margins={config.baseline_margins}: {len(base)} rows but "
+                          f"this evaluation scores {len(df)} pairs; evaluate the baseline on "
+                          "the same data (and data.test_size/data.seed)")
+    values = config_values(config)
+    if config.judge_url:
+        from pluralign.evaluation.judges import redact_userinfo
+
+        values["judge_url"] = redact_userinfo(config.judge_url)
+    write_config(out, values)
     write_table(out, "margins.csv", df)
     metrics: dict[str, Any] = {"title": f"pluralign evaluate: {spec.name_or_path}", "figures": [],
                                "failed_items": [], "notes": []}
@@ -139,6 +154,11 @@ def run_evaluation(config: EvaluateConfig) -> dict[str, Any]:
                                        "caption": "Margin gains over the baseline"})
     else:
         metrics["methods"] = {"policy": {"micro": {"mean": float(df["margin"].mean())}}}
+        if base is not None:
+            gain = df["margin"].to_numpy(dtype=float) - pd.to_numeric(
+                base["margin"], errors="coerce").to_numpy(dtype=float)
+            metrics["differences"] = {"policy − baseline (micro)": {
+                "mean": float(np.nanmean(gain)), "n": int(np.isfinite(gain).sum())}}
     if config.judged:
         _win_rates(config, dataset, model, ref, tokenizer, metrics)
     write_report(out, metrics)

@@ -181,6 +181,15 @@ _HTTP_PROMPT = (
 )
 
 
+def redact_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``, for config files and messages
+    (a password in the judge URL never reaches disk)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     """(scheme, host, port) of ``url``, the default port filled in (RFC 6454 origin)."""
     parts = urllib.parse.urlsplit(url)
@@ -227,7 +236,7 @@ class HTTPJudge:
         self.name = f"http:{model}"
 
     def __repr__(self) -> str:
-        return f"HTTPJudge(base_url={self.base_url!r}, model={self.model!r}, " \
+        return f"HTTPJudge(base_url={redact_userinfo(self.base_url)!r}, model={self.model!r}, " \
                f"api_key_env={self.api_key_env!r})"
 
     def _ask(self, prompt: str, a: str, b: str) -> str:

@@ -408,6 +408,10 @@ def _starts(family: str, point_log_beta: float) -> list[list[float]]:
     return [[math.log(k), math.log(k / point_std)] for k in (0.7, 2.0, 10.0)]
 
 
+#: Median |margin| the fit accepts: β ~ 1/scale and Var β ~ 1/scale² must stay in float64.
+MARGIN_SCALE_RANGE = (1e-100, 1e100)
+
+
 def fit_strength(
     margins: Sequence[float] | np.ndarray | torch.Tensor,
     family: str = "lognormal",
@@ -428,8 +432,8 @@ def fit_strength(
         groups: optional annotator id per comparison: β is shared by each annotator's pairs
             (panel mixed logit; identifies the spread even with flexible margins) and the
             bootstrap resamples annotators.
-        n_boot: bootstrap refits for the intervals (0 skips them); each refit starts cold
-            (the resample's point-mass fit, CV² ≈ 0.5), never from the fitted values.
+        n_boot: bootstrap refits for the intervals (an int >= 0; 0 skips them); each refit
+            starts cold (the resample's point-mass fit, CV² ≈ 0.5), never from the fitted values.
         level: confidence level of the percentile intervals.
         clusters: optional cluster label per comparison (e.g. annotator id); the bootstrap then
             resamples clusters, which is right when β is shared within a cluster. With
@@ -438,8 +442,15 @@ def fit_strength(
     """
     if family not in FAMILIES:
         raise EvaluationError(f"fit_strength: family must be one of {FAMILIES}, got {family!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise EvaluationError(f"fit_strength: n_boot={n_boot!r} is invalid; use a whole number "
+                              ">= 0 of bootstrap refits (0 skips the intervals)")
     m_np = _check_margins(margins)
     scale = float(np.median(np.abs(m_np[m_np != 0])))
+    if not MARGIN_SCALE_RANGE[0] <= scale <= MARGIN_SCALE_RANGE[1]:
+        raise EvaluationError(f"fit_strength: the margins' median |Δ| is {scale:.3g}, so β would "
+                              f"be of order {1 / scale:.3g} and its moments leave float64; "
+                              "rescale the margins into [1e-100, 1e100] (β scales inversely)")
     notes: list[str] = []
     n_neg = int((m_np < 0).sum())
     minority = min(n_neg, int((m_np > 0).sum()))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pluralign.errors import ConfigError
+from pluralign.numerics import host_checks
 from pluralign.objectives.base import Column, Objective, beta_setting, setting, upcast
 from pluralign.validation import COUNT, NON_NEGATIVE, POSITIVE, check_number
 
@@ -65,11 +66,19 @@ def corrected_dpo_loss(
     of cells at α = 5 — and moved the population optimum by TV 8.4e-3.) To keep gradients
     finite where ``s(1−s)`` underflows, ``V/(s(1−s))`` is capped where ``|α·c| > 2``: there the
     clip binds either way, so the value is unchanged. The log is evaluated stably
-    (``logaddexp`` of ``log s`` and ``log c`` for ``h < 0``).
+    (``logaddexp`` of ``log s`` and ``log c`` for ``h < 0``). Where ``h < 0`` and the cap
+    ``1 − ε`` binds (far from the expansion point, e.g. margin ≤ −40 at β = 0.1, V = 0.2) the
+    value is the cap's and the gradient is DPO's ``∂ log σ(h)`` (straight-through), so the
+    worst-ranked pairs are still pushed up instead of getting a zero gradient; the optimum,
+    where no cap binds, is unchanged.
 
     Args:
         margin: ``Δ`` per pair (policy log-ratio difference, no β inside).
-        variance: ``V`` per pair, the type variance of the preference probability (≥ 0).
+        variance: ``V`` per pair, the type variance of the preference probability. A
+            negative value counts as 0: the unbiased estimate
+            (:func:`~pluralign.reward.joint_likelihood.tabular_variance`) is negative by
+            chance where the true ``V`` is near 0. NaN/inf is refused (outside
+            :func:`~pluralign.numerics.sync_free`).
         alpha: correction strength ``α ≥ 0``.
         beta: DPO's β.
         floor: ``ε``: the corrected likelihood is kept in ``[ε, 1 − ε]`` where it is corrected.
@@ -79,6 +88,10 @@ def corrected_dpo_loss(
     if not 0 < floor < 0.5:
         raise ConfigError(f"corrected DPO floor must be in (0, 0.5), got {floor!r}")
     h = beta * upcast(margin)
+    if host_checks() and not bool(torch.isfinite(variance).all()):
+        raise ConfigError("corrected DPO: pair_variance must be a finite number; got "
+                          f"{variance[~torch.isfinite(variance)].flatten()[0].item()!r}; "
+                          "re-estimate it (pluralign.reward.joint_likelihood)")
     variance = variance.to(h.dtype).clamp(min=0.0)
     log_s, log_one_minus_s = F.logsigmoid(h), F.logsigmoid(-h)
     s = log_s.exp()
@@ -104,6 +117,12 @@ def corrected_dpo_loss(
         correction > 0,
         torch.minimum(torch.logaddexp(log_s, torch.log(correction.clamp(min=tiny))), ceiling),
         log_s)
+    # h < 0 where q is capped at 1 − ε (the expansion's c → ∞ as s → 0, e.g. margins ≤ −40
+    # at β = 0.1, V = 0.2): the capped value is flat, which would leave the worst pairs without
+    # a gradient. There the loss keeps its value and takes DPO's gradient (straight-through:
+    # log s − stop_grad(log s) adds 0 to the value), so those pairs are still pushed up.
+    capped = (h < 0) & (log_q_neg >= ceiling)
+    log_q_neg = torch.where(capped, log_q_neg + (log_s - log_s.detach()), log_q_neg)
     return -torch.where(h >= 0, log_q_pos, log_q_neg)
 
 

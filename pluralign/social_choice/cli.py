@@ -28,7 +28,9 @@ ATP waves): .sav/.zsav/.dta always, csv/parquet when type_column is set. Types a
 type_column's value labels and options each question's labels, in label order (unlabelled
 csv/parquet: the values seen); missing_codes (default 98/99), SPSS user-missing answers and
 empty cells are dropped and counted in the output and in metrics.json ("dropped"). A glob
-starts with YAML's alias mark `*`: quote it, 'questions="*_W79"'.
+starts with YAML's alias mark `*`: quote it, 'questions="*_W79"'. Without questions and
+weight_column, a column named like a weight (WEIGHT_W79) or holding many non-integral numbers is
+refused as a question: name it in weight_column.
 
 The run folder gets config.yaml, metrics.json, questions.csv (rankings by average
 reward, NBC and DPO's infinite-data optimum, disagreement, min TV to flip), options.csv

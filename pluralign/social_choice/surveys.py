@@ -22,7 +22,14 @@ Rules:
   of an unlabelled one, its observed values (numerically sorted where all are numbers).
 * A code without a value label, a missing column, no question matching, a type column without
   labels in a labelled file, and a negative, NaN or infinite weight raise
-  :class:`~pluralign.social_choice.SocialChoiceError` naming the file, column and (0-based) row.
+  :class:`~pluralign.social_choice.SocialChoiceError` naming the file, column and (0-based) row;
+  so do a file without respondents, without any respondent who has a type, and without any
+  valid answer.
+* The type and weight columns are never questions (naming one in ``questions`` is an error).
+  Without ``weight_column``, a column named like a weight (``weight``, ``WEIGHT_W79``, ``wt``)
+  or a numeric column of an unlabelled file with more than :data:`MAX_NUMERIC_OPTIONS` distinct
+  non-integral values is refused as a question: it is a weight or a measurement, not a
+  multiple-choice answer; name it in ``weight_column`` or pick ``questions``.
 """
 
 from __future__ import annotations
@@ -47,6 +54,11 @@ PEW_MISSING_CODES: tuple[float, ...] = (98, 99)
 SURVEY_SUFFIXES = (".sav", ".zsav", ".dta", ".csv", ".parquet")
 #: ``questions`` strings starting with this are regular expressions (full match), others globs.
 REGEX_PREFIX = "re:"
+#: A numeric, non-integral column of an unlabelled file with more distinct values than this is
+#: not read as a question when the questions are not named (it is a weight or a measurement).
+MAX_NUMERIC_OPTIONS = 20
+#: Column names that are survey weights (e.g. Pew ``WEIGHT_W79``), matched case-insensitively.
+WEIGHT_NAME = re.compile(r"(?i)(.*[_\W])?(weights?|wts?)([_\W].*|\d*)")
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,10 @@ def _select_questions(columns: Sequence[str], questions: str | Sequence[str] | N
                                     f"columns: {list(columns)[:20]}")
         return chosen
     chosen = list(questions)
+    roles = [q for q in chosen if q in exclude]
+    if roles:
+        raise SocialChoiceError(f"{source}: questions names {roles[0]!r}, the type or weight "
+                                "column; remove it from questions")
     missing = [q for q in chosen if q not in columns]
     if missing:
         raise SocialChoiceError(f"{source}: no column {missing[0]!r} (questions); columns: "
@@ -190,6 +206,24 @@ def _weights(frame: pd.DataFrame, column: str | None, source: str) -> np.ndarray
     return weight
 
 
+def _refuse_weight_like(frame: pd.DataFrame, names: Sequence[str],
+                        value_labels: dict[str, dict[Any, str]] | None, source: str) -> None:
+    """Refuse a default question list holding a weight-like column (module docstring)."""
+    for name in names:
+        if value_labels is not None and value_labels.get(name):
+            continue
+        numbers = pd.to_numeric(frame[name], errors="coerce")
+        distinct = numbers.dropna().unique()
+        fractional = (distinct != np.round(distinct)).any() if distinct.size else False
+        if (WEIGHT_NAME.fullmatch(str(name))
+                or (numbers.notna().all() and fractional
+                    and distinct.size > MAX_NUMERIC_OPTIONS)):
+            raise SocialChoiceError(
+                f"{source}: column {name!r} looks like a survey weight or a measurement "
+                f"({distinct.size} distinct numeric values), not a question; set "
+                f"weight_column={name} or list the questions (questions=[...])")
+
+
 def read_survey(path: str | os.PathLike[str], type_column: str, *,
                 weight_column: str | None = None,
                 questions: str | Sequence[str] | None = None,
@@ -222,14 +256,22 @@ def read_survey(path: str | os.PathLike[str], type_column: str, *,
                                 "labels; types need labels (e.g. 1 = 'Rep/Lean Rep')")
     labels_of = (lambda c: None) if value_labels is None else value_labels.get
     weight = _weights(frame, weight_column, source)
+    if frame.empty:
+        raise SocialChoiceError(f"{source}: no respondents (the file has no rows)")
     names = _select_questions(list(frame.columns), questions,
                               {type_column, weight_column} - {None},
                               None if value_labels is None else set(value_labels), source)
+    if questions is None and weight_column is None:
+        _refuse_weight_like(frame, names, value_labels, source)
     type_missing = {_code_key(c) for c in type_missing_codes}
     has_type = ~_is_missing(frame[type_column], type_missing)
     type_labels, type_order = _labels_of(frame[type_column], labels_of(type_column), has_type,
                                          type_missing, source, type_column)
     types = [t for t in type_order if t in set(type_labels)]
+    if not types:
+        raise SocialChoiceError(f"{source}: no respondent has a type in column {type_column!r} "
+                                f"(type_column): all {len(frame)} are empty or in "
+                                "type_missing_codes; check type_column and type_missing_codes")
     dropped = {"respondents without a type": int((~has_type).sum())}
     rows = np.flatnonzero(has_type)
     missing = {_code_key(c) for c in missing_codes}
@@ -243,5 +285,9 @@ def read_survey(path: str | os.PathLike[str], type_column: str, *,
         blocks.append(pd.DataFrame({"question": name, "type": type_labels[keep],
                                     "answer": answers, "weight": weight[rows][keep]}))
     long = pd.concat(blocks, ignore_index=True)
+    if long.empty:
+        raise SocialChoiceError(f"{source}: no valid answer in questions {names[:5]}: every "
+                                "answer is empty or in missing_codes; check questions and "
+                                "missing_codes")
     return SurveyTable(long=long, options=options, types=types,
                        dropped={k: v for k, v in dropped.items() if v}, source=source)

@@ -39,6 +39,23 @@ from pluralign.validation import (
 REFERENCE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def check_steps(args: TrainingArguments) -> None:
+    """``max_steps`` is -1 (train ``num_train_epochs``) or a positive count (Transformers would
+    train one step at 0); ``save_steps``/``eval_steps``/``logging_steps`` are positive (a count,
+    or a fraction of the run below 1) where set. :class:`ConfigError` naming the field."""
+    max_steps = args.max_steps
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or (
+            max_steps < 1 and max_steps != -1):
+        raise ConfigError(f"max_steps={max_steps!r} is invalid; use a whole number >= 1, or -1 "
+                          "to train num_train_epochs")
+    for name in ("save_steps", "eval_steps", "logging_steps"):
+        value = getattr(args, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not value > 0):
+            raise ConfigError(f"{name}={value!r} is invalid; use a number of steps >= 1 (or a "
+                              "fraction of the run in (0, 1))")
+
+
 def _objective_fields() -> type:
     """A dataclass with one optional field per objective setting, named and documented as the
     objectives declare it (:func:`pluralign.objectives.objective_settings`); ``None`` means "not
@@ -190,3 +207,4 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
                              "gradient_accumulation_steps"), COUNT),
         })
         check_lengths(self.max_length, self.max_prompt_length, "PreferenceConfig")
+        check_steps(self)

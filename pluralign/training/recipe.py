@@ -10,12 +10,15 @@ A recipe (see ``configs/*.yaml``) has three sections, each a documented dataclas
 
 :func:`run_recipe` writes the run folder (``training.output_dir``): ``config.yaml`` (the recipe as
 read, overrides applied), ``checkpoint-N/`` folders (with ``strength.safetensors``), the final
-model, ``trainer_state.json`` (with the per-step ``log_history``) and ``metrics.json``.
+model, ``trainer_state.json`` (with the per-step ``log_history``) and ``metrics.json`` (its
+``warnings`` flag a learned strength distribution that ran away: :func:`strength_warnings`).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -263,6 +266,11 @@ def _train(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any],
         write_config(output_dir, recorded)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics: dict[str, Any] = {"train": result.metrics, **extra()}
+    flags = strength_warnings(metrics.get("strength", {}))
+    if flags:
+        metrics["warnings"] = flags
+        for line in flags:
+            print(f"warning: {line}", file=sys.stderr)
     if test is not None:
         metrics["eval"] = trainer.evaluate()
     trainer.save_model(output_dir)
@@ -272,6 +280,31 @@ def _train(recipe: TrainRecipe | SFTRecipe, recorded: Mapping[str, Any],
         write_metrics(output_dir, metrics)
     _leave_process_group(trainer)
     return metrics
+
+
+#: Learned CV² = Var β / (E β)² above which a run's strength distribution is flagged: the
+#: paper's initial distributions have CV² ≈ 0.43 (LogNormal σ = 0.6); 100 is LogNormal σ ≈ 2.1.
+MAX_STRENGTH_CV2 = 100.0
+
+
+def strength_warnings(strength: Mapping[str, Any]) -> list[str]:
+    """Lines flagging a learned strength distribution that has run away (``beta_mean`` /
+    ``beta_var`` of :meth:`Objective.metrics` not finite, or CV² above :data:`MAX_STRENGTH_CV2`):
+    typically margins far from unit scale (e.g. ±1e4), where β is not identified. Empty when
+    the objective logs no strength or the fit is in range."""
+    mean, var = strength.get("beta_mean"), strength.get("beta_var")
+    if mean is None or var is None:
+        return []
+    if not (math.isfinite(mean) and math.isfinite(var)) or mean <= 0:
+        return [f"learned strength E[β] = {mean:.3g}, Var[β] = {var:.3g} is not a distribution "
+                "any more; check the margins' scale and strength_learning_rate"]
+    cv2 = var / mean**2
+    if cv2 > MAX_STRENGTH_CV2:
+        return [f"learned strength has run away: E[β] = {mean:.3g}, Var[β] = {var:.3g} "
+                f"(CV² {cv2:.3g} > {MAX_STRENGTH_CV2:g}); its spread is not identified, "
+                "typically because the margins are far from unit scale: check them (pluralign "
+                "diagnose) and lower strength_learning_rate"]
+    return []
 
 
 def _leave_process_group(trainer: Any) -> None:

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from pluralign.training.checkpoints import StagedCheckpoints
+from pluralign.training.config import check_steps
 from pluralign.training.launch import CheckedLaunch
 from pluralign.training.tokenization import check_pair_columns, tokenize_pair
 from pluralign.validation import (
@@ -49,6 +50,7 @@ class SFTConfig(TrainingArguments):
                              "gradient_accumulation_steps"), COUNT),
         })
         check_lengths(self.max_length, self.max_prompt_length, "SFTConfig")
+        check_steps(self)
         super().__post_init__()
 
 

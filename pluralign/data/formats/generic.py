@@ -86,7 +86,14 @@ def _mapping_cell(value: Any, packed: tuple[tuple[str, Any], ...], source: str, 
     elif value is not None and not isinstance(value, dict):
         raise schema_error(source, row, field,
                            f"must be a mapping of str -> str, got {type(value).__name__}")
-    return encode_mapping({**(value or {}), **dict(packed)})
+    merged = {**(value or {}), **dict(packed)}
+    for key, item in merged.items():
+        if isinstance(item, (list, tuple, dict)):
+            raise schema_error(source, row, field,
+                               f"key {key!r} holds a {type(item).__name__} ({item!r:.40}); "
+                               "values are single strings or numbers: join the items into one "
+                               "string (e.g. 'en;fr') or give each its own key")
+    return encode_mapping(merged)
 
 
 def standardise(records: list[dict[str, Any]], source: str, options: GenericOptions
