@@ -20,6 +20,7 @@ from pluralign.data.config import DataConfig
 from pluralign.data.schema import SchemaError
 from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.errors import ConfigError, PluralignError
+from pluralign.evaluation.diagnose import fit_verdict
 from pluralign.evaluation.errors import EvaluationError
 from pluralign.evaluation.judges import redact_userinfo
 from pluralign.evaluation.strength_fit import fit_strength
@@ -166,6 +167,14 @@ def test_margins_whose_signs_carry_no_information_are_reported_unidentified(tmp_
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["summary"][0].startswith("strength scale not identified")
     assert "not identified" in metrics["diagnostics"]["strength scale"]
+    assert not any("heterogeneous" in line for line in metrics["summary"])
+
+
+def test_a_fit_on_labels_at_chance_has_the_unidentified_verdict():
+    rng = np.random.default_rng(2)
+    fit = fit_strength(rng.choice([-1e4, 1e4], 200), "gamma", n_boot=0)
+    assert fit.identification["labels_at_chance"]
+    assert fit_verdict(fit) == "unidentified"
 
 
 def test_informative_margins_are_not_flagged(tmp_path):

@@ -137,11 +137,11 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
                      cluster=config.cluster, groups=config.groups, n_boot=config.n_boot,
                      seed=config.seed)
         metrics["summary"] = d.summary
-        if d.fit is not None:
-            unidentified = _scale_not_identified(d.fit)
-            if unidentified:
-                metrics["summary"] = [unidentified, *d.summary]
-                metrics["diagnostics"]["strength scale"] = unidentified
+        if d.fit is not None and d.fit.identification.get("labels_at_chance"):
+            unidentified = "strength scale not identified: " + next(
+                n for n in d.fit.notes if n.startswith("the labels are no more likely"))
+            metrics["summary"] = [unidentified, *d.summary]
+            metrics["diagnostics"]["strength scale"] = unidentified
         metrics["diagnosis"] = d.to_dict()
         if d.subgroups is not None:
             write_table(out, "subgroup_strength.csv", d.subgroups.table)
@@ -176,10 +176,6 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
     return metrics
 
 
-#: Likelihood-ratio test level below which a point-mass β > 0 is no better than β = 0.
-SCALE_TEST_LEVEL = 0.05
-
-
 def _check_numeric(df: Any, column: str, source: str) -> None:
     """Refuse a margin column holding text (other than NaN/inf spellings) naming the row."""
     import pandas as pd
@@ -191,25 +187,6 @@ def _check_numeric(df: Any, column: str, source: str) -> None:
         raise ConfigError(f"{source}: column {column!r} holds text, not margins: "
                           f"{int(text.sum())} row(s), the first row {row} = "
                           f"{df[column].iloc[row]!r}; give numbers (or set column=NAME)")
-
-
-def _scale_not_identified(fit: Any) -> str | None:
-    """A line saying the strength scale is not identified when the best point mass β explains
-    the labels no better than β = 0 (every preference probability ½): likelihood-ratio test of
-    β = 0 against the point-mass fit, ``2 (ℓ_point − n log ½) ~ χ²₁``, at :data:`SCALE_TEST_LEVEL`.
-    Then no mean, variance or CV² of β is estimable, whatever the fit reports."""
-    import math
-
-    from scipy import stats
-
-    lr = max(0.0, 2 * (fit.point_loglik - fit.n * math.log(0.5)))
-    p = float(stats.chi2.sf(lr, 1))
-    if p < SCALE_TEST_LEVEL:
-        return None
-    return (f"strength scale not identified: the margins' signs are no more likely under any "
-            f"β > 0 than under β = 0 (likelihood-ratio test p = {p:.3g}, {fit.n} comparisons), "
-            "so mean, variance and CV² of β are not estimable; ignore the verdict below and "
-            "check the margins' scale and sign convention")
 
 
 def _power(config: DiagnoseConfig, metrics: dict[str, Any]) -> None:

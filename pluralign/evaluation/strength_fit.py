@@ -362,11 +362,15 @@ def _on_bounds(theta: np.ndarray, bounds, family: str) -> list[str]:
 #: Fewer annotators with two or more pairs than this: the panel fit cannot see the
 #: within-annotator dependence that identifies the spread.
 MIN_MULTI_ANNOTATORS = 10
+#: Level of the likelihood-ratio test of β = 0 (every preference probability ½) against the
+#: point-mass fit, ``2 (ℓ_point − n log ½) ~ χ²₁``: at or above it the labels carry no
+#: information on the scale of β and no moment of β is estimable.
+CHANCE_TEST_LEVEL = 0.05
 _NO_SPREAD = {"lognormal": "sigma (lower)", "gamma": "shape (upper)"}
 
 
 def _identification(family: str, theta: np.ndarray, not_moved: bool, point_std: float,
-                    point_at_bound: bool, minority: int, multi: int | None
+                    point_at_bound: bool, minority: int, multi: int | None, chance_p: float
                     ) -> tuple[dict[str, Any], list[str]]:
     """Identification flags of a fit and one note per raised flag (``multi``: annotators with
     two or more pairs in a panel fit, ``None`` per-pair)."""
@@ -374,7 +378,13 @@ def _identification(family: str, theta: np.ndarray, not_moved: bool, point_std: 
     scale_bad = (minority < _MIN_MINORITY or point_at_bound
                  or not _SCALE_RANGE[0] <= point_std <= _SCALE_RANGE[1])
     panel_bad = multi is not None and multi < MIN_MULTI_ANNOTATORS
+    at_chance = chance_p >= CHANCE_TEST_LEVEL
     notes = []
+    if at_chance:
+        notes.append(f"the labels are no more likely under any β > 0 than under β = 0 "
+                     f"(likelihood-ratio test p = {chance_p:.3g}): the strength scale is not "
+                     "identified, so mean, variance and CV² of β are not estimable; check the "
+                     "margins' scale and sign convention")
     spread_bound = [b for b in at_bound if b == _NO_SPREAD[family]]
     other_bound = [b for b in at_bound if b != _NO_SPREAD[family]]
     if spread_bound:
@@ -395,7 +405,8 @@ def _identification(family: str, theta: np.ndarray, not_moved: bool, point_std: 
     if panel_bad:
         notes.append(f"only {multi} annotators have two or more pairs: the panel fit cannot see "
                      "the within-annotator dependence that identifies the spread of β")
-    return {"at_bound": at_bound, "not_moved": not_moved, "scale_unidentified": scale_bad,
+    return {"at_bound": at_bound, "not_moved": not_moved,
+            "scale_unidentified": scale_bad or at_chance, "labels_at_chance": at_chance,
             "panel_uninformative": panel_bad}, notes
 
 
@@ -497,7 +508,8 @@ def fit_strength(
                                      _BOUNDS[family])
     identification, flag_notes = _identification(
         family, theta, not_moved, point_std,
-        bool(_on_bounds(point_theta, point_bounds, "point")), minority, multi)
+        bool(_on_bounds(point_theta, point_bounds, "point")), minority, multi,
+        chance_p=float(stats.chi2.sf(max(0.0, 2 * (point_ll - m_np.size * math.log(0.5))), 1)))
     notes.extend(flag_notes)
     mean, variance = _moments(theta, family, scale)
     lr = max(0.0, 2 * (ll - point_ll))
