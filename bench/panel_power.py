@@ -40,7 +40,7 @@ def main() -> None:
             print(n, k, lik, cells[-1], flush=True)
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     lines += ["", f"{SIMS} simulated pairs of populations per cell (95% Clopper–Pearson interval "
-              "in brackets); CV² 0.5 vs 1.0, Gamma β per annotator, Δ ~ N(0, 2²), E[β] = 1."]
+              "in brackets); CV² 0.5 vs 1.0, Gamma β per annotator, Δ ~ N(0, 2²), mean β 1."]
     out = Path(__file__).resolve().parent / "results" / "panel_power.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -173,6 +173,13 @@ progress: false
     assert metrics["learned_beta_cv2"] == pytest.approx(cv2, rel=1e-6)
     assert metrics["claim"]["holds"] == (cv2["heterogeneous"] > cv2["homogeneous"])
     html = (out / "report.html").read_text()
+    # the panel diagnostic (one β per annotator) stands next to the per-pair one, explained
+    for k in lbv:
+        assert metrics["diagnostics"][f"{k} / fit on true margins"].startswith("per-pair gamma")
+        assert metrics["diagnostics"][f"{k} / panel fit on true margins"].startswith(
+            "panel gamma strength (12 annotators")
+    assert "panel fit (one β per annotator): CV² is identified" in html
+    assert metrics["strength_fits_panel"]["fits"]["heterogeneous"]["likelihood"] == "panel"
     assert html.count("data:image/png;base64,") == len(metrics["figures"]) == 5
     for fig in metrics["figures"]:
         assert (out / fig["file"]).is_file()

@@ -48,13 +48,17 @@ def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
   pluralign diagnose "runs=[runs/mixdpo_gamma]" --output-dir runs/diag     # trajectory verdict
   pluralign diagnose margins=runs/eval/margins.csv "by=[attr.education]" --output-dir runs/diag
   pluralign diagnose population=data/synth column=true_margin --output-dir runs/diag
+  pluralign diagnose margins=runs/eval/margins.csv groups=annotator_id power=true \
+      --output-dir runs/diag_panel     # panel fit (one beta per annotator) + power at your fit
   pluralign diagnose compare.prism=a.csv compare.hh=b.csv family=lognormal --output-dir runs/diag
   pluralign diagnose "power_pairs=[1000, 4000]" power_cv2_a=0.75 power_cv2_b=0.5 \\
       power_pairs_per_annotator=20 --output-dir runs/power        # how much data is enough?
 
 Fits the preference-strength distribution by maximum likelihood on fixed margins (a binary mixed
 logit), reports mean, variance and CV^2 with bootstrap CIs, a verdict (collapsed /
-heterogeneous / inconclusive / unidentified) with the fit's identification notes, a fit per
+heterogeneous / inconclusive / unidentified) with the fit's identification notes, with
+groups=<annotator id column> the panel fit (one beta per annotator: identified even when the
+margins come from a trained model, unlike the per-pair fit), a fit per
 subgroup with an equality test (by=...), CV^2 verdicts of MixDPO runs' logged strength, and the
 simulated power to separate two CV^2 (power_pairs=...).""")
 

@@ -185,8 +185,15 @@ def verdict_explanation(fit: StrengthFit, alpha: float = 0.05) -> str:
                 f"above {COLLAPSE_CV2}")
     if fit.cv2_ci is None:
         return f"inconclusive: no bootstrap interval (n_boot=0); {p}"
-    return (f"inconclusive: the CV² interval {ci} reaches both sides of {COLLAPSE_CV2} or the "
-            f"{p} does not reject one β for all at {alpha:g}")
+    reasons = []
+    if fit.cv2_ci[0] < COLLAPSE_CV2 <= fit.cv2_ci[1]:
+        reasons.append(f"the CV² interval {ci} reaches both sides of {COLLAPSE_CV2}")
+    if fit.heterogeneity_pvalue >= alpha:
+        reasons.append(f"the {p} does not reject one β for all at {alpha:g}")
+    if not reasons:  # CV² above the threshold but the interval below it, or the reverse
+        reasons.append(f"CV² {fit.cv2:.3g} and its interval {ci} fall on different sides of "
+                       f"{COLLAPSE_CV2}")
+    return "inconclusive: " + " and ".join(reasons)
 
 
 def posterior_strengths(fit: StrengthFit, margins: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -273,7 +280,8 @@ def compare_heterogeneity(margins: Mapping[str, Sequence[float] | np.ndarray],
             entry: dict[str, Any] = {"a": a, "b": b, "variance_diff": fa.variance - fb.variance,
                                      "cv2_diff": fa.cv2 - fb.cv2}
             test = cv2_difference_test(fa, fb)
-            entry["cv2_wald_z"], entry["cv2_wald_pvalue"] = test["z"], test["pvalue"]
+            for key in ("z", "pvalue"):  # None where a fit is on a bound (JSON has no NaN)
+                entry[f"cv2_wald_{key}"] = test[key] if np.isfinite(test[key]) else None
             if fa.samples is not None and fb.samples is not None:
                 k = min(len(fa.samples), len(fb.samples))
                 sa, sb = fa.samples[:k], fb.samples[:k]

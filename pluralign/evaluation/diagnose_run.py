@@ -34,6 +34,12 @@ class DiagnoseConfig:
         by: subgroup columns: a strength fit per group (mean, CV^2 with CIs) and a test that
             the groups share one distribution.
         cluster: resampling unit of the bootstrap, e.g. annotator_id.
+        groups: annotator-id column (e.g. annotator_id): adds the panel fit (one beta per
+            annotator; identifies the spread of beta even when the margins come from a model)
+            beside the per-pair fit, with an annotator bootstrap.
+        power: also simulate the power of the fit's point-mass test at your own fitted
+            distribution, margins and annotators (power_fit_sims refits).
+        power_fit_sims: simulations for power=true.
         runs: MixDPO run folders whose logged Var[beta] and E[beta] get a CV^2 trajectory verdict.
         compare: name -> margins file, to rank several datasets by CV^2.
         n_boot: bootstrap refits (0: fits without bootstrap intervals).
@@ -54,6 +60,9 @@ class DiagnoseConfig:
     family: str = "gamma"
     by: list[str] = field(default_factory=list)
     cluster: str | None = None
+    groups: str | None = None
+    power: bool = False
+    power_fit_sims: int = 20
     runs: list[str] = field(default_factory=list)
     compare: dict[str, str] = field(default_factory=dict)
     n_boot: int = 100
@@ -79,7 +88,10 @@ class DiagnoseConfig:
         check_fields(self, {"n_boot": INDEX, "seed": INDEX,  # n_boot 0: no bootstrap CIs
                             **dict.fromkeys(("power_cv2_a", "power_cv2_b"), NON_NEGATIVE),
                             "power_margin_scale": POSITIVE,
-                            **dict.fromkeys(("power_pairs_per_annotator", "power_sims"), COUNT)})
+                            **dict.fromkeys(("power_pairs_per_annotator", "power_sims",
+                                             "power_fit_sims"), COUNT)})
+        if not isinstance(self.power, bool):
+            raise ConfigError(f"power={self.power!r}: use power=true or power=false")
         for n in self.power_pairs:
             check_number(n, "DiagnoseConfig.power_pairs", **COUNT)
         self.by = check_names(self.by, "DiagnoseConfig.by")
@@ -107,13 +119,17 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
 
         df = to_pandas(load_population(config.population).dataset)
     elif config.margins:
-        wanted = [column, *config.by, *([config.cluster] if config.cluster else [])]
+        wanted = [column, *config.by, *(c for c in (config.cluster, config.groups) if c)]
         df = read_table(config.margins, required=wanted)
     runs = {Path(r).name or r: r for r in config.runs}
     metrics: dict[str, Any] = {"title": "pluralign diagnose", "figures": [], "diagnostics": {}}
     if df is not None or runs:
+        if df is not None and config.groups and config.groups not in df.columns:
+            raise ConfigError(f"groups={config.groups}: no such column in the data; columns: "
+                              f"{sorted(map(str, df.columns))}")
         d = diagnose(df, margin=column, family=config.family, by=config.by, runs=runs,
-                     cluster=config.cluster, n_boot=config.n_boot, seed=config.seed)
+                     cluster=config.cluster, groups=config.groups, n_boot=config.n_boot,
+                     seed=config.seed)
         metrics["summary"] = d.summary
         metrics["diagnosis"] = d.to_dict()
         if d.subgroups is not None:
@@ -131,6 +147,10 @@ def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
                                     seed=config.seed)
         metrics["comparison"] = cmp.to_dict()
         metrics["diagnostics"]["ranking by CV²"] = " > ".join(cmp.ranking)
+    if config.power:
+        if df is None:
+            raise ConfigError("power=true needs margins or population (the design to simulate)")
+        _power_at_fit(config, d, df, column, metrics)
     if config.power_pairs:
         _power(config, metrics)
     if len(metrics) == 3 and not metrics["diagnostics"]:
@@ -160,3 +180,27 @@ def _power(config: DiagnoseConfig, metrics: dict[str, Any]) -> None:
             f"separates CV² {r.cv2_a:g} from {r.cv2_b:g} at 95% in {r.power:.0%} of {r.n_sims} "
             f"simulations (95% CI {r.power_ci[0]:.0%}–{r.power_ci[1]:.0%}; "
             f"{r.pairs_per_annotator} pair(s) per annotator)")
+
+
+def _power_at_fit(config: DiagnoseConfig, d: Any, df: Any, column: str,
+                  metrics: dict[str, Any]) -> None:
+    """power=true: the power of the fit's own point-mass test at the fitted distribution and the
+    data's design (into ``metrics``)."""
+    import numpy as np
+    import pandas as pd
+
+    from pluralign.evaluation.power import power_at_fit
+
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+    keep = np.isfinite(values)
+    fit = d.panel if d.panel is not None else d.fit
+    groups = df.loc[keep, config.groups].tolist() if d.panel is not None else None
+    r = power_at_fit(values[keep], fit, groups=groups, n_sims=config.power_fit_sims,
+                     seed=config.seed)
+    metrics["power_at_fit"] = r.to_dict()
+    metrics["diagnostics"]["power at your fit"] = (
+        f"if β were distributed as the {r.likelihood} {fit.family} fit says (CV² {r.cv2:.3g}), "
+        f"data with your {r.n_pairs} margins"
+        + (f" and {r.n_annotators} annotators" if r.n_annotators else "")
+        + f" would reject one β for all (the verdict's point-mass test, 5%) in {r.power:.0%} of "
+        f"{r.n_sims} simulations (95% CI {r.power_ci[0]:.0%}–{r.power_ci[1]:.0%})")

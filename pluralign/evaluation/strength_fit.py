@@ -210,6 +210,7 @@ class StrengthFit:
         out.pop("samples")
         for key in ("mean_ci", "variance_ci", "cv2_ci"):
             out[key] = list(out[key]) if out[key] is not None else None
+        out["cv2_se"] = self.cv2_se if math.isfinite(self.cv2_se) else None  # (JSON has no NaN)
         return out
 
 

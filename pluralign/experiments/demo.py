@@ -16,8 +16,9 @@
    train_methods`.
 4. Preference margins on held-out pairs → subgroup micro/macro tables with bootstrap CIs
    (Fig. 2), margin gains over DPO with paired CIs (Fig. 3), learned β-variance trajectories
-   (Fig. 4) with collapse verdicts, and the standalone strength fit on the populations' true
-   margins (diagnose b/d).
+   (Fig. 4) with collapse verdicts, and the standalone strength fits on the populations' true
+   margins (diagnose b/d): per pair, and per annotator (the panel fit — each synthetic annotator
+   draws one β for all their pairs, which is what identifies the spread).
 5. Optionally (``generations`` > 0) greedy generations of the reference and of every trained
    policy on held-out prompts, judged by a reward model: a Bradley–Terry head on frozen MiniLM
    embeddings (:mod:`pluralign.reward`) trained on that population's training pairs — a learned
@@ -50,9 +51,11 @@ from pluralign.data.splits import train_test_split_pairs
 from pluralign.data.synthetic import make_population
 from pluralign.errors import ConfigError
 from pluralign.evaluation.diagnose import (
+    PANEL_SENTENCE,
+    PER_PAIR_SENTENCE,
     TrajectoryVerdict,
     compare_heterogeneity,
-    fit_verdict,
+    fit_summary,
     trajectory_verdict,
 )
 from pluralign.evaluation.generation import distinct_prompts, generate_responses, prompt_text
@@ -74,7 +77,6 @@ from pluralign.experiments.base import (
 )
 from pluralign.runs import (
     format_estimate,
-    format_interval,
     write_config,
     write_report,
     write_table,
@@ -264,14 +266,18 @@ def train_and_compare(cfg: DemoConfig) -> dict[str, Any]:
               position=0) as bar:
         results = {k: _train_population(cfg, k, splits[k], tokenizer, out, bar)
                    for k in POPULATIONS}
-    fits = compare_heterogeneity(
-        {k: np.asarray(p.dataset["true_margin"]) for k, p in pops.items()}, "gamma",
-        n_boot=cfg.fit_boot, seed=cfg.seed)
-    return _write_outputs(cfg, out, results, fits, time.perf_counter() - start)
+    true_margins = {k: np.asarray(p.dataset["true_margin"]) for k, p in pops.items()}
+    fits = compare_heterogeneity(true_margins, "gamma", n_boot=cfg.fit_boot, seed=cfg.seed)
+    # the panel diagnostic: the synthetic annotators draw one β each, so the same margins
+    # grouped by annotator identify the spread (issue 22)
+    panel = compare_heterogeneity(
+        true_margins, "gamma", n_boot=cfg.fit_boot, seed=cfg.seed,
+        groups={k: list(p.dataset["annotator_id"]) for k, p in pops.items()})
+    return _write_outputs(cfg, out, results, fits, time.perf_counter() - start, panel)
 
 
 def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationResult],
-                   fits: Any, runtime: float) -> dict[str, Any]:
+                   fits: Any, runtime: float, panel: Any = None) -> dict[str, Any]:
     het = results["heterogeneous"]
     lbv = {k: results[k].final_strength[GAMMA_METHOD]["beta_var"] for k in POPULATIONS}
     # Judged on the scale-free CV² = Var/mean² (β and Δ enter only as a product, so the learned
@@ -305,12 +311,11 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
     diagnostics = {f"{k} / {m}": v.explanation for k in POPULATIONS
                    for m, v in results[k].trajectories.items()}
     for k in POPULATIONS:
-        f = fits.fits[k]
         diagnostics[f"{k} / fit on true margins"] = (
-            f"Gamma fit: mean {f.mean:.3g}, Var {f.variance:.3g} "
-            f"(CI {format_interval(f.variance_ci, '.3g')}), CV² {f.cv2:.3g} "
-            f"(CI {format_interval(f.cv2_ci, '.3g')}), point-mass test p = "
-            f"{f.heterogeneity_pvalue:.3g}; verdict: {fit_verdict(f)}")
+            f"{fit_summary(fits.fits[k])} — {PER_PAIR_SENTENCE}")
+        if panel is not None:
+            diagnostics[f"{k} / panel fit on true margins"] = (
+                f"{fit_summary(panel.fits[k])} — {PANEL_SENTENCE}")
     figures = []
     shown = BASELINE if BASELINE in cfg.methods else GAMMA_METHOD
     for k in POPULATIONS:
@@ -346,7 +351,10 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
     summary += [
         *[f"{m} final Var[β]: heterogeneous {final_var('heterogeneous', m):.4g} vs homogeneous "
           f"{final_var('homogeneous', m):.4g}." for m in het.trajectories if m != GAMMA_METHOD],
-        f"Standalone fit on true margins ranks {' > '.join(fits.ranking)} by CV².",
+        f"Standalone fit on true margins ranks {' > '.join(fits.ranking)} by CV² (per-pair "
+        "likelihood)"
+        + (f"; the panel fit (one β per annotator) ranks {' > '.join(panel.ranking)}."
+           if panel is not None else "."),
         *[f"{k}: {m} vs reference generations, win rate {w['win_rate']:.0f}% "
           f"[{w['ci_low']:.0f}, {w['ci_high']:.0f}] on {w['n']} held-out prompts "
           f"(judge: {results[k].generations['judge']}, held-out pairwise accuracy "
@@ -368,6 +376,7 @@ def _write_outputs(cfg: DemoConfig, out: Path, results: dict[str, _PopulationRes
         "differences": differences,
         "diagnostics": diagnostics,
         "strength_fits": fits.to_dict(),
+        "strength_fits_panel": panel.to_dict() if panel is not None else None,
         "final_strength": {k: results[k].final_strength for k in POPULATIONS},
         "generations": {k: results[k].generations for k in POPULATIONS
                         if results[k].generations},
