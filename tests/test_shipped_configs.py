@@ -132,7 +132,8 @@ def test_documented_runs_read_back(path, monkeypatch):
     """The run folders kept under docs/results are accepted by `--config` as they are."""
     monkeypatch.chdir(REPO)
     name = path.parent.name
-    cls = _class(SHIPPED["replicate_*.yaml" if name.startswith("replicate") else "demo*.yaml"])
+    cls = _class(SHIPPED["replicate_*.yaml" if name.startswith("replicate") else
+                         "identification.yaml" if name == "identification" else "demo*.yaml"])
     assert isinstance(build_config(cls, path.relative_to(REPO)), cls)
 
 
