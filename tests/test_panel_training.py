@@ -274,3 +274,18 @@ def test_the_panel_objective_without_annotators_in_the_batch_gets_one_line():
     objective = build_objective("mixdpo", strength="gamma", strength_unit="annotator")
     with pytest.raises(ConfigError, match=ANNOTATOR_COLUMN):
         objective(torch.zeros(3), {})
+
+
+def test_replicate_refuses_a_compared_method_the_demo_does_not_train(monkeypatch):
+    from pathlib import Path
+
+    from pluralign.experiments.replicate import ReplicateConfig
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    with pytest.raises(ConfigError, match="MixDPO-Gamma-panel") as info:
+        ReplicateConfig(methods=["MixDPO-Gamma", "MixDPO-Gamma-panel"])
+    assert "\n" not in str(info.value)
+    assert ReplicateConfig(
+        demo=["methods={MixDPO-Gamma: {objective: mixdpo, strength: gamma}, MixDPO-Gamma-panel: "
+              "{objective: mixdpo, strength: gamma, strength_unit: annotator}}"],
+        methods=["MixDPO-Gamma", "MixDPO-Gamma-panel"]).methods[1] == "MixDPO-Gamma-panel"
