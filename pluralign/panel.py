@@ -26,9 +26,10 @@ the gradient of the integral to the same accuracy (plain autograd: margins and e
 and ``softplus`` raw coordinates as in :mod:`pluralign.numerics`). Accuracy against mpmath:
 ``docs/panel_kernel_accuracy.png`` (``bench/panel_accuracy.py``) and ``tests/test_panel.py``.
 
-Cost: ``pairs × nodes`` log-sigmoids per refinement level (typically 33–129 nodes; a Gamma with
-shape ≈ 0.1 has a long left tail in ``log β`` and needs ~1–2k). The peak search, the walk and the
-refinement run without autograd; only the final sum is recorded for backward.
+Cost: ``pairs × nodes`` log-sigmoids per refinement level (the first level has a step of at
+most one width; a Gamma with small shape has a long left tail in ``log β`` and needs more nodes).
+The peak search and the walk run without autograd; with gradients enabled, autograd records only
+the refinement levels' sums.
 """
 
 from __future__ import annotations

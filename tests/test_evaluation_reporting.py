@@ -178,7 +178,7 @@ def test_cli_diagnose_and_report(tmp_path, capsys):
     assert main(["diagnose", f"margins={tmp_path / 'm.csv'}", "by=[attr.g]",
                  f"runs=[{run}]", "n_boot=3", "--output-dir", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "fitted gamma strength" in text and "collapsed" in text
+    assert "per-pair gamma strength" in text and "collapsed" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["diagnosis"]["fit"]["family"] == "gamma"
     assert (out / "fig4_beta_variance.png").is_file()

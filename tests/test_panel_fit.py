@@ -142,6 +142,10 @@ def test_cli_groups_column_missing_or_nan_margins_get_one_line(tmp_path, capsys)
                  "--output-dir", str(tmp_path / "y")]) == 0
     out = capsys.readouterr().out
     assert "1 comparisons with NaN/inf margins excluded" in out and "panel gamma" in out
+    assert main(["diagnose", f"margins={tmp_path / 'm.csv'}", "groups=annotator_id", "n_boot=0",
+                 "power=true", "power_fit_sims=2", "--output-dir", str(tmp_path / "z")]) == 0
+    assert "power at your fit: if β were distributed as the panel gamma fit" in (
+        capsys.readouterr().out)
 
 
 def test_subgroup_strength_panel_option_fits_each_group_by_annotator():
