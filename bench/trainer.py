@@ -38,6 +38,8 @@ gain over TRL on these batches.
 MixDPO overhead (tiny model, float32): DPO, MixDPO-Gamma and MixDPO-LogNormal trainers (learnable
 strengths) from the same weights, one optimizer step each on the same batch per round, in rotating
 order, in one process; the median (min–max) over rounds of the per-round step-time ratio to DPO.
+Panel MixDPO-Gamma (``strength_unit: annotator``) steps on its own batches of whole annotators
+(16 pairs each, the batch size), so its ratio also carries the batches' length differences.
 
     python bench/trainer.py [--steps 8] [--warmup 2] [--rounds 3] [--smol-steps 3]
         [--smol-rounds 3] [--overhead-rounds 30] [--models tiny,smollm2]
@@ -69,12 +71,13 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 # ------------------------------------------------------------------ models and data
-def _pairs(count: int | None = None):
+def _pairs(count: int | None = None, annotators: bool = False):
     from pluralign.data.synthetic import PopulationConfig, make_population
 
     pop = make_population(PopulationConfig(n_annotators=40, pairs_per_annotator=16, n_prompts=64,
                                            seed=0))
-    ds = pop.dataset.select_columns(["prompt", "chosen", "rejected"])
+    ds = pop.dataset.select_columns(["prompt", "chosen", "rejected"]
+                                    + (["annotator_id"] if annotators else []))
     return ds if count is None else ds.select(range(count))
 
 
@@ -115,6 +118,8 @@ def _ours(model_name: str, setting: str, steps: int, out: str, pairs: int | None
     from pluralign.training import PreferenceConfig, PreferenceTrainer
 
     ds, model, tokenizer, _ = _model_data(model_name, pairs)
+    if kw.get("strength_unit") == "annotator":  # panel MixDPO reads who labelled each pair
+        ds = _pairs(pairs, annotators=True)
     bf16, precompute = MATCHED.get(setting, (None, False)) if setting != PAPER else (True, False)
     if setting == PAPER:
         kw["reference_dtype"] = "float32"
@@ -236,17 +241,21 @@ def overhead_worker(rounds: int) -> dict:
     torch.set_num_threads(1)
     trainers = {}
     for name, kw in (("dpo", {}), ("gamma", {"objective": "mixdpo", "strength": "gamma"}),
-                     ("lognormal", {"objective": "mixdpo", "strength": "lognormal"})):
+                     ("lognormal", {"objective": "mixdpo", "strength": "lognormal"}),
+                     ("panel-gamma", {"objective": "mixdpo", "strength": "gamma",
+                                      "strength_unit": "annotator"})):
         trainer = _ours("tiny", "fp32", 1, tempfile.mkdtemp(prefix="bench_overhead_"), None, **kw)
         trainer.create_optimizer()
         trainers[name] = trainer
-    batches = list(iter(trainers["dpo"].get_train_dataloader()))
+    # the panel objective's batches hold whole annotators (16 pairs each here: the same size)
+    batches = {name: list(iter(trainers["panel-gamma" if name == "panel-gamma" else "dpo"]
+                               .get_train_dataloader())) for name in trainers}
     times: dict[str, list[float]] = {name: [] for name in trainers}
     order = list(trainers)
     for r in range(rounds):
-        batch = batches[r % len(batches)]
-        for name in order[r % 3:] + order[: r % 3]:
+        for name in order[r % len(order):] + order[: r % len(order)]:
             trainer = trainers[name]
+            batch = batches[name][r % len(batches[name])]
             start = time.process_time()
             trainer.model.train()
             trainer.compute_loss(trainer.model, dict(batch)).backward()
@@ -256,7 +265,7 @@ def overhead_worker(rounds: int) -> dict:
             times[name].append(time.process_time() - start)
     skip = min(3, rounds - 1)  # warm-up rounds
     return {name: [t / d for t, d in zip(times[name][skip:], times["dpo"][skip:], strict=True)]
-            for name in ("gamma", "lognormal")} | {"dpo_step_s": times["dpo"][skip:]}
+            for name in ("gamma", "lognormal", "panel-gamma")} | {"dpo_step_s": times["dpo"][skip:]}
 
 
 WORKERS: dict[str, Callable[..., dict]] = {"train": train_worker, "floor": floor_worker,
@@ -361,8 +370,10 @@ def main() -> None:
           f"one process, {len(over['gamma'])} rounds, DPO step "
           f"{statistics.median(over['dpo_step_s']) * 1e3:.0f} ms): median (min–max) of per-round "
           "ratios")
-    for family in ("gamma", "lognormal"):
+    for family in ("gamma", "lognormal", "panel-gamma"):
         print(f"  MixDPO-{family}: {_spread(over[family], '{:.3f}x')}")
+    print("  (panel-gamma: strength_unit=annotator, one beta per annotator, batches of whole "
+          "annotators)")
 
 
 if __name__ == "__main__":

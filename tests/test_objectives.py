@@ -192,7 +192,8 @@ def test_settings_that_pass_the_checks_always_build(choice):
 
 _ALTERED = {"beta": 0.3, "learnable_strength": False, "strength_mu": -1.0, "strength_sigma": 0.9,
             "lognormal_method": "monte_carlo", "lognormal_num_points": 8, "strength_shape": 3.0,
-            "strength_rate": 5.0, "strength_parameterization": "log"}
+            "strength_rate": 5.0, "strength_parameterization": "log",
+            "strength_unit": "annotator", "annotator_by": "worker"}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -201,7 +202,7 @@ def test_each_strength_factory_builds_its_family_from_exactly_the_settings_it_na
     settings_ = MixDPOSettings(strength=family)
     built = factory.build(settings_)
     assert type(built) is FAMILIES[family]
-    assert MixDPOObjective.used(settings_) == {"strength", *factory.used()}
+    assert MixDPOObjective.used(settings_) == {"strength", "strength_unit", *factory.used()}
     for name in (f.name for f in dataclasses.fields(MixDPOSettings)):
         if name == "strength":
             continue
@@ -212,7 +213,9 @@ def test_each_strength_factory_builds_its_family_from_exactly_the_settings_it_na
 def test_the_strength_factories_cover_every_family_and_every_mixdpo_setting():
     assert set(STRENGTH_FACTORIES) == set(FAMILIES)
     read = set().union(*(factory.used() for factory in STRENGTH_FACTORIES.values()))
-    assert read == {f.name for f in dataclasses.fields(MixDPOSettings)} - {"strength"}
+    # the rest say who shares a draw of beta (strength_unit), not which distribution
+    assert read == {f.name for f in dataclasses.fields(MixDPOSettings)} - {
+        "strength", "strength_unit", "annotator_by"}
     assert repr(build_objective("mixdpo", strength="gamma", strength_shape=3.0).strength) == \
         repr(Gamma(shape=3.0, rate=16.7, learnable=True))
     assert repr(build_objective("mixdpo").strength) == repr(PointMass(0.1, learnable=False))

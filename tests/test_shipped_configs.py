@@ -21,6 +21,7 @@ CONFIGS = REPO / "configs"
 SHIPPED = {
     "demo*.yaml": "pluralign.experiments.demo.DemoConfig",
     "group_robust.yaml": "pluralign.experiments.group_robust.GroupRobustConfig",
+    "identification.yaml": "pluralign.experiments.identification.IdentificationConfig",
     "replicate_*.yaml": "pluralign.experiments.replicate.ReplicateConfig",
     "dahp_env.yaml": "pluralign.experiments.dahp.SimulateConfig",
     "pal_benchmark.yaml": "pluralign.experiments.pal_benchmark.BenchmarkConfig",
@@ -131,7 +132,8 @@ def test_documented_runs_read_back(path, monkeypatch):
     """The run folders kept under docs/results are accepted by `--config` as they are."""
     monkeypatch.chdir(REPO)
     name = path.parent.name
-    cls = _class(SHIPPED["replicate_*.yaml" if name.startswith("replicate") else "demo*.yaml"])
+    cls = _class(SHIPPED["replicate_*.yaml" if name.startswith("replicate") else
+                         "identification.yaml" if name == "identification" else "demo*.yaml"])
     assert isinstance(build_config(cls, path.relative_to(REPO)), cls)
 
 

@@ -95,6 +95,18 @@ Examples:
 
 The sections model, data, sft and training are those of a train recipe (configs/tiny_cpu.yaml).
 Writes config.yaml, metrics.json, report.html, group_accuracy.png and group_weights.png."""),
+    "identification": Experiment(
+        "pluralign.experiments.identification", "IdentificationConfig", "main",
+        "is the spread of preference strength identified? per-pair vs panel likelihood, "
+        "one-scale vs flexible margins, on true margins", "configs/identification.yaml", """\
+Examples:
+  {command} --output-dir runs/identification   # the shipped config
+  {command} --output-dir runs/ident_quick "seeds=[0, 1]" \\
+      "populations=[gamma_cv2_1]"
+
+Writes config.yaml, fits.csv (every fit), table.csv (per population x margin model x likelihood:
+CV² with a t-interval over seeds, spread and log-likelihood gap between starts), metrics.json and
+report.html."""),
     "replicate": Experiment(
         "pluralign.experiments.replicate", "ReplicateConfig", "main",
         "the demo's claim (learned CV² larger on heterogeneous data) over seeds: paired "

@@ -8,7 +8,9 @@ complete demo run folder ``seed-<s>/`` — and judges the claim from the paired 
 seeds of ``log CV²_het − log CV²_hom``
 (:func:`pluralign.evaluation.replication.paired_seed_interval`: Student-t, verdict supported /
 not supported / unresolved). ``log Var_het − log Var_hom`` gets the same interval, reported
-alongside.
+alongside. ``methods`` names further learned-strength methods of the demo to judge the same way,
+each with its own interval and verdict (e.g. panel MixDPO, ``strength_unit: annotator``, beside
+the per-pair MixDPO-Gamma: configs/replicate_panel_tiny.yaml).
 
 A seed whose folder already holds the ``metrics.json`` of the same demo configuration is reused,
 not retrained, so a run can be split over several invocations (``seeds=[0]``, then
@@ -62,6 +64,8 @@ class ReplicateConfig(RunFolderOptions):
         resume: continue the replication in output_dir: seeds whose demo folder the same
             configuration finished are reused, the others run (without it a non-empty
             output_dir is refused unless overwrite=true).
+        methods: the demo's learned-strength methods whose CV² is compared (the first is
+            judged by ``verdict``; each gets its own interval in ``by_method``).
     """
 
     output_dir: str = "runs/replicate"
@@ -71,6 +75,7 @@ class ReplicateConfig(RunFolderOptions):
     level: float = 0.95
     progress: bool = True
     resume: bool = False
+    methods: list[str] = field(default_factory=lambda: [GAMMA_METHOD])
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,6 +84,10 @@ class ReplicateConfig(RunFolderOptions):
                               f"{self.overwrite!r}; use resume=true to continue the run in "
                               "output_dir or overwrite=true to replace it, not both")
         check_fields(self, {"level": OPEN_UNIT})
+        if not isinstance(self.methods, list) or not self.methods or any(
+                not isinstance(m, str) for m in self.methods) or GAMMA_METHOD not in self.methods:
+            raise ConfigError(f"ReplicateConfig.methods={self.methods!r} is invalid; use a list "
+                              f"of the demo's method names that includes {GAMMA_METHOD!r}")
         if not isinstance(self.seeds, list) or not self.seeds or any(
                 isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ConfigError(f"ReplicateConfig.seeds={self.seeds!r} is invalid; use a list of "
@@ -92,7 +101,11 @@ class ReplicateConfig(RunFolderOptions):
         for item in self.demo:
             if item.partition("=")[0] in ("seed", "output_dir", "progress"):
                 raise ConfigError(f"ReplicateConfig.demo: {item!r} is set per seed; remove it")
-        self.seed_config(self.seeds[0])  # a bad demo configuration fails before any training
+        demo = self.seed_config(self.seeds[0])  # a bad demo config fails before any training
+        missing = [m for m in self.methods if m not in demo.methods]
+        if missing:
+            raise ConfigError(f"ReplicateConfig.methods: {missing} are not methods of the demo "
+                              f"configuration (it has {sorted(demo.methods)})")
 
     def seed_config(self, seed: int) -> DemoConfig:
         """The demo configuration of one seed."""
@@ -118,14 +131,22 @@ def _seed_metrics(cfg: DemoConfig) -> dict[str, Any]:
     return train_and_compare(cfg)
 
 
-def _seed_row(seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    cv2, var = metrics["learned_beta_cv2"], metrics["learned_beta_variance"]
-    mean = {k: metrics["final_strength"][k][GAMMA_METHOD]["beta_mean"] for k in (HET, HOM)}
+def _seed_row(seed: int, metrics: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """The seed's learned strengths; columns of a method other than MixDPO-Gamma end in
+    ``[<method>]``."""
     row: dict[str, Any] = {"seed": seed}
-    for k in (HET, HOM):
-        row.update({f"mean_{k[:3]}": mean[k], f"var_{k[:3]}": var[k], f"cv2_{k[:3]}": cv2[k]})
-    row["log_cv2_diff"] = _log_ratio(cv2[HET], cv2[HOM])
-    row["log_var_diff"] = _log_ratio(var[HET], var[HOM])
+    for method in methods:
+        final = {k: metrics["final_strength"][k][method] for k in (HET, HOM)}
+        mean = {k: final[k]["beta_mean"] for k in (HET, HOM)}
+        var = {k: final[k]["beta_var"] for k in (HET, HOM)}
+        cv2 = (metrics["learned_beta_cv2"] if method == GAMMA_METHOD else
+               {k: var[k] / mean[k] ** 2 if mean[k] else None for k in (HET, HOM)})
+        tag = "" if method == GAMMA_METHOD else f"[{method}]"
+        for k in (HET, HOM):
+            row.update({f"mean_{k[:3]}{tag}": mean[k], f"var_{k[:3]}{tag}": var[k],
+                        f"cv2_{k[:3]}{tag}": cv2[k]})
+        row[f"log_cv2_diff{tag}"] = _log_ratio(cv2[HET], cv2[HOM])
+        row[f"log_var_diff{tag}"] = _log_ratio(var[HET], var[HOM])
     row["runtime_seconds"] = metrics["runtime_seconds"]
     return row
 
@@ -142,7 +163,7 @@ def run_replication(cfg: ReplicateConfig) -> dict[str, Any]:
     write_config(out, config_values(cfg))
     rows = []
     for seed in cfg.seeds:
-        rows.append(_seed_row(seed, _seed_metrics(cfg.seed_config(seed))))
+        rows.append(_seed_row(seed, _seed_metrics(cfg.seed_config(seed)), cfg.methods))
         metrics = _summarise(cfg, pd.DataFrame(rows))
         write_table(out, "seeds.csv", pd.DataFrame(rows))
         write_report(out, metrics)
@@ -169,6 +190,19 @@ def _summarise(cfg: ReplicateConfig, seeds: pd.DataFrame) -> dict[str, Any]:
     summary.append(f"Het larger in {int((seeds['log_cv2_diff'] > 0).sum())} of {len(seeds)} "
                    f"seed(s) (CV²); seeds with an undefined ratio: "
                    f"{int(seeds['log_cv2_diff'].isna().sum())}.")
+    by_method = {}
+    for method in cfg.methods[1:]:
+        diffs = seeds[f"log_cv2_diff[{method}]"].dropna().tolist()
+        other = paired_seed_interval(diffs, cfg.level) if diffs else None
+        by_method[method] = {"log_cv2_difference": _json_safe(other.to_dict()) if other else None,
+                             "verdict": other.verdict if other else "unresolved"}
+        summary.append(
+            f"{method}: no seed gave a positive learned CV² on both populations: unresolved."
+            if other is None else
+            f"{method}: log CV²_het − log CV²_hom over {other.n} seed(s): mean "
+            f"{other.mean:+.3g} (ratio ×{math.exp(other.mean):.3g}), {_interval(other, pct)} → "
+            f"{other.verdict.upper()}; het larger in {sum(d > 0 for d in diffs)} of "
+            f"{len(diffs)}.")
     summary.append(f"Runtime {seeds['runtime_seconds'].sum():.0f} s of demo runs over "
                    f"{len(seeds)} seed(s) (reused seeds count their original runtime).")
     return {
@@ -177,6 +211,7 @@ def _summarise(cfg: ReplicateConfig, seeds: pd.DataFrame) -> dict[str, Any]:
         "verdict": cv2.verdict if cv2 else "unresolved",
         "log_cv2_difference": _json_safe(cv2.to_dict()) if cv2 else None,
         "log_var_difference": _json_safe(var.to_dict()) if var else None,
+        "by_method": by_method,
         "seeds": [_json_safe(r) for r in seeds.to_dict(orient="records")],
         "config": config_values(cfg),
     }

@@ -39,11 +39,14 @@ from pluralign.objectives.group_robust import (
     reduced_group_sums,
 )
 from pluralign.objectives.mixdpo import (
+    ANNOTATOR_COLUMN,
     STRENGTH_FACTORIES,
+    STRENGTH_UNITS,
     MixDPOObjective,
     MixDPOSettings,
     StrengthFactory,
     mixdpo_loss,
+    panel_mixdpo_loss,
 )
 from pluralign.objectives.registry import (
     OBJECTIVES,
@@ -54,13 +57,15 @@ from pluralign.objectives.registry import (
 )
 
 __all__ = [
-    "AGREEMENT", "CORRECTION_FLOOR", "GROUP_COLUMN", "INITIAL_WEIGHTS", "OBJECTIVES",
-    "PAIR_VARIANCE", "STRENGTH_FACTORIES", "AgreementObjective", "AgreementSettings", "Column",
+    "AGREEMENT", "ANNOTATOR_COLUMN", "CORRECTION_FLOOR", "GROUP_COLUMN", "INITIAL_WEIGHTS",
+    "OBJECTIVES", "PAIR_VARIANCE", "STRENGTH_FACTORIES", "STRENGTH_UNITS", "AgreementObjective",
+    "AgreementSettings", "Column",
     "CorrectedDPOObjective", "CorrectedDPOSettings", "DPOObjective", "DPOSettings",
     "GroupDPOObjective", "GroupDPOSettings", "GroupMixDPOObjective", "GroupMixDPOSettings",
     "GroupRobustObjective", "GroupSettings", "MixDPOObjective", "MixDPOSettings", "Objective",
     "ObjectiveSpec", "StrengthFactory", "agreement_loss", "build_objective", "check_settings",
     "corrected_dpo_loss", "dpo_loss", "exponentiated_gradient_step", "group_loss_estimates",
-    "group_robust_loss", "mixdpo_loss", "objective_settings", "reduced_group_sums",
+    "group_robust_loss", "mixdpo_loss", "objective_settings", "panel_mixdpo_loss",
+    "reduced_group_sums",
     "resolve_objective", "setting",
 ]

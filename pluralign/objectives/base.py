@@ -75,15 +75,23 @@ class Column:
             column (the grammar of :mod:`pluralign.data.groups`). The trainer builds the column
             from it on the training split and maps the evaluation split through the training
             split's name table, so ids agree. None: the data carry the column already.
+        whole: with ``ids``, every batch must hold whole groups of this column (an annotator's
+            pairs together, for a likelihood that couples them): the trainer batches with
+            :class:`~pluralign.training.sampler.WholeGroupBatchSampler`, and each split gets its
+            own ids (the groups are only ever compared within a batch, so evaluation annotators
+            need not appear in training).
     """
 
     name: str
     ids: bool = False
     ids_from: str | None = None
+    whole: bool = False
 
     def __post_init__(self) -> None:
         if self.ids_from is not None and not self.ids:
             raise ConfigError(f"column {self.name!r}: ids_from={self.ids_from!r} needs ids=True")
+        if self.whole and not self.ids:
+            raise ConfigError(f"column {self.name!r}: whole=True needs ids=True")
 
 
 class Objective(nn.Module):

@@ -54,7 +54,7 @@ from torch import Tensor
 from pluralign.errors import ConfigError
 from pluralign.objectives.base import Column, Objective, setting
 from pluralign.objectives.dpo import DPOObjective, DPOSettings
-from pluralign.objectives.mixdpo import MixDPOObjective, MixDPOSettings
+from pluralign.objectives.mixdpo import PANEL_SETTINGS, MixDPOObjective, MixDPOSettings
 from pluralign.validation import NON_NEGATIVE
 
 #: Per-pair column holding each pair's integer group id (see :func:`pluralign.data.groups`).
@@ -329,4 +329,10 @@ class GroupMixDPOObjective(_RegisteredGroupRobust):
     Settings = GroupMixDPOSettings
     base_objective = MixDPOObjective
     hint = MixDPOObjective.hint
+
+    @classmethod
+    def used(cls, settings: Any) -> set[str]:
+        """MixDPO's settings but the panel ones: the group weights reweight single pairs, which a
+        likelihood coupling an annotator's pairs (``strength_unit: annotator``) does not have."""
+        return super().used(settings) - {"strength_unit", *PANEL_SETTINGS}
 

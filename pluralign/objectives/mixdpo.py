@@ -1,9 +1,12 @@
 """MixDPO: DPO marginalised over a preference-strength distribution ([MixDPO, Eq. 3]).
 
 The per-pair loss is ``−log E_{β~p(β)}[σ(β·Δ)]`` for a
-:class:`~pluralign.strength.StrengthDistribution` ``p``. Which distribution a config builds, and
-which settings that reads, is one table: :data:`STRENGTH_FACTORIES`, one
-:class:`StrengthFactory` per family.
+:class:`~pluralign.strength.StrengthDistribution` ``p``: β is drawn afresh for every pair
+(``strength_unit: pair``, the paper's). With ``strength_unit: annotator`` one β is shared by all
+pairs of an annotator (the panel mixed logit, Train 2009 §6.7; [MixDPO, Fig. 1]'s per-person
+strength) and the loss is :func:`panel_mixdpo_loss`; see there for how batches hold annotators.
+Which distribution a config builds, and which settings that reads, is one table:
+:data:`STRENGTH_FACTORIES`, one :class:`StrengthFactory` per family.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from torch import Tensor
 
 from pluralign.errors import ConfigError
-from pluralign.objectives.base import Objective, beta_setting, setting
+from pluralign.objectives.base import Column, Objective, beta_setting, setting
 from pluralign.strength import (
     LOGNORMAL_METHODS,
     PARAMETERIZATIONS,
@@ -40,6 +43,33 @@ def mixdpo_loss(margin: Tensor, strength: StrengthDistribution) -> Tensor:
             f"PointMass(beta=0.1)), got {type(strength).__name__} {strength!r}; for a fixed beta "
             "use dpo_loss(margin, beta)")
     return -strength.log_expected_sigmoid(margin)
+
+
+def panel_mixdpo_loss(margin: Tensor, strength: StrengthDistribution, annotator: Tensor) -> Tensor:
+    """Panel MixDPO loss per pair: annotator ``a``'s ``−log E_β Π_{j∈a} σ(β·Δ_j)`` shared equally
+    by its ``n_a`` pairs, so the batch mean is ``−Σ_a log E_β Π_{j∈a} σ(β·Δ_j) / Σ_a n_a``.
+
+    One β per annotator (the panel mixed logit: Train, *Discrete Choice Methods with
+    Simulation*, 2009, §6.7, with [MixDPO, Eq. 3]'s strength distribution); the expectation is
+    the exact adaptive rule of :mod:`pluralign.panel`. ``annotator`` holds each pair's annotator
+    id (any integers); the pairs of one id in this batch form one factor of the likelihood. The
+    trainer's :class:`~pluralign.training.sampler.WholeGroupBatchSampler` puts all pairs of an
+    annotator in one batch, except an annotator with more pairs than a batch holds, whose pairs
+    are split into chunks that each form their own factor: the objective is then a composite
+    likelihood (Lindsay 1988; Varin, Reid & Firth 2011) — unbiased estimating equations, with the
+    dependence inside a chunk kept and that between chunks of one annotator ignored. With a
+    point mass this equals the DPO loss.
+    """
+    if not isinstance(strength, StrengthDistribution):
+        raise ConfigError(f"panel_mixdpo_loss needs a StrengthDistribution, got "
+                          f"{type(strength).__name__}")
+    annotator = torch.as_tensor(annotator, device=margin.device).reshape(-1)
+    if annotator.shape != margin.shape:
+        raise ConfigError(f"panel_mixdpo_loss: {annotator.numel()} annotator ids for "
+                          f"{margin.numel()} margins; every pair needs its annotator")
+    _, local, counts = torch.unique(annotator.long(), return_inverse=True, return_counts=True)
+    log_likelihood = strength.log_panel_likelihood(margin, local, num_groups=counts.numel())
+    return -(log_likelihood / counts.to(log_likelihood.dtype))[local]
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,14 @@ STRENGTH_FACTORIES: dict[str, StrengthFactory] = {
 }
 
 
+#: Values of the ``strength_unit`` setting: a fresh β per pair, or one β per annotator.
+STRENGTH_UNITS = ("pair", "annotator")
+#: The batch column holding each pair's annotator id for ``strength_unit: annotator``.
+ANNOTATOR_COLUMN = "strength_annotator"
+#: Settings read only with ``strength_unit: annotator``.
+PANEL_SETTINGS = frozenset({"annotator_by"})
+
+
 @dataclass
 class MixDPOSettings:
     """Settings of :class:`MixDPOObjective`; which ones it reads depends on ``strength``."""
@@ -104,6 +142,14 @@ class MixDPOSettings:
                                     rule=POSITIVE)
     strength_rate: float = setting(16.7, "Initial Gamma rate lambda > 0 (paper: 16.7).",
                                    rule=POSITIVE)
+    strength_unit: str = setting(
+        "pair", "Who shares one draw of beta: 'pair' (the paper's: a fresh beta for every pair) "
+        "or 'annotator' (one beta per annotator, the panel mixed logit that identifies the "
+        "spread of beta; batches then hold whole annotators, chunked when an annotator has more "
+        "pairs than a batch holds).", choices=STRENGTH_UNITS)
+    annotator_by: str = setting(
+        "annotator_id", "With strength_unit=annotator: what defines an annotator (a column such "
+        "as annotator_id, or 'attr.<name>' / 'ctx.<name>', pluralign.data.groups).")
     strength_parameterization: str = setting(
         "softplus", "Coordinates the optimiser moves for lognormal/gamma: 'softplus' (the "
         "paper's: sigma, k, lambda = softplus of raw values), 'log' or 'mean_cv2' (log E[beta], "
@@ -117,33 +163,62 @@ class MixDPOObjective(Objective):
 
     Owns its :class:`~pluralign.strength.StrengthDistribution`, so a learnable strength's
     parameters are this module's parameters and reach the optimiser with the policy's.
+
+    Args:
+        strength: the strength distribution.
+        unit: ``"pair"`` (:func:`mixdpo_loss`) or ``"annotator"`` (:func:`panel_mixdpo_loss`;
+            the objective then declares the whole-group column :data:`ANNOTATOR_COLUMN`, built
+            from ``annotator_by``, and the trainer batches whole annotators).
+        annotator_by: what defines an annotator (:mod:`pluralign.data.groups`), with
+            ``unit="annotator"``.
     """
 
     Settings = MixDPOSettings
     hint = "Each strength family reads only its own settings (see `pluralign train --help`)."
 
-    def __init__(self, strength: StrengthDistribution) -> None:
+    def __init__(self, strength: StrengthDistribution, unit: str = "pair",
+                 annotator_by: str = "annotator_id") -> None:
         super().__init__()
         if not isinstance(strength, StrengthDistribution):
             raise ConfigError(
                 f"MixDPOObjective needs a StrengthDistribution, got {type(strength).__name__}"
             )
-        self.strength = strength
+        if unit not in STRENGTH_UNITS:
+            raise ConfigError(f"strength_unit={unit!r} is unknown; use one of "
+                              f"{', '.join(STRENGTH_UNITS)}")
+        self.strength, self.unit, self.annotator_by = strength, unit, annotator_by
 
     @classmethod
     def used(cls, settings: MixDPOSettings) -> set[str]:
-        return {"strength", *STRENGTH_FACTORIES[settings.strength].used()}
+        panel = PANEL_SETTINGS if settings.strength_unit == "annotator" else set()
+        return {"strength", "strength_unit", *panel, *STRENGTH_FACTORIES[settings.strength].used()}
 
     @classmethod
     def choice(cls, settings: MixDPOSettings) -> str:
-        return f" with strength={settings.strength!r}"
+        return f" with strength={settings.strength!r}, strength_unit={settings.strength_unit!r}"
 
     @classmethod
     def from_settings(cls, settings: MixDPOSettings) -> Objective:
-        return cls(STRENGTH_FACTORIES[settings.strength].build(settings))
+        return cls(STRENGTH_FACTORIES[settings.strength].build(settings), settings.strength_unit,
+                   settings.annotator_by)
+
+    def columns(self) -> tuple[Column, ...]:
+        """With ``strength_unit: annotator``, each pair's annotator id (whole groups per batch)."""
+        if self.unit == "pair":
+            return ()
+        return (Column(ANNOTATOR_COLUMN, ids=True, ids_from=self.annotator_by, whole=True),)
 
     def forward(self, margin: Tensor, batch: Mapping[str, Any] | None = None) -> Tensor:
-        return mixdpo_loss(margin, self.strength)
+        if self.unit == "pair":
+            return mixdpo_loss(margin, self.strength)
+        if batch is None or ANNOTATOR_COLUMN not in batch:
+            raise ConfigError(f"strength_unit='annotator' needs each pair's annotator: pass a "
+                              f"batch with the {ANNOTATOR_COLUMN!r} column (the trainer builds it "
+                              f"from annotator_by={self.annotator_by!r})")
+        return panel_mixdpo_loss(margin, self.strength, batch[ANNOTATOR_COLUMN])
+
+    def extra_repr(self) -> str:
+        return f"strength_unit={self.unit!r}"
 
     @torch.no_grad()
     def metrics(self) -> dict[str, float]:

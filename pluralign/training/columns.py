@@ -24,11 +24,12 @@ def prepare_columns(objective: Objective, train: Any, evaluation: Any) -> tuple[
 
     For an id column with ``ids_from`` the column is built by
     :func:`~pluralign.data.groups.add_group_column` on the training split, and the evaluation
-    split maps its values through the training split's name table (so ids agree); the counts and
-    names come from the training split. An id column without ``ids_from`` that the training data
-    already carry is counted as it is (K = largest id + 1). Value columns, and id columns the data
-    lack, are left for the trainer's column check to report. Without training data nothing
-    changes.
+    split maps its values through the training split's name table (so ids agree; a ``whole``
+    column's evaluation ids are built on their own, as they only group pairs within a batch); the
+    counts and names come from the training split. An id column without ``ids_from`` that the
+    training data already carry is counted as it is (K = largest id + 1). Value columns, and id
+    columns the data lack, are left for the trainer's column check to report. Without training
+    data nothing changes.
     """
     if train is None:
         return train, evaluation
@@ -39,7 +40,7 @@ def prepare_columns(objective: Objective, train: Any, evaluation: Any) -> tuple[
             train, ids = add_group_column(train, column.ids_from, column.name)
             if evaluation is not None:
                 evaluation, _ = add_group_column(evaluation, column.ids_from, column.name,
-                                                 names=ids.names)
+                                                 names=None if column.whole else ids.names)
             objective.set_ids(column.name, ids.counts().tolist(), ids.names)
         elif column.name in train.column_names:
             counts = np.bincount(np.asarray(train[column.name], dtype=np.int64))

@@ -17,6 +17,9 @@ What the ``Trainer`` does not know and this class adds:
   columns are checked, and the objective hears the training split's pairs per id
   (:func:`~pluralign.training.columns.prepare_columns`); every declared column is required and
   reaches ``forward`` in the batch;
+* an objective that declares a ``whole`` column (panel MixDPO's annotators) gets batches of whole
+  groups, sharded whole across processes
+  (:class:`~pluralign.training.sampler.WholeGroupBatchSampler`, for training and evaluation);
 * the objective's strength parameters are trained in their own optimizer parameter group
   (``strength_learning_rate``), averaged across processes like DDP averages the policy gradients,
   saved to
@@ -56,6 +59,7 @@ from pluralign.training.config import PreferenceConfig
 from pluralign.training.launch import CheckedLaunch
 from pluralign.training.logps import supports_completion_head
 from pluralign.training.packing import PackedPreferenceCollator, batch_sequence_logps
+from pluralign.training.sampler import WholeGroupBatchSampler
 from pluralign.training.tokenization import (
     REF_COLUMNS,
     REQUIRED_COLUMNS,
@@ -257,6 +261,31 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
             self.train_dataset = self._with_ref_logps(self.train_dataset, "train")
             self.eval_dataset = self._with_ref_logps(self.eval_dataset, "eval")
             self.ref_model = None
+
+    # ------------------------------------------------------------------ batches
+    def _whole_group_sampler(
+        self, dataset: Any, batch_size: int, shuffle: bool
+    ) -> WholeGroupBatchSampler | None:
+        """Batches of whole groups when the objective declares a ``whole`` column, else None."""
+        whole = [c.name for c in self.objective.columns() if c.whole]
+        if not whole or dataset is None or whole[0] not in dataset.column_names:
+            return None  # a dataset without the column is refused where it is read
+        if len(whole) > 1:
+            raise ConfigError(f"the objective declares several whole-group columns {whole}; "
+                              "batches can hold whole groups of one column only")
+        return WholeGroupBatchSampler(
+            dataset[whole[0]], batch_size, num_processes=self.accelerator.num_processes,
+            rank=self.accelerator.process_index, seed=self.args.seed, shuffle=shuffle)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        grouped = self._whole_group_sampler(dataset, self._train_batch_size, shuffle=True)
+        return grouped if grouped is not None else super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        grouped = self._whole_group_sampler(
+            eval_dataset, self.args.per_device_eval_batch_size, shuffle=False)
+        return grouped if grouped is not None else super()._get_eval_sampler(eval_dataset)
 
     # ------------------------------------------------------------------ log-probs
     def _policy_logps(
