@@ -236,7 +236,7 @@ def test_the_cycle_check_finds_planted_cycles_and_passes_a_re_exporting_package(
 #: each other and may be imported from any layer ("config/runs <- every layer's CLI"); every
 #: ``<layer>/cli.py`` is part of the ``pluralign`` command, the top.
 _SHARED = {"pluralign", "errors", "io", "validation", "config", "runs"}
-_LAYER = {"numerics": 1, "strength": 2, "objectives": 3, "data": 4,
+_LAYER = {"numerics": 1, "panel": 1, "strength": 2, "objectives": 3, "data": 4,
           "training": 5, "reward": 5, "evaluation": 6, "social_choice": 6, "envs": 6,
           "experiments": 7, "cli": 8}
 

@@ -52,7 +52,7 @@ def add_diagnose_arguments(parser: argparse.ArgumentParser) -> None:
   pluralign diagnose "runs=[runs/mixdpo_gamma]" --output-dir runs/diag     # trajectory verdict
   pluralign diagnose margins=runs/eval/margins.csv "by=[attr.education]" --output-dir runs/diag
   pluralign diagnose population=data/synth column=true_margin --output-dir runs/diag
-  pluralign diagnose margins=runs/eval/margins.csv groups=annotator_id power=true \
+  pluralign diagnose margins=runs/eval/margins.csv groups=annotator_id power=true \\
       --output-dir runs/diag_panel     # panel fit (one beta per annotator) + power at your fit
   pluralign diagnose compare.prism=a.csv compare.hh=b.csv family=lognormal --output-dir runs/diag
   pluralign diagnose "power_pairs=[1000, 4000]" power_cv2_a=0.75 power_cv2_b=0.5 \\
