@@ -183,5 +183,8 @@ def test_cli_diagnose_and_report(tmp_path, capsys):
     assert metrics["diagnosis"]["fit"]["family"] == "gamma"
     assert (out / "fig4_beta_variance.png").is_file()
     assert main(["report", "--output-dir", str(out)]) == 0
-    assert main(["diagnose", "--output-dir", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["diagnose", "--output-dir", str(out)]) == 2  # the folder holds a run
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["diagnose", "--output-dir", str(tmp_path / "empty")]) == 2
     assert "nothing to diagnose" in capsys.readouterr().err
