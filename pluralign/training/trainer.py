@@ -167,7 +167,7 @@ def longest_first_batches(dataset: datasets.Dataset, batch_size: int) -> list[li
     a batch have similar lengths, so packed rows are full and the row groups narrow. A pair's
     log-probs do not depend on its batch (packing.py), so the precompute pass may score the
     pairs in any order and write each back to its own row."""
-    table = dataset.with_format("arrow")[:]
+    table = dataset.select_columns(list(TOKEN_COLUMNS)).with_format("arrow")[:]
     lengths = sum(
         pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False)
         for name in TOKEN_COLUMNS
