@@ -11,9 +11,9 @@ import os
 import platform
 
 
-def machine() -> str:
+def machine(threads: int | None = None) -> str:
     """CPU model (``/proc/cpuinfo``), logical CPUs, AVX-512 / AVX512-BF16 / AMX-BF16 support,
-    torch version and, when installed, TRL's."""
+    the torch thread count when given, torch version and, when installed, TRL's."""
     import torch
 
     model, flags = platform.processor() or "unknown", set()
@@ -29,7 +29,10 @@ def machine() -> str:
         pass
     have = ", ".join(f"{f} {'yes' if f in flags else 'no'}"
                      for f in ("avx512f", "avx512_bf16", "amx_bf16"))
-    line = f"{model}; {os.cpu_count()} logical CPUs; {have}; torch {torch.__version__}"
+    line = f"{model}; {os.cpu_count()} logical CPUs; {have}"
+    if threads is not None:
+        line += f"; {threads} torch thread{'s' if threads != 1 else ''}"
+    line += f"; torch {torch.__version__}"
     if importlib.util.find_spec("trl") is not None:
         import trl
 

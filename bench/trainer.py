@@ -41,9 +41,27 @@ order, in one process; the median (min–max) over rounds of the per-round step-
 Panel MixDPO-Gamma (``strength_unit: annotator``) steps on its own batches of whole annotators
 (16 pairs each, the batch size), so its ratio also carries the batches' length differences.
 
+Whole runs, wall-clock (what a user waits for): each library's trainer constructed (tokenisation
+of the pairs and, with precomputed reference log-probs, the precompute pass — both libraries do it
+in the constructor) and ``train()`` run to the end, timed with a wall clock, on ``--threads``
+torch threads (default: every CPU of the machine), for a short run (``--short-steps``, 15) and a
+long one (``--long-steps``, 200) of the tiny model at fp32, bf16 and bf16 + precomputed; with
+``--smol-wall``, also SmolLM2 LoRA bf16 (``--short-steps``). Imports and building the model and
+data (the same for both) happen before the clock starts. Each run is its own subprocess; rounds
+alternate the libraries; reported: seconds, median (min–max) over rounds, and the median
+(min–max) of the per-round ratio TRL time / ours. Wall-clock is what a shared machine inflates:
+the machine line carries the load average.
+
+At the end the script prints both kinds of figure as markdown tables, each with its machine line
+(CPU model, bf16 and AMX support, thread count), ready for the README.
+
     python bench/trainer.py [--steps 8] [--warmup 2] [--rounds 3] [--smol-steps 3]
         [--smol-rounds 3] [--overhead-rounds 30] [--models tiny,smollm2]
-        [--settings defaults,fp32,...] [--quick]
+        [--settings defaults,fp32,...] [--threads N] [--short-steps 15] [--long-steps 200]
+        [--wall-rounds 2] [--smol-wall] [--quick]
+
+``--rounds 0`` skips the per-step section, ``--wall-rounds 0`` the wall-clock one,
+``--overhead-rounds 0`` the MixDPO overhead.
 """
 
 from __future__ import annotations
@@ -114,12 +132,13 @@ def _common(model_name: str, steps: int, out: str, bf16: bool | None) -> dict:
     return common
 
 
-def _ours(model_name: str, setting: str, steps: int, out: str, pairs: int | None, **kw):
+def _ours(model_name: str, setting: str, steps: int, out: str, data: tuple, **kw):
+    """pluralign's trainer on ``data`` (:func:`_model_data`'s tuple)."""
     from pluralign.training import PreferenceConfig, PreferenceTrainer
 
-    ds, model, tokenizer, _ = _model_data(model_name, pairs)
+    ds, model, tokenizer, _ = data
     if kw.get("strength_unit") == "annotator":  # panel MixDPO reads who labelled each pair
-        ds = _pairs(pairs, annotators=True)
+        ds = _pairs(len(ds), annotators=True)
     bf16, precompute = MATCHED.get(setting, (None, False)) if setting != PAPER else (True, False)
     if setting == PAPER:
         kw["reference_dtype"] = "float32"
@@ -129,10 +148,11 @@ def _ours(model_name: str, setting: str, steps: int, out: str, pairs: int | None
     return PreferenceTrainer(model, args=args, train_dataset=ds, processing_class=tokenizer)
 
 
-def _trl(model_name: str, setting: str, steps: int, out: str, pairs: int | None):
+def _trl(model_name: str, setting: str, steps: int, out: str, data: tuple):
+    """TRL's DPOTrainer on ``data`` (:func:`_model_data`'s tuple)."""
     import trl
 
-    ds, model, tokenizer, lora = _model_data(model_name, pairs)
+    ds, model, tokenizer, lora = data
     bf16, precompute = MATCHED.get(setting, (None, False))
     args = trl.DPOConfig(max_length=MAX_LENGTH, precompute_ref_log_probs=precompute,
                          **_common(model_name, steps, out, bf16))
@@ -152,7 +172,7 @@ def train_worker(lib: str, model_name: str, setting: str, steps: int, warmup: in
     pairs = (warmup + steps) * BATCH[model_name] if model_name == "smollm2" else None
     build = _ours if lib == "ours" else _trl
     start = time.process_time()
-    trainer = build(model_name, setting, warmup + steps, out, pairs)
+    trainer = build(model_name, setting, warmup + steps, out, _model_data(model_name, pairs))
     setup = time.process_time() - start
     times: list[float] = []
 
@@ -200,7 +220,7 @@ def floor_worker(model_name: str, bf16: bool, steps: int, warmup: int) -> dict:
     torch.set_num_threads(1)
     pairs = (warmup + steps) * BATCH[model_name] if model_name == "smollm2" else None
     trainer = _ours(model_name, "bf16" if bf16 else "fp32", warmup + steps,
-                    tempfile.mkdtemp(prefix="bench_floor_"), pairs)
+                    tempfile.mkdtemp(prefix="bench_floor_"), _model_data(model_name, pairs))
     trainer.data_collator = list  # the raw tokenised pairs, in the run's order
     model = trainer.model.train()
     reference = trainer.ref_model
@@ -244,7 +264,8 @@ def overhead_worker(rounds: int) -> dict:
                      ("lognormal", {"objective": "mixdpo", "strength": "lognormal"}),
                      ("panel-gamma", {"objective": "mixdpo", "strength": "gamma",
                                       "strength_unit": "annotator"})):
-        trainer = _ours("tiny", "fp32", 1, tempfile.mkdtemp(prefix="bench_overhead_"), None, **kw)
+        trainer = _ours("tiny", "fp32", 1, tempfile.mkdtemp(prefix="bench_overhead_"),
+                        _model_data("tiny", None), **kw)
         trainer.create_optimizer()
         trainers[name] = trainer
     # the panel objective's batches hold whole annotators (16 pairs each here: the same size)
@@ -268,12 +289,32 @@ def overhead_worker(rounds: int) -> dict:
             for name in ("gamma", "lognormal", "panel-gamma")} | {"dpo_step_s": times["dpo"][skip:]}
 
 
+def wall_worker(lib: str, model_name: str, setting: str, steps: int, threads: int) -> dict:
+    """Wall-clock of one whole run on ``threads`` torch threads: the trainer's construction
+    (tokenisation, the precompute pass) plus ``train()``. Both libraries are imported and the
+    model and data built (the same for both) before the clock starts."""
+    import torch
+    import trl  # noqa: F401  (imported before the clock, like pluralign by _model_data)
+
+    torch.set_num_threads(threads)
+    pairs = steps * BATCH[model_name] if model_name == "smollm2" else None
+    data = _model_data(model_name, pairs)
+    build = _ours if lib == "ours" else _trl
+    out = tempfile.mkdtemp(prefix="bench_wall_")
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer = build(model_name, setting, steps, out, data)
+    built = time.perf_counter()
+    trainer.train()
+    end = time.perf_counter()
+    return {"wall_s": end - start, "init_s": built - start, "cpu_s": time.process_time() - cpu}
+
+
 WORKERS: dict[str, Callable[..., dict]] = {"train": train_worker, "floor": floor_worker,
-                                           "overhead": overhead_worker}
+                                           "overhead": overhead_worker, "wall": wall_worker}
 
 
-def _run(kind: str, *args: object) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+def _run(kind: str, *args: object, threads: int = 1) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps([kind, *args])],
                           env=env, capture_output=True, text=True)
@@ -289,9 +330,9 @@ def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
 
 
 def bench_model(model_name: str, steps: int, warmup: int, rounds: int,
-                settings: tuple[str, ...] = (*SETTINGS, PAPER)) -> None:
+                settings: tuple[str, ...] = (*SETTINGS, PAPER)) -> list[str]:
     """The given settings of one model, alternating the libraries round by round; then the
-    floor (of the matched fp32/bf16 settings among them)."""
+    floor (of the matched fp32/bf16 settings among them). Returns the summary's markdown rows."""
     rate: dict[tuple[str, str], list[float]] = {}
     compared = [s for s in SETTINGS if s in settings]
     floors = [(name, MATCHED[name][0]) for name in ("fp32", "bf16") if name in settings]
@@ -313,11 +354,14 @@ def bench_model(model_name: str, steps: int, warmup: int, rounds: int,
     print(f"\n{model_name}: batch {batch}, max_length {MAX_LENGTH}, {rounds} rounds of {steps} "
           f"steps (+{warmup} warm-up), pairs/s median (min–max) over rounds")
     print(f"{'setting':26s} {'TRL DPOTrainer':>20s} {'pluralign':>20s} {'ours / TRL':>20s}")
+    rows = []
     for setting in compared:
         ours, trl = rate[("ours", setting)], rate[("trl", setting)]
         ratios = [o / t for o, t in zip(ours, trl, strict=True)]
         print(f"{setting:26s} {_spread(trl):>20s} {_spread(ours):>20s} "
               f"{_spread(ratios, '{:.2f}x'):>20s}")
+        rows.append(f"| {model_name}, {setting} | {_spread(trl)} | {_spread(ours)} | "
+                    f"{_spread(ratios, '{:.2f}×')} |")
     if PAPER in settings:
         print(f"{PAPER:26s} {'—':>20s} {_spread(rate[('ours', PAPER)]):>20s}")
     for name, _ in floors:
@@ -328,13 +372,49 @@ def bench_model(model_name: str, steps: int, warmup: int, rounds: int,
               f"step / floor: {_spread(ratios, '{:.2f}')}; floor / TRL (about the most an "
               f"exact method can gain): {_spread(ceiling, '{:.2f}x')}")
     print(flush=True)
+    return rows
+
+
+def bench_wall(model_name: str, runs: list[tuple[str, int]], rounds: int,
+               threads: int) -> list[str]:
+    """Wall-clock of whole runs (:func:`wall_worker`) of each ``(setting, steps)`` in ``runs``,
+    alternating the libraries round by round. Returns the summary's markdown rows."""
+    wall: dict[tuple[str, str, int], list[float]] = {}
+    for r in range(rounds):
+        libs = ("ours", "trl") if r % 2 == 0 else ("trl", "ours")
+        for setting, steps in runs:
+            for lib in libs:
+                result = _run("wall", lib, model_name, setting, steps, threads, threads=threads)
+                wall.setdefault((lib, setting, steps), []).append(result["wall_s"])
+                print(f"  round {r + 1} {model_name:8s} {setting:18s} {steps:4d} steps {lib:5s} "
+                      f"{result['wall_s']:7.1f} s wall (construction {result['init_s']:.1f} s, "
+                      f"{result['cpu_s']:.1f} s CPU)", flush=True)
+    print(f"\n{model_name}: wall-clock of construction + train() on {threads} threads, seconds, "
+          f"median (min–max) over {rounds} rounds; ours / TRL = TRL's time / ours")
+    print(f"{'setting':18s} {'steps':>5s} {'TRL DPOTrainer':>20s} {'pluralign':>20s} "
+          f"{'ours / TRL':>20s}")
+    rows = []
+    for setting, steps in runs:
+        ours, trl = wall[("ours", setting, steps)], wall[("trl", setting, steps)]
+        ratios = [t / o for o, t in zip(ours, trl, strict=True)]
+        print(f"{setting:18s} {steps:5d} {_spread(trl, '{:.1f}'):>20s} "
+              f"{_spread(ours, '{:.1f}'):>20s} {_spread(ratios, '{:.2f}x'):>20s}")
+        rows.append(f"| {model_name}, {setting} | {steps} | {_spread(trl, '{:.1f}')} s | "
+                    f"{_spread(ours, '{:.1f}')} s | {_spread(ratios, '{:.2f}×')} |")
+    print(flush=True)
+    return rows
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run (tiny)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (tiny)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds (tiny; < 1: skip the per-step section)")
     parser.add_argument("--smol-steps", type=int, default=3, help="timed steps per run (SmolLM2)")
     parser.add_argument("--smol-rounds", type=int, default=3, help="rounds (SmolLM2)")
     parser.add_argument("--overhead-rounds", type=int, default=30,
@@ -342,8 +422,21 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny,smollm2")
     parser.add_argument("--settings", default=",".join((*SETTINGS, "paper")),
                         help=f"comma-separated subset of: {', '.join(SETTINGS)}, paper ({PAPER})")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of the wall-clock runs (default: every CPU)")
+    parser.add_argument("--short-steps", type=int, default=15,
+                        help="steps of the short wall-clock run (< 1: skip)")
+    parser.add_argument("--long-steps", type=int, default=200,
+                        help="steps of the long wall-clock run (< 1: skip; e.g. 40 to check "
+                             "quickly)")
+    parser.add_argument("--wall-rounds", type=int, default=2,
+                        help="alternating rounds of the wall-clock runs (< 1: skip them)")
+    parser.add_argument("--smol-wall", action="store_true",
+                        help="also SmolLM2 LoRA bf16 wall-clock (--short-steps steps) when "
+                             "smollm2 is in --models")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: tiny model only, 1 round of 1 step, 4 overhead rounds")
+                        help="smoke test: tiny model only, 1 round of 1 step, 4 overhead rounds, "
+                             "1 wall-clock round of 2 and 4 steps")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.worker:
@@ -352,17 +445,41 @@ def main() -> None:
         return
     if a.quick:
         a.steps, a.warmup, a.rounds, a.overhead_rounds, a.models = 1, 1, 1, 4, "tiny"
+        a.short_steps, a.long_steps, a.wall_rounds = 2, 4, 1
     settings = tuple(PAPER if s == "paper" else s for s in a.settings.split(","))
     unknown = sorted(set(settings) - {*SETTINGS, PAPER})
     if unknown:
         parser.error(f"unknown settings {unknown}; use a subset of {', '.join(SETTINGS)}, paper")
+    models = a.models.split(",")
     print(f"command: python bench/trainer.py {' '.join(sys.argv[1:])}")
-    print(f"machine: {machine()}", flush=True)
-    for model_name in a.models.split(","):
+    print(f"machine: {machine()}; load average {_load()} (1/5/15 min)", flush=True)
+    step_rows: list[str] = []
+    for model_name in models if a.rounds >= 1 else ():
         if model_name == "smollm2":
-            bench_model(model_name, a.smol_steps, 1, a.smol_rounds, settings)
+            step_rows += bench_model(model_name, a.smol_steps, 1, a.smol_rounds, settings)
         else:
-            bench_model(model_name, a.steps, a.warmup, a.rounds, settings)
+            step_rows += bench_model(model_name, a.steps, a.warmup, a.rounds, settings)
+    wall_rows: list[str] = []
+    lengths = [n for n in (a.short_steps, a.long_steps) if n >= 1]
+    if a.wall_rounds >= 1 and "tiny" in models and lengths:
+        wall_rows += bench_wall("tiny", [(s, n) for n in lengths for s in MATCHED],
+                                a.wall_rounds, a.threads)
+    if a.wall_rounds >= 1 and a.smol_wall and "smollm2" in models and a.short_steps >= 1:
+        wall_rows += bench_wall("smollm2", [("bf16", a.short_steps)], a.wall_rounds, a.threads)
+    print("README tables (markdown):\n")
+    if step_rows:
+        print(f"Per training step, CPU time on 1 thread after warm-up, median (min–max) over "
+              f"rounds; machine: {machine(1)}; load average {_load()}\n")
+        print("| model, setting | TRL pairs/s | pluralign pairs/s | ours / TRL |")
+        print("|---|---|---|---|")
+        print("\n".join(step_rows) + "\n")
+    if wall_rows:
+        print(f"Whole run, wall-clock of the trainer's construction (tokenisation, precompute "
+              f"pass) + `train()`, median (min–max) over {a.wall_rounds} rounds; machine: "
+              f"{machine(a.threads)}; load average {_load()}\n")
+        print("| model, setting | steps | TRL | pluralign | ours / TRL (speed) |")
+        print("|---|---|---|---|---|")
+        print("\n".join(wall_rows) + "\n", flush=True)
     if a.overhead_rounds < 2:
         return
     over = _run("overhead", a.overhead_rounds)

@@ -20,6 +20,7 @@ from pluralign.training import (
     tokenize_pair,
 )
 from pluralign.training.logps import _generic_logps
+from pluralign.training.trainer import longest_first_batches
 
 PAIRS = [
     {"prompt": "The sky is", "chosen": " blue.", "rejected": " green and purple."},
@@ -278,6 +279,41 @@ def test_precomputed_reference_logps_give_the_same_loss(tmp_path, model, tokeniz
     with torch.no_grad():
         torch.testing.assert_close(pre.compute_loss(pre.model, pre_batch),
                                    live.compute_loss(live.model, dict(batch)), rtol=0, atol=1e-6)
+
+
+def test_precompute_in_longest_first_batches_equals_one_pair_at_a_time(tmp_path, model,
+                                                                       tokenizer):
+    """Batches of 3 over 8 pairs of varied lengths, scored longest first and written back to their
+    rows, equal each pair scored alone in a padded row (full-vocabulary log_softmax)."""
+    pairs = PAIRS + [{**p, "rejected": p["rejected"] * 3} for p in reversed(PAIRS)]
+    trainer = PreferenceTrainer(copy.deepcopy(model), ref_model=copy.deepcopy(model),
+                                args=_config(tmp_path, precompute_ref_log_probs=True,
+                                             precompute_ref_batch_size=3),
+                                train_dataset=datasets.Dataset.from_list(pairs),
+                                processing_class=tokenizer)
+    collate = PreferenceCollator(tokenizer.pad_token_id)
+    with torch.no_grad():
+        alone = [_brute_force_logps(model, collate([tokenize_pair(p, tokenizer)])) for p in pairs]
+    got = {c: torch.tensor(list(trainer.train_dataset[c]), dtype=torch.float64)
+           for c in ("ref_chosen_logps", "ref_rejected_logps")}
+    torch.testing.assert_close(got["ref_chosen_logps"], torch.stack([a[0] for a in alone]),
+                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(got["ref_rejected_logps"], torch.stack([a[1] for a in alone]),
+                               rtol=0, atol=1e-4)
+
+
+def test_longest_first_batches_sort_by_pair_tokens_keeping_row_order_on_ties():
+    ds = datasets.Dataset.from_dict({"prompt_ids": [[1], [1, 2], [1], [1, 2, 3]],
+                                     "chosen_ids": [[1], [1], [1, 2], [1]],
+                                     "rejected_ids": [[1], [1], [1], []]})
+    # tokens per pair: 3, 4, 4, 4
+    assert longest_first_batches(ds, 2) == [[1, 2], [3, 0]]
+    assert longest_first_batches(ds, 8) == [[1, 2, 3, 0]]
+
+
+def test_precompute_batch_size_must_be_a_count(tmp_path):
+    with pytest.raises(ConfigError, match="precompute_ref_batch_size"):
+        _config(tmp_path, precompute_ref_batch_size=0)
 
 
 def test_strength_parameters_get_their_own_optimizer_group(tmp_path, model, tokenizer):

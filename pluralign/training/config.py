@@ -106,6 +106,15 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
             "reference model, instead of a reference forward pass at every step."
         },
     )
+    precompute_ref_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pairs per forward call of the precompute pass "
+            "(precompute_ref_log_probs); default 2 × per_device_eval_batch_size. The pass "
+            "scores the pairs longest first in packed batches (same log-probs as one pair at "
+            "a time, up to float summation order), so a larger batch means fewer, fuller calls."
+        },
+    )
     reference_dtype: str = field(
         default="auto",
         metadata={
@@ -206,5 +215,7 @@ class PreferenceConfig(TrainingArguments, _objective_fields()):
             **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size",
                              "gradient_accumulation_steps"), COUNT),
         })
+        if self.precompute_ref_batch_size is not None:
+            check_fields(self, {"precompute_ref_batch_size": COUNT})
         check_lengths(self.max_length, self.max_prompt_length, "PreferenceConfig")
         check_steps(self)

@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,38 +172,52 @@ def pack_pairs(
     used = [sum(lengths[u] for u in row) for row in layout]
     order = sorted(range(len(layout)), key=lambda r: -used[r])
     layout = [layout[r] for r in order]
-    groups = _row_groups([used[r] for r in order], pad_to_multiple_of)
-    shape = (len(layout), width)
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    unit_ids = torch.full(shape, -1, dtype=torch.long)
-    segment_ids = torch.zeros(shape, dtype=torch.long)
-    score: list[tuple[int, int, int, int]] = []  # (row, source column, target id, sequence)
+    used = [used[r] for r in order]
+    groups = _row_groups(used, pad_to_multiple_of)
+    # One entry per piece (a unit's prompt or one completion), in row order: its row, first
+    # column, first position id, unit, segment, sequence (−1: the prompt) and prompt-end column.
+    meta: list[tuple[int, int, int, int, int, int, int]] = []
+    sizes: list[int] = []
+    token_ids: list[int] = []
     for r, row in enumerate(layout):
         col = 0
         for u in row:
             unit = units[u]
             p = len(unit.prompt)
-            pieces = [(0, unit.prompt, 0)] + [
-                (s + 1, ids, p) for s, (_, ids) in enumerate(unit.completions)
-            ]
             prompt_end = col + p - 1  # the prompt's last column (col − 1 when it is empty)
-            for segment, ids, first_position in pieces:
-                n = len(ids)
-                span = slice(col, col + n)
-                input_ids[r, span] = torch.tensor(list(ids), dtype=torch.long)
-                position_ids[r, span] = torch.arange(first_position, first_position + n)
-                unit_ids[r, span] = u
-                segment_ids[r, span] = segment
-                if segment:
-                    sequence = unit.completions[segment - 1][0]
-                    for k, target in enumerate(ids):
-                        source = col + k - 1 if k else prompt_end
-                        if k or p:
-                            score.append((r, source, target, sequence))
-                col += n
-        position_ids[r, col:] = torch.arange(width - col)  # padding: its own block
-    columns = torch.tensor(score, dtype=torch.long).reshape(-1, 4).T
+            pieces = [(0, -1, unit.prompt, 0)] + [
+                (s + 1, sequence, ids, p) for s, (sequence, ids) in enumerate(unit.completions)
+            ]
+            for segment, sequence, ids, first_position in pieces:
+                meta.append((r, col, first_position, u, segment, sequence, prompt_end))
+                sizes.append(len(ids))
+                token_ids += ids
+                col += len(ids)
+    shape = (len(layout), width)
+    rows_of, first_col, first_pos, unit_of, seg_of, seq_of, end_of = (
+        np.repeat(np.asarray(column, dtype=np.int64).reshape(-1), sizes)
+        for column in zip(*meta, strict=True)
+    )
+    within = np.arange(len(token_ids)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    cols = first_col + within
+    columns_of_row = np.arange(width)[None, :] - np.asarray(used, dtype=np.int64)[:, None]
+    position_ids = np.where(columns_of_row >= 0, columns_of_row, 0)  # padding: its own block
+    input_ids = np.full(shape, pad_token_id, dtype=np.int64)
+    unit_ids = np.full(shape, -1, dtype=np.int64)
+    segment_ids = np.zeros(shape, dtype=np.int64)
+    targets = np.asarray(token_ids, dtype=np.int64)
+    input_ids[rows_of, cols] = targets
+    position_ids[rows_of, cols] = first_pos + within
+    unit_ids[rows_of, cols] = unit_of
+    segment_ids[rows_of, cols] = seg_of
+    # A completion token is predicted by the column before it, its first token by the prompt's
+    # last column; none for the first token after an empty prompt (position 0: no context).
+    scored = (seg_of > 0) & ((within > 0) | (first_pos > 0))
+    sources = np.where(within > 0, cols - 1, end_of)
+    columns = torch.from_numpy(np.stack([rows_of, sources, targets, seq_of])[:, scored])
+    input_ids, position_ids, unit_ids, segment_ids = (
+        torch.from_numpy(a) for a in (input_ids, position_ids, unit_ids, segment_ids)
+    )
     batch = {"input_ids": input_ids, "position_ids": position_ids}
     if share_prompt:
         batch["attention_mask"] = block_attention_mask(unit_ids, segment_ids)

@@ -41,6 +41,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 from accelerate.utils import gather_object
@@ -159,6 +161,21 @@ def tokenize_dataset(
         remove_columns=[c for c in dataset.column_names if c not in keep],
         desc=f"Tokenizing {name} pairs",
     )
+
+
+def longest_first_batches(dataset: datasets.Dataset, batch_size: int) -> list[list[int]]:
+    """Row indices of ``dataset`` (tokenised pairs) in batches of ``batch_size``, the pairs sorted
+    by their tokens (prompt + chosen + rejected), longest first, ties in row order: the pairs of
+    a batch have similar lengths, so packed rows are full and the row groups narrow. A pair's
+    log-probs do not depend on its batch (packing.py), so the precompute pass may score the
+    pairs in any order and write each back to its own row."""
+    table = dataset.select_columns(list(TOKEN_COLUMNS)).with_format("arrow")[:]
+    lengths = sum(
+        pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False)
+        for name in TOKEN_COLUMNS
+    )
+    order = np.argsort(-lengths, kind="stable").tolist()
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class _ZeroStrengthGrads(TrainerCallback):
@@ -329,7 +346,8 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
         self, dataset: datasets.Dataset | None, name: str
     ) -> datasets.Dataset | None:
         """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, each process scoring a
-        contiguous shard."""
+        contiguous shard in packed batches of ``precompute_ref_batch_size`` pairs, longest
+        first (:func:`longest_first_batches`)."""
         if dataset is None:
             return None
         dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
@@ -346,26 +364,27 @@ class PreferenceTrainer(CheckedLaunch, StagedCheckpoints, Trainer):
         shard = dataset.shard(
             self.accelerator.num_processes, self.accelerator.process_index, contiguous=True
         )
+        batch_size = self.args.precompute_ref_batch_size or 2 * self.args.per_device_eval_batch_size
         loader = DataLoader(
             shard,
-            batch_size=self.args.per_device_eval_batch_size,
+            batch_sampler=longest_first_batches(shard, batch_size),
             collate_fn=self.data_collator,
-            shuffle=False,
         )
         # Without a reference model: a peft policy with its adapters disabled, else the policy.
         ref_model = self.ref_model
         if ref_model is None and not _is_peft(self.model):
             self.ref_model = self.model
-        chosen: list[float] = []
-        rejected: list[float] = []
+        chosen = torch.empty(len(shard), dtype=torch.float64)
+        rejected = torch.empty(len(shard), dtype=torch.float64)
         try:
-            for batch in loader:
+            for rows, batch in zip(loader.batch_sampler, loader, strict=True):
                 batch = self._prepare_inputs(batch)
                 c, r = self._reference_logps(batch).chunk(2)
-                chosen += c.tolist()
-                rejected += r.tolist()
+                chosen[rows] = c.detach().to("cpu", torch.float64)
+                rejected[rows] = r.detach().to("cpu", torch.float64)
         finally:
             self.ref_model = ref_model
+        chosen, rejected = chosen.tolist(), rejected.tolist()
         if self.accelerator.num_processes > 1:
             chosen, rejected = gather_object(chosen), gather_object(rejected)
         return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
