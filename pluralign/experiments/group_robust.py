@@ -44,6 +44,7 @@ import pandas as pd
 
 from pluralign.config import config_values
 from pluralign.data.config import DataConfig
+from pluralign.data.groups import group_ids
 from pluralign.data.splits import train_test_split_pairs
 from pluralign.data.synthetic import (
     Population,
@@ -51,7 +52,7 @@ from pluralign.data.synthetic import (
     make_population,
     type_conflict,
 )
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError
 from pluralign.evaluation.margins import preference_margins
 from pluralign.evaluation.replication import SeedInterval, paired_seed_interval
 from pluralign.evaluation.subgroups import margin_gains
@@ -230,6 +231,23 @@ def _train_methods(cfg: GroupRobustConfig, splits: Any, tokenizer: Any, out: Pat
     return margins, trajectory
 
 
+def _check_groupings(config: GroupRobustConfig, train: datasets.Dataset) -> None:
+    """Every method's ``group_by`` maps the training pairs to >= 2 groups, checked before any
+    training (a bad one would otherwise fail after the earlier methods had trained)."""
+    for method, values in config.methods.items():
+        group_by = values.get("group_by", config.training.group_by)
+        if not group_by:
+            continue
+        try:
+            names = group_ids(train, group_by).names
+        except PluralignError as err:
+            raise ConfigError(f"methods.{method}: {err}") from None
+        if len(names) < 2:
+            raise ConfigError(f"methods.{method}: group_by={group_by!r} has one group "
+                              f"({names[0]}) in the training pairs; a group-robust objective "
+                              "needs >= 2 groups: pick another group_by")
+
+
 def run_group_robust(config: GroupRobustConfig) -> dict[str, Any]:
     """Run the experiment into ``config.output_dir`` (config.yaml, metrics.json, report.html,
     PNGs); returns the metrics."""
@@ -243,6 +261,7 @@ def run_group_robust(config: GroupRobustConfig) -> dict[str, Any]:
             raise ConfigError(f"GroupRobustConfig: the {part} split of seed {config.seed} has no "
                               f"{sorted(missing)[0]} pairs; raise data.population.n_annotators "
                               "or pairs_per_annotator")
+    _check_groupings(config, splits["train"])
     tokenizer = build_tokenizer_for(config.model, lambda: pair_texts(splits["train"]))
     margins, trajectory = _train_methods(config, splits, tokenizer, out)
     summaries = {m: worst_group_summary(df, GROUP, n_boot=config.n_boot, seed=config.seed,
