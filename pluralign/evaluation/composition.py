@@ -80,7 +80,7 @@ class CompositionResult:
 
     def summary(self) -> list[str]:
         """Plain-language lines for reports: sizes, the advantage, and per-group best fit."""
-        lines = [f"{len(self.margin)} groups of {self.attribute!r}, each model trained on "
+        lines = [f"{len(self.margin.columns)} groups of {self.attribute!r}, each model trained on "
                  f"{self.train_size} pairs; held-out pairs per group: {self.test_counts}.",
                  f"Own-group advantage (mean diagonal − mean off-diagonal): "
                  f"{self.own_group_advantage('accuracy'):+.3g} pp of held-out accuracy, "

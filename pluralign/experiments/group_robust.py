@@ -13,11 +13,16 @@ DIR`` runs it (``configs/group_robust.yaml`` holds the shipped values); the run 
 config.yaml, metrics.json, report.html, group_accuracy.png and group_weights.png
 (:mod:`pluralign.runs`).
 
-On the held-out pairs: per-group, average (micro) and worst-group accuracy with bootstrap CIs
-(:mod:`pluralign.evaluation.worst_group`), the paired-bootstrap worst-group accuracy gain of
-group-robust DPO over DPO and its cost in average accuracy, and the group weights' trajectory.
-``metrics.json`` carries ``worst_group_accuracy`` per method and ``worst_group_accuracy_gain``
-= {estimate, ci}; the claim holds when that CI lies above 0.
+On the held-out pairs: per-group, average (micro) and worst-group accuracy with
+annotator-cluster bootstrap CIs (:mod:`pluralign.evaluation.worst_group`; an annotator's pairs are
+not independent), the paired worst-group accuracy gain of group-robust DPO over DPO and over the
+η = 0 baseline ``Static-RW`` (fixed group-balanced importance weights: does the minimax add
+anything to reweighting?), its cost in average accuracy, and the group weights' trajectory.
+``metrics.json`` carries ``worst_group_accuracy`` per method, ``worst_group_accuracy_gain`` =
+{estimate, ci} and ``worst_group_accuracy_gain_vs_static``. One seed is not the evidence:
+``seeds=[...]`` runs each seed into ``seed-<s>/`` (:mod:`pluralign.experiments.seeds`) and the
+summary in ``output_dir`` gives the across-seed Student-t intervals of the gains and of the
+average cost (same keys, ``{estimate, ci, n, sd, ...}`` over seeds).
 
 The population's composition is exact, not drawn: exactly ``majority_share`` of the annotators
 are of the majority type (``PopulationConfig.exact_type_shares``) and exactly ``conflict_share``
