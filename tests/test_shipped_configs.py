@@ -21,6 +21,7 @@ CONFIGS = REPO / "configs"
 SHIPPED = {
     "demo*.yaml": "pluralign.experiments.demo.DemoConfig",
     "group_robust.yaml": "pluralign.experiments.group_robust.GroupRobustConfig",
+    "composition_*.yaml": "pluralign.experiments.composition.CompositionConfig",
     "replicate_*.yaml": "pluralign.experiments.replicate.ReplicateConfig",
     "dahp_env.yaml": "pluralign.experiments.dahp.SimulateConfig",
     "pal_benchmark.yaml": "pluralign.experiments.pal_benchmark.BenchmarkConfig",

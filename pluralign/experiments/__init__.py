@@ -61,7 +61,7 @@ Examples:
   {command} model=runs/sft data=prism/ data.format=prism \\
       data.test_size=0.2 attribute=attr.age split=annotator training.learning_rate=1e-6 \\
       --output-dir runs/comp
-  {command} --config configs/composition_smollm2.yaml    # SmolLM2-135M LoRA, 3 seeds
+  {command} --config configs/composition_smollm2.yaml   # SmolLM2 LoRA
 
 data is any preference source (a saved synthetic population is its folder); model is the SFT
 model every group's copy starts from and the reference. Writes composition.csv, the two
