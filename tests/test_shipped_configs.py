@@ -132,7 +132,9 @@ def test_documented_runs_read_back(path, monkeypatch):
     """The run folders kept under docs/results are accepted by `--config` as they are."""
     monkeypatch.chdir(REPO)
     name = path.parent.name
-    cls = _class(SHIPPED["replicate_*.yaml" if name.startswith("replicate") else "demo*.yaml"])
+    pattern = next((p for p in ("replicate_*.yaml", "group_robust.yaml", "composition_*.yaml")
+                    if name.startswith(p.split("_")[0].split(".")[0])), "demo*.yaml")
+    cls = _class(SHIPPED[pattern])
     assert isinstance(build_config(cls, path.relative_to(REPO)), cls)
 
 
