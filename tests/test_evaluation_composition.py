@@ -174,3 +174,10 @@ def test_the_summary_over_seeds_is_scipys_t_interval_of_the_advantage(tmp_path):
     assert metrics["accuracy_mean"]["a"]["b"] == 50.0
     with pytest.raises(Exception, match=r"seeds=\[1, 1\] repeats a seed"):
         CompositionConfig(model=cfg.model, data=cfg.data, attribute="gender", seeds=[1, 1])
+
+
+def test_a_group_without_training_pairs_names_the_values_present():
+    sp = _splits()
+    with pytest.raises(Exception, match=r"no pairs with gender=\['X'\]; values present: \["):
+        composition_matrix(sp["train"], sp["test"], "gender", *_own_group_fns(), n_boot=10,
+                           groups=["X", *sorted(set(attribute_values(sp["train"], "gender")))])
