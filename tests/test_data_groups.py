@@ -55,3 +55,14 @@ def test_population_latent_types_as_a_group_column():
     data, groups = add_group_column(pop.dataset, "type_id")
     assert data["group"] == np.asarray(pop.dataset["type_id"]).tolist()
     assert groups.names == ["0", "1"]
+
+
+def test_struct_attributes_and_an_attribute_nobody_has():
+    """A struct attributes column (dicts) ended in 'TypeError: unhashable type: dict'."""
+    data = datasets.Dataset.from_dict({"attributes": [{"age": "65+"}, {"age": "18-24"}]})
+    assert group_ids(data, "attr.age").names == ["18-24", "65+"]
+    with pytest.raises(SchemaError, match=r"no pair has 'nosuch'; use one of \['attr.age'\]"):
+        group_ids(data, "attr.nosuch")
+    partial = _pairs(["65+", None], [0, 0])
+    with pytest.raises(SchemaError, match=r"row 1, field 'attr.age'.*no group value"):
+        group_ids(partial, "attr.age")

@@ -66,3 +66,52 @@ def test_mismatched_runs_fail_clearly():
         worst_group_gain(_frame([1, 2], ["a", "b"]), _frame([1, 2], ["b", "a"]), "group")
     with pytest.raises(EvaluationError, match="no 'group'"):
         worst_group_summary(_frame([1, 2], ["a", None]), "group")
+
+
+def test_cluster_bootstrap_draws_whole_clusters_with_the_cluster_mean_variance():
+    """Reference: with k equal-size clusters the cluster bootstrap of the mean has variance
+    var(cluster means, ddof=0) / k (Davison & Hinkley 1997, §3.8)."""
+    from pluralign.evaluation.bootstrap import bootstrap_statistic
+
+    rng = np.random.default_rng(3)
+    k, m = 12, 5
+    clusters = np.repeat(np.arange(k), m)[rng.permutation(k * m)]
+    values = rng.normal(size=k)[clusters] + 0.1 * rng.normal(size=k * m)
+    seen = []
+
+    def mean(idx):
+        seen.append(idx)
+        return float(values[idx].mean())
+
+    boot = bootstrap_statistic(k * m, mean, 4000, np.random.default_rng(0), clusters)
+    means = np.array([values[clusters == c].mean() for c in range(k)])
+    assert boot.var() == pytest.approx(means.var() / k, rel=0.1)
+    for idx in seen[:50]:  # every drawn cluster comes with all of its rows
+        drawn = clusters[idx]
+        assert all(np.count_nonzero(drawn == c) % m == 0 for c in np.unique(drawn))
+        assert idx.size == k * m
+
+
+def test_clustered_gain_with_one_pair_per_annotator_is_the_pair_bootstrap():
+    rng = np.random.default_rng(1)
+    groups = np.array(["a"] * 30 + ["b"] * 10)
+    run = _frame(rng.normal(0.3, 1, 40), groups)
+    base = _frame(rng.normal(0.0, 1, 40), groups)
+    run["annotator_id"] = [f"a{i:02d}" for i in range(40)]  # sorted: cluster j is row j
+    plain_gain = worst_group_gain(run, base, "group", n_boot=200, seed=4)
+    clustered = worst_group_gain(run, base, "group", n_boot=200, seed=4, cluster="annotator_id")
+    assert clustered["ci"] == plain_gain["ci"] and clustered["cluster"] == "annotator_id"
+
+
+def test_clustered_intervals_widen_when_an_annotators_pairs_agree():
+    # 20 annotators x 10 pairs; each annotator's pairs are all right or all wrong
+    right = np.repeat(np.arange(20) % 3 != 0, 10)
+    df = _frame(np.where(right, 1.0, -1.0), np.repeat(np.arange(20) % 2, 10).astype(str))
+    df["annotator_id"] = np.repeat(np.arange(20), 10)
+    pairs = worst_group_summary(df, "group", n_boot=500).worst_group_accuracy
+    clustered = worst_group_summary(df, "group", n_boot=500,
+                                    cluster="annotator_id").worst_group_accuracy
+    assert clustered.mean == pairs.mean
+    assert clustered.ci_high - clustered.ci_low > 2 * (pairs.ci_high - pairs.ci_low)
+    with pytest.raises(EvaluationError, match="cluster column 'nope' not found"):
+        worst_group_summary(df, "group", n_boot=10, cluster="nope")

@@ -76,16 +76,71 @@ def test_listed_and_configured_through_the_experiment_command(tmp_path, capsys):
     ("n_boot=.inf", r"GroupRobustConfig.n_boot=inf is invalid"),
     ("training.max_length=5", r"max_prompt_length=28 must be in \[0, max_length=5\)"),
     ("conflict_share=1.5", r"GroupRobustConfig.conflict_share=1.5 is invalid"),
-    ("data.test_size=x", r"data.test_size='x' is invalid")])
+    ("data.test_size=x", r"data.test_size='x' is invalid"),
+    ("data.population.n_annotators=2", r"leaves 0 minority annotator\(s\); each group needs"),
+    ("data.population.n_types=3", r"n_types=3: this experiment is defined for two groups"),
+    ("methods.GR-DPO.group_step_size=.inf", r"group_step_size=inf is invalid"),
+    ("methods.GR-DPO.group_by=5", r"group_by=5 is invalid; use a text value"),
+    ("seeds=[0, 0]", r"seeds=\[0, 0\] repeats a seed"),
+    ("seeds=[0, 1]|seed=2", r"seed=2 and seeds=\[0, 1\] both set")])
 def test_bad_settings_are_one_line_errors(override, message, tmp_path, capsys):
     """seed=abc reached numpy and ended in a raw 'ValueError: unrecognized seed string'."""
     import re
 
     from pluralign.cli import main
 
-    assert main(["experiment", "group_robust", override,
+    assert main(["experiment", "group_robust", *override.split("|"),
                  "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pluralign experiment: error: ")
     assert re.search(message, err[0]), err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_group_by_nobody_has_fails_before_any_method_trains(tmp_path):
+    cfg = build_config(GroupRobustConfig, CONFIG, [
+        "data.population.n_annotators=24", "data.population.pairs_per_annotator=6",
+        "data.population.n_prompts=10", "methods.GR-DPO.group_by=attr.nosuch"],
+        output_dir=tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"methods.GR-DPO: .*no pair has 'nosuch'"):
+        run_group_robust(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_group_in_the_training_pairs_is_refused():
+    import datasets
+
+    from pluralign.experiments.group_robust import _check_groupings
+
+    cfg = GroupRobustConfig(methods={"DPO": {"objective": "dpo"}, "GR-DPO": {
+        "objective": "group_dpo", "group_by": "attr.gender"}})
+    train = datasets.Dataset.from_dict({"attributes": [{"gender": "female"}] * 3})
+    with pytest.raises(ConfigError, match=r"group_by='attr.gender' has one group \(female\)"):
+        _check_groupings(cfg, train)
+
+
+def test_the_summary_over_seeds_is_scipys_t_interval_of_the_paired_differences():
+    from scipy import stats
+
+    from pluralign.experiments.group_robust import seed_summary
+
+    worst = {0: (0.60, 0.66, 0.67), 1: (0.62, 0.70, 0.69), 2: (0.58, 0.61, 0.66)}
+    average = {0: (0.77, 0.74, 0.73), 1: (0.78, 0.76, 0.75), 2: (0.76, 0.75, 0.72)}
+    names = ("DPO", "GR-DPO", "Static-RW")
+    done = {s: {"worst_group_accuracy": {m: {"mean": w}
+                                         for m, w in zip(names, worst[s], strict=True)},
+                "average_accuracy": {m: {"mean": a}
+                                     for m, a in zip(names, average[s], strict=True)},
+                "worst_group_accuracy_gain": {"estimate": worst[s][1] - worst[s][0]}}
+            for s in worst}
+    metrics = seed_summary(GroupRobustConfig(seeds=[0, 1, 2]), done)
+    checks = {"worst_group_accuracy_gain": [worst[s][1] - worst[s][0] for s in worst],
+              "worst_group_accuracy_gain_vs_static": [worst[s][1] - worst[s][2] for s in worst],
+              "average_accuracy_cost": [average[s][0] - average[s][1] for s in worst]}
+    for key, diffs in checks.items():
+        low, high = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+        assert metrics[key]["estimate"] == pytest.approx(sum(diffs) / 3)
+        assert metrics[key]["ci"] == pytest.approx([low, high])
+        assert metrics[key]["n"] == 3
+    one = seed_summary(GroupRobustConfig(seeds=[0]), {0: done[0]})
+    assert one["worst_group_accuracy_gain"]["ci"] == [None, None]  # JSON has no NaN

@@ -201,3 +201,13 @@ def test_the_wrapper_declares_its_base_objectives_columns_and_passes_their_ids_o
     objective.base.set_ids = lambda *args: heard.append(args)
     objective.set_ids("speaker", [2, 2], None)
     assert heard == [("speaker", [2, 2], None)] and objective.num_groups == 2
+
+
+def test_group_by_must_be_text_and_name_two_or_more_groups():
+    from pluralign.objectives.registry import build_objective
+
+    with pytest.raises(ConfigError, match=r"group_by=5 is invalid; it must be text"):
+        build_objective("group_dpo", group_by=5)
+    objective = build_objective("group_dpo", group_by="attr.gender")
+    with pytest.raises(ConfigError, match=r"group_by='attr.gender' has one group \(female\)"):
+        objective.set_ids("group", [7], ["female"])

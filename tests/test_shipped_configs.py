@@ -22,6 +22,7 @@ SHIPPED = {
     "demo*.yaml": "pluralign.experiments.demo.DemoConfig",
     "group_robust.yaml": "pluralign.experiments.group_robust.GroupRobustConfig",
     "identification.yaml": "pluralign.experiments.identification.IdentificationConfig",
+    "composition_*.yaml": "pluralign.experiments.composition.CompositionConfig",
     "replicate_*.yaml": "pluralign.experiments.replicate.ReplicateConfig",
     "dahp_env.yaml": "pluralign.experiments.dahp.SimulateConfig",
     "pal_benchmark.yaml": "pluralign.experiments.pal_benchmark.BenchmarkConfig",
@@ -132,8 +133,10 @@ def test_documented_runs_read_back(path, monkeypatch):
     """The run folders kept under docs/results are accepted by `--config` as they are."""
     monkeypatch.chdir(REPO)
     name = path.parent.name
-    cls = _class(SHIPPED["replicate_*.yaml" if name.startswith("replicate") else
-                         "identification.yaml" if name == "identification" else "demo*.yaml"])
+    pattern = next((p for p in ("replicate_*.yaml", "group_robust.yaml", "composition_*.yaml",
+                                "identification.yaml")
+                    if name.startswith(p.split("_")[0].split(".")[0])), "demo*.yaml")
+    cls = _class(SHIPPED[pattern])
     assert isinstance(build_config(cls, path.relative_to(REPO)), cls)
 
 

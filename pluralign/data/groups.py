@@ -18,6 +18,7 @@ is an error too, or ``UNKNOWN`` with ``missing="unknown"`` when the table has th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,12 +59,21 @@ def _raw_values(dataset: datasets.Dataset, group_by: str) -> list[str | None]:
                 raise schema_error("<dataset>", None, column,
                                    f"group_by={group_by!r} needs the {column!r} column")
             key = group_by[len(prefix):]
-            cache: dict[str, str | None] = {}
-            out = []
+            cache: dict[str | None, str | None] = {}
+            out, keys = [], set()
             for encoded in dataset[column]:
-                if encoded not in cache:
-                    cache[encoded] = decode_mapping(encoded).get(key)
-                out.append(cache[encoded])
+                # a struct column holds dicts (unhashable): cache on their JSON text
+                text = encoded if encoded is None or isinstance(encoded, str) else \
+                    json.dumps(encoded, sort_keys=True, default=str)
+                if text not in cache:
+                    mapping = decode_mapping(encoded)
+                    keys.update(mapping)
+                    cache[text] = mapping.get(key)
+                out.append(cache[text])
+            if out and all(v is None for v in out):
+                raise schema_error("<dataset>", None, column,
+                                   f"group_by={group_by!r}: no pair has {key!r}; use one of "
+                                   f"{sorted(prefix + k for k in keys) or 'none (empty)'}")
             return out
     if group_by not in dataset.column_names:
         raise schema_error("<dataset>", None, group_by,

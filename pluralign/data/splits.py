@@ -108,6 +108,11 @@ def size_matched_subsets(ds: datasets.Dataset, attribute: str, n: int | None = N
         raise ConfigError(f"no pairs carry the {field} key {attribute!r}")
     members = {g: np.flatnonzero(column == g) for g in groups}
     sizes = {g: len(m) for g, m in members.items()}
+    absent = [g for g, size in sizes.items() if size == 0]
+    if absent:
+        present = sorted({str(v) for v in column if v is not None})
+        raise ConfigError(f"size_matched_subsets: no pairs with {attribute}={absent}; values "
+                          f"present: {present}")
     n = min(sizes.values()) if n is None else n
     short = {g: s for g, s in sizes.items() if s < n}
     if short or n < 1:

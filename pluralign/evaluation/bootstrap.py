@@ -37,11 +37,27 @@ def bootstrap_statistic(
     statistic: Callable[[np.ndarray], float],
     n_boot: int,
     rng: np.random.Generator,
+    clusters: np.ndarray | None = None,
 ) -> np.ndarray:
     """Values of ``statistic(indices)`` on ``n_boot`` resamples of ``range(n)`` (paired bootstrap).
 
-    ``statistic`` receives one index array of length ``n`` per resample, so arrays indexed by the
-    same units (e.g. two models' outcomes on the same prompts) are resampled together.
+    ``statistic`` receives one index array per resample, so arrays indexed by the same units
+    (e.g. two models' outcomes on the same prompts) are resampled together. With ``clusters``
+    (one cluster code per row, e.g. the annotator of each pair) whole clusters are drawn with
+    replacement, as many as there are, and the index array holds every row of each drawn cluster
+    (the cluster bootstrap, Davison & Hinkley 1997 §3.8: rows of one annotator are not
+    independent, so resampling them one by one understates the spread).
     """
     n_boot = check_n_boot(n_boot)
-    return np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=float)
+    if clusters is None:
+        return np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)],
+                        dtype=float)
+    codes = np.asarray(clusters)
+    if codes.shape != (n,):
+        raise EvaluationError(f"clusters has shape {codes.shape}; need one code per row ({n})")
+    _, inverse = np.unique(codes, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    k = len(members)
+    return np.array([statistic(np.concatenate([members[j] for j in rng.integers(0, k, size=k)]))
+                     for _ in range(n_boot)], dtype=float)

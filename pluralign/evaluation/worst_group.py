@@ -7,7 +7,9 @@ the annotator's chosen response higher; a tie counts as wrong, as in training). 
 group-robust optimisation targets, Ramesh et al. 2024, arXiv 2405.20304), the worst-group margin
 ``min_g mean_{i∈g} Δ_i``. Per-group rows and the micro/macro averages come from
 :func:`~pluralign.evaluation.subgroups.subgroup_table`. The minima's intervals are percentile
-intervals of the minimum recomputed on resamples of pairs (:mod:`pluralign.evaluation.bootstrap`);
+intervals of the minimum recomputed on resamples of pairs, or of whole clusters of pairs
+(``cluster="annotator_id"``: one annotator's pairs are not independent)
+(:mod:`pluralign.evaluation.bootstrap`);
 a group that a resample happens to miss is left out of that resample's minimum.
 :func:`worst_group_gain` is the paired version: both methods' outcomes on the same resampled
 pairs, so the interval is that of the difference of the two minima.
@@ -76,10 +78,20 @@ def _group_min(values: np.ndarray, codes: np.ndarray, idx: np.ndarray) -> float:
     return float(np.min(sums[counts > 0] / counts[counts > 0]))
 
 
+def _clusters(df: pd.DataFrame, cluster: str | None) -> np.ndarray | None:
+    if cluster is None:
+        return None
+    if cluster not in df.columns:
+        raise EvaluationError(f"cluster column {cluster!r} not found; available: "
+                              f"{sorted(map(str, df.columns))}")
+    return df[cluster].astype("string").fillna("<missing>").to_numpy()
+
+
 def _worst(values: np.ndarray, codes: np.ndarray, n_boot: int, level: float,
-           rng: np.random.Generator) -> Estimate:
+           rng: np.random.Generator, clusters: np.ndarray | None = None) -> Estimate:
     point = _group_min(values, codes, np.arange(values.size))
-    boot = bootstrap_statistic(values.size, lambda i: _group_min(values, codes, i), n_boot, rng)
+    boot = bootstrap_statistic(values.size, lambda i: _group_min(values, codes, i), n_boot, rng,
+                               clusters)
     return Estimate(point, *percentile_interval(boot, level), n=int(values.size))
 
 
@@ -91,29 +103,34 @@ def with_correct(df: pd.DataFrame, value: str = "margin") -> pd.DataFrame:
 
 
 def worst_group_summary(df: pd.DataFrame, group: str, value: str = "margin", *,
-                        n_boot: int = 1000, level: float = 0.95,
-                        seed: int = 0) -> WorstGroupSummary:
-    """Per-group, micro, macro and worst-group accuracy and margin (see the module docstring)."""
+                        n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                        cluster: str | None = None) -> WorstGroupSummary:
+    """Per-group, micro, macro and worst-group accuracy and margin (see the module docstring);
+    ``cluster`` (e.g. ``"annotator_id"``) resamples whole clusters in every interval."""
     data = with_correct(df, value)
     margins, codes = _outcomes(data, group, value)
     correct = data[CORRECT].to_numpy(dtype=float)
+    clusters = _clusters(data, cluster)
     rng = np.random.default_rng(seed)
-    accuracy = subgroup_table(data, [group], CORRECT, n_boot=n_boot, level=level, seed=seed)
-    margin = subgroup_table(data, [group], value, n_boot=n_boot, level=level, seed=seed)
+    accuracy = subgroup_table(data, [group], CORRECT, n_boot=n_boot, level=level, seed=seed,
+                              cluster=cluster)
+    margin = subgroup_table(data, [group], value, n_boot=n_boot, level=level, seed=seed,
+                            cluster=cluster)
     rows = accuracy.groups[accuracy.groups["count"] > 0]
     worst = str(rows.loc[rows["mean"].idxmin(), "group"])
-    return WorstGroupSummary(accuracy, margin, _worst(correct, codes, n_boot, level, rng),
-                             _worst(margins, codes, n_boot, level, rng), worst)
+    return WorstGroupSummary(accuracy, margin, _worst(correct, codes, n_boot, level, rng, clusters),
+                             _worst(margins, codes, n_boot, level, rng, clusters), worst)
 
 
 def worst_group_gain(run: pd.DataFrame, baseline: pd.DataFrame, group: str,
                      value: str = "margin", *, n_boot: int = 1000, level: float = 0.95,
-                     seed: int = 0) -> dict[str, Any]:
+                     seed: int = 0, cluster: str | None = None) -> dict[str, Any]:
     """Paired-bootstrap gain ``min_g acc_g(run) − min_g acc_g(baseline)`` on the same pairs.
 
     Rows are matched by position (evaluate both methods on the same pairs in the same order;
-    their ``group`` columns must agree). Returns ``{"estimate", "ci": [low, high], "level",
-    "n_boot", "n"}``.
+    their ``group`` columns must agree). ``cluster`` (a column of ``run``, e.g.
+    ``"annotator_id"``) resamples whole clusters. Returns ``{"estimate", "ci": [low, high],
+    "level", "n_boot", "n", "cluster"}``.
     """
     if len(run) != len(baseline):
         raise EvaluationError(f"run has {len(run)} pairs but baseline {len(baseline)}; evaluate "
@@ -128,7 +145,8 @@ def worst_group_gain(run: pd.DataFrame, baseline: pd.DataFrame, group: str,
     def gain(idx: np.ndarray) -> float:
         return _group_min(a, codes, idx) - _group_min(b, codes_b, idx)
 
-    boot = bootstrap_statistic(a.size, gain, n_boot, np.random.default_rng(seed))
+    boot = bootstrap_statistic(a.size, gain, n_boot, np.random.default_rng(seed),
+                               _clusters(run, cluster))
     low, high = percentile_interval(boot, level)
     return {"estimate": gain(np.arange(a.size)), "ci": [low, high], "level": level,
-            "n_boot": n_boot, "n": int(a.size)}
+            "n_boot": n_boot, "n": int(a.size), "cluster": cluster}

@@ -61,10 +61,12 @@ Examples:
   {command} model=runs/sft data=prism/ data.format=prism \\
       data.test_size=0.2 attribute=attr.age split=annotator training.learning_rate=1e-6 \\
       --output-dir runs/comp
+  {command} --config configs/composition_smollm2.yaml   # SmolLM2 LoRA
 
 data is any preference source (a saved synthetic population is its folder); model is the SFT
 model every group's copy starts from and the reference. Writes composition.csv, the two
-heatmaps, metrics.json and report.html."""),
+heatmaps, metrics.json and report.html; with seeds=[...] one such folder seed-<s>/ per seed and
+the own-group advantage (pp) with its t-interval over seeds."""),
     "pal_benchmark": Experiment(
         "pluralign.experiments.pal_benchmark", "BenchmarkConfig", "main",
         "PAL vs homogeneous Bradley-Terry vs per-type oracle on a synthetic population ([PAL])",
@@ -92,9 +94,12 @@ report.html (all of it on one page; `pluralign report --output-dir RUN` rebuilds
 Examples:
   {command} --output-dir runs/group_robust    # configs/group_robust.yaml
   {command} --output-dir runs/group_robust_90 seed=1 majority_share=0.9
+  {command} --output-dir runs/group_robust_5 "seeds=[0, 1, 2, 3, 4]"
 
 The sections model, data, sft and training are those of a train recipe (configs/tiny_cpu.yaml).
-Writes config.yaml, metrics.json, report.html, group_accuracy.png and group_weights.png."""),
+Writes config.yaml, metrics.json, report.html, group_accuracy.png and group_weights.png; with
+seeds=[...] one such folder seed-<s>/ per seed and across-seed t-intervals of the worst-group gain
+over DPO and over Static-RW (eta = 0) and of the average cost."""),
     "identification": Experiment(
         "pluralign.experiments.identification", "IdentificationConfig", "main",
         "is the spread of preference strength identified? per-pair vs panel likelihood, "

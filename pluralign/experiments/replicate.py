@@ -12,15 +12,15 @@ alongside. ``methods`` names further learned-strength methods of the demo to jud
 each with its own interval and verdict (e.g. panel MixDPO, ``strength_unit: annotator``, beside
 the per-pair MixDPO-Gamma: configs/replicate_panel_tiny.yaml).
 
-A seed whose folder already holds the ``metrics.json`` of the same demo configuration is reused,
-not retrained, so a run can be split over several invocations (``seeds=[0]``, then
-``seeds=[0,1]``, ...); each seed's folder is complete as soon as that seed finishes, and the
-summary (``metrics.json``, ``seeds.csv``, ``report.html``) is rewritten after every seed.
+Seeds are run by :func:`pluralign.experiments.seeds.run_seeds`: a seed whose folder already holds
+the ``metrics.json`` of the same demo configuration is reused, not retrained, so a run can be
+split over several invocations (``seeds=[0]``, then ``seeds=[0,1]``, ...), and one finished with
+another configuration is refused; each seed's folder is complete as soon as that seed finishes,
+and the summary (``metrics.json``, ``seeds.csv``, ``report.html``) is rewritten after every seed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +33,8 @@ from pluralign.errors import ConfigError
 from pluralign.evaluation.replication import SeedInterval, paired_seed_interval
 from pluralign.experiments.base import print_summary
 from pluralign.experiments.demo import GAMMA_METHOD, DemoConfig, train_and_compare
-from pluralign.runs import (
-    METRICS_FILE,
-    RunFolderOptions,
-    plain,
-    write_config,
-    write_report,
-    write_table,
-)
+from pluralign.experiments.seeds import check_resume, check_seed_list, run_seeds, seed_folder
+from pluralign.runs import RunFolderOptions, write_config, write_report, write_table
 from pluralign.validation import OPEN_UNIT, check_fields
 
 HET, HOM = "heterogeneous", "homogeneous"
@@ -79,21 +73,13 @@ class ReplicateConfig(RunFolderOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.resume, bool) or (self.resume and self.overwrite):
-            raise ConfigError(f"ReplicateConfig: resume={self.resume!r} with overwrite="
-                              f"{self.overwrite!r}; use resume=true to continue the run in "
-                              "output_dir or overwrite=true to replace it, not both")
+        check_resume(self)
         check_fields(self, {"level": OPEN_UNIT})
         if not isinstance(self.methods, list) or not self.methods or any(
                 not isinstance(m, str) for m in self.methods) or GAMMA_METHOD not in self.methods:
             raise ConfigError(f"ReplicateConfig.methods={self.methods!r} is invalid; use a list "
                               f"of the demo's method names that includes {GAMMA_METHOD!r}")
-        if not isinstance(self.seeds, list) or not self.seeds or any(
-                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ConfigError(f"ReplicateConfig.seeds={self.seeds!r} is invalid; use a list of "
-                              "distinct integers >= 0, e.g. [0, 1, 2]")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"ReplicateConfig.seeds={self.seeds!r} repeats a seed")
+        check_seed_list(self.seeds, "ReplicateConfig")
         if not isinstance(self.demo, list) or not all(
                 isinstance(o, str) and "=" in o for o in self.demo):
             raise ConfigError(f"ReplicateConfig.demo={self.demo!r} is invalid; use a list of "
@@ -113,22 +99,9 @@ class ReplicateConfig(RunFolderOptions):
         if path == DEFAULT_DEMO_CONFIG and not Path(path).is_file():
             path = None  # as for `pluralign demo`: the shipped file's values are the defaults
         values = {**read_config(DemoConfig, path, self.demo),
-                  "seed": seed, "output_dir": str(Path(self.output_dir) / f"seed-{seed}"),
+                  "seed": seed, "output_dir": str(seed_folder(self.output_dir, seed)),
                   "progress": self.progress}
         return config_from_dict(DemoConfig, values, path or "DemoConfig")
-
-
-def _seed_metrics(cfg: DemoConfig) -> dict[str, Any]:
-    """The seed's demo metrics: reused from its folder when the same configuration wrote them."""
-    path = Path(cfg.output_dir) / METRICS_FILE
-    if path.is_file():
-        try:
-            done = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            done = {}
-        if done.get("config") == json.loads(json.dumps(plain(config_values(cfg)))):
-            return done
-    return train_and_compare(cfg)
 
 
 def _seed_row(seed: int, metrics: dict[str, Any], methods: list[str]) -> dict[str, Any]:
@@ -161,13 +134,16 @@ def run_replication(cfg: ReplicateConfig) -> dict[str, Any]:
     """Run (or reuse) every seed's demo, then write and return the summary metrics."""
     out = Path(cfg.output_dir)
     write_config(out, config_values(cfg))
-    rows = []
-    for seed in cfg.seeds:
-        rows.append(_seed_row(seed, _seed_metrics(cfg.seed_config(seed)), cfg.methods))
-        metrics = _summarise(cfg, pd.DataFrame(rows))
-        write_table(out, "seeds.csv", pd.DataFrame(rows))
-        write_report(out, metrics)
-    return metrics
+
+    def summarise(done: dict[int, dict[str, Any]]) -> None:
+        rows = pd.DataFrame([_seed_row(seed, m, cfg.methods) for seed, m in done.items()])
+        write_table(out, "seeds.csv", rows)
+        write_report(out, _summarise(cfg, rows))
+
+    done = run_seeds(cfg.seeds, cfg.seed_config, lambda c: train_and_compare(c),
+                     progress=cfg.progress, desc="replicate", after_seed=summarise)
+    return _summarise(cfg, pd.DataFrame([_seed_row(seed, m, cfg.methods)
+                                         for seed, m in done.items()]))
 
 
 def _summarise(cfg: ReplicateConfig, seeds: pd.DataFrame) -> dict[str, Any]:

@@ -54,6 +54,8 @@ def check_settings(settings: Any) -> None:
             raise ConfigError(f"{f.name} must be set: {meta['help']}")
         if value is None and f.default is None:  # an optional setting left unset
             continue
+        if f.type in ("str", "str | None") and not isinstance(value, str):
+            raise ConfigError(f"{f.name}={value!r} is invalid; it must be text: {meta['help']}")
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{f.name}={value!r} is unknown; use one of "
                               f"{', '.join(meta['choices'])}")

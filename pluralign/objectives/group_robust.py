@@ -185,6 +185,10 @@ class GroupRobustObjective(Objective):
         if column != self.column:
             self.base.set_ids(column, counts, names)
             return
+        if self.group_by is not None and len(counts) < 2:
+            raise ConfigError(f"group_by={self.group_by!r} has one group "
+                              f"({', '.join(map(str, names or ['0']))}) in the training data; a "
+                              "group-robust objective needs >= 2 groups: pick another group_by")
         if names is not None or len(counts) != self.num_groups:
             self.set_groups(len(counts), names)
         self.set_group_counts(counts)
