@@ -344,6 +344,7 @@ def test_population_experiment_configs(tmp_path_factory, name, case):
     if name == "group_robust":
         base.pop("n_boot")
         base["data.population.demographic_signal"] = 0.0
+        base["data.population.n_types"] = 2  # the experiment is defined for two groups
         case.overrides = [o for o in case.overrides if not o.startswith("subgroups=")]
         case.in_file.pop("subgroups", None)
     case.in_file = {**base, **case.in_file}
