@@ -25,9 +25,9 @@ from cli_fuzz import (
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_training_cli import TINY
+from tiny_inputs import save_tiny_population_and_model
 
 from pluralign.config import set_dotted
-from pluralign.data.synthetic import PopulationConfig, make_population
 
 PRISM = Path(__file__).parent / "fixtures" / "prism"
 
@@ -44,8 +44,6 @@ def _names(*good: str) -> st.SearchStrategy:
 def files(tmp_path_factory) -> dict[str, Path]:
     """Inputs of the fuzzed commands: a survey, a margins table, a saved population, a tiny model
     folder (model + tokenizer) and a run folder with a metrics.json."""
-    from pluralign.training.models import build_tokenizer, tiny_gpt_neox
-
     root = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)
     pd.DataFrame([{"question": f"Q{q}", "type": t, "answer": rng.choice(["A", "B", "C"]),
@@ -54,14 +52,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     pd.DataFrame({"margin": rng.normal(0.5, 1.0, 60), "attr.age": rng.choice(["a", "b"], 60),
                   "annotator_id": rng.choice(list("uvwxyz"), 60)}
                  ).to_csv(root / "margins.csv", index=False)
-    population = make_population(PopulationConfig(n_annotators=6, pairs_per_annotator=3,
-                                                  n_prompts=5, text_style="compact", seed=0))
-    population.save(root / "pop")
-    texts = list(population.dataset["prompt"]) + list(population.dataset["chosen"])
-    tokenizer = build_tokenizer(texts, vocab_size=300)
-    tiny_gpt_neox(len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=32).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_population_and_model(root)
     return {"survey": root / "survey.csv", "margins": root / "margins.csv",
             "pop": root / "pop", "model": root / "model"}
 

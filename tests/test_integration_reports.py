@@ -43,7 +43,8 @@ def _composition_args(root, out, *extra):
 
 def test_evaluate_composition_writes_matrix_heatmaps_and_report(setup, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_composition_args(setup, out, "n_per_group=24")) == 0
+    # the mix row (a model on all groups) is tested in test_evaluation_composition
+    assert main(_composition_args(setup, out, "n_per_group=24", "mix=false")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     cells = pd.read_csv(out / "composition.csv")
     margin = pd.read_csv(out / "composition_margin.csv", index_col=0)
@@ -76,7 +77,8 @@ def test_evaluate_composition_writes_matrix_heatmaps_and_report(setup, tmp_path,
     from pluralign.config import build_config
     from pluralign.experiments.composition import CompositionConfig
 
-    given = [a for a in _composition_args(setup, out, "n_per_group=24")[2:] if "=" in a]
+    given = [a for a in _composition_args(setup, out, "n_per_group=24", "mix=false")[2:]
+             if "=" in a]
     assert build_config(CompositionConfig, out / "config.yaml") == \
         build_config(CompositionConfig, overrides=given, output_dir=out)
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from cli_fuzz import run_cli
 from test_training_cli import TINY
+from tiny_inputs import save_tiny_population_and_model
 
 from pluralign import runs
-from pluralign.data.synthetic import PopulationConfig, make_population
 from pluralign.runs import RunFolderError, run_folder, swap_folders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,17 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """A saved population, a tiny model folder, a survey, a margins table and train/sft recipes."""
-    from pluralign.training.models import build_tokenizer, tiny_gpt_neox
-
     root = tmp_path_factory.mktemp("inputs")
-    population = make_population(PopulationConfig(n_annotators=6, pairs_per_annotator=3,
-                                                  n_prompts=5, text_style="compact", seed=0))
-    population.save(root / "pop")
-    texts = list(population.dataset["prompt"]) + list(population.dataset["chosen"])
-    tokenizer = build_tokenizer(texts, vocab_size=300)
-    tiny_gpt_neox(len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=32).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_population_and_model(root)
     rng = np.random.default_rng(0)
     pd.DataFrame([{"question": f"Q{q}", "type": t, "answer": rng.choice(["A", "B", "C"]),
                    "weight": 1.0} for q in range(2) for t in ("Dem", "Rep") for _ in range(12)]
