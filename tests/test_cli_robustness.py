@@ -383,3 +383,24 @@ def test_experiment_replicate_configs(tmp_path_factory, case):
     out = folder / "run"
     _clean(base_case, ["experiment", "replicate",
                        *case.argv(folder, ["--output-dir", str(out)])], out)
+
+
+_CELL = st.one_of(st.none(), st.integers(-2, 99), st.sampled_from(["", "A", "B", "Refused"]),
+                  st.floats(allow_nan=True, allow_infinity=True, width=32))
+
+
+@CLI_SETTINGS
+@given(rows=st.lists(st.fixed_dictionaries({"party": _CELL, "Q1": _CELL, "Q2": _CELL,
+                                            "wt": _CELL}), max_size=12),
+       extra=st.lists(st.sampled_from(["weight_column=wt", "questions=[Q1]", "type_column=Q2",
+                                       "skip_incomplete=true", "type_missing_codes=[99]"]),
+                      max_size=2, unique=True))
+def test_nbc_on_any_wide_file(tmp_path_factory, rows, extra):
+    """nbc on generated wide survey files (one row per respondent, one column per question):
+    any cells, missing codes, weights and column roles end in a result or one clean line."""
+    folder = tmp_path_factory.mktemp("wide")
+    path = folder / "wide.csv"
+    pd.DataFrame(rows, columns=["party", "Q1", "Q2", "wt"]).to_csv(path, index=False)
+    argv = ["nbc", f"table={path}", *(["type_column=party"] if not any(
+        e.startswith("type_column") for e in extra) else []), *extra]
+    assert_clean([*argv, "--output-dir", str(folder / "run")], folder / "run")
