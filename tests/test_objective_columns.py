@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_inputs import two_type_population_and_tokenizer
 
-from pluralign.data import make_population
 from pluralign.data.schema import SchemaError
 from pluralign.errors import ConfigError
 from pluralign.objectives import Column, DPOObjective, ObjectiveSpec
-from pluralign.training import PreferenceConfig, PreferenceTrainer, build_tokenizer, tiny_gpt_neox
+from pluralign.training import PreferenceConfig, PreferenceTrainer, tiny_gpt_neox
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def population():
-    pop = make_population(n_annotators=6, pairs_per_annotator=4, n_prompts=8, n_types=2,
-                          demographic_signal=0.0, text_style="compact")
-    tokenizer = build_tokenizer([t for c in ("prompt", "chosen", "rejected")
-                                 for t in pop.dataset[c]], 300)
-    return pop.dataset, tokenizer
+    return two_type_population_and_tokenizer(4)
 
 
 class _Declaring(DPOObjective):

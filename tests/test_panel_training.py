@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_inputs import two_type_population_and_tokenizer
 
-from pluralign.data import make_population
 from pluralign.data.schema import SchemaError
 from pluralign.errors import ConfigError
 from pluralign.objectives import (
@@ -21,7 +21,7 @@ from pluralign.objectives import (
     panel_mixdpo_loss,
 )
 from pluralign.strength import Gamma, LogNormal, PointMass
-from pluralign.training import PreferenceConfig, PreferenceTrainer, build_tokenizer, tiny_gpt_neox
+from pluralign.training import PreferenceConfig, PreferenceTrainer, tiny_gpt_neox
 from pluralign.training.sampler import WholeGroupBatchSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -186,11 +186,7 @@ def test_too_few_pairs_for_the_processes_get_one_line():
 # ---------------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def population():
-    pop = make_population(n_annotators=6, pairs_per_annotator=5, n_prompts=8, n_types=2,
-                          demographic_signal=0.0, text_style="compact")
-    tokenizer = build_tokenizer([t for c in ("prompt", "chosen", "rejected")
-                                 for t in pop.dataset[c]], 300)
-    return pop.dataset, tokenizer
+    return two_type_population_and_tokenizer(5)
 
 
 def _args(tmp_path, **kw) -> PreferenceConfig:

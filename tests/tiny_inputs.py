@@ -16,3 +16,16 @@ def save_tiny_population_and_model(root):
                   intermediate_size=32).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     return population
+
+
+def two_type_population_and_tokenizer(pairs_per_annotator: int):
+    """(dataset, tokenizer) of a 6-annotator, two-type compact population without demographic
+    signal, and a tokenizer fitted on its texts (vocabulary 300)."""
+    from pluralign.data.synthetic import make_population
+    from pluralign.training.models import build_tokenizer
+
+    pop = make_population(n_annotators=6, pairs_per_annotator=pairs_per_annotator, n_prompts=8,
+                          n_types=2, demographic_signal=0.0, text_style="compact")
+    tokenizer = build_tokenizer([t for c in ("prompt", "chosen", "rejected")
+                                 for t in pop.dataset[c]], 300)
+    return pop.dataset, tokenizer
