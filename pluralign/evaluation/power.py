@@ -36,6 +36,7 @@ from pluralign.evaluation.strength_fit import (
     StrengthFit,
     cv2_difference_test,
     fit_strength,
+    group_codes,
 )
 
 
@@ -58,6 +59,14 @@ class PowerResult:
         return asdict(self)
 
 
+def panel_wins(margin: np.ndarray, beta: np.ndarray, group: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray:
+    """Simulated labels of the panel model: pair ``j`` of annotator ``group[j]`` prefers its first
+    response with probability σ(β_a Δ_j), one β per annotator (Train 2009 §6.7), one uniform
+    draw per pair; True where the first response wins."""
+    return rng.random(margin.size) < 1.0 / (1.0 + np.exp(-beta[group] * margin))
+
+
 def _simulate(n_pairs: int, pairs_per_annotator: int, cv2: float, mean: float,
               grid: np.ndarray, probs: np.ndarray, rng: np.random.Generator
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +79,7 @@ def _simulate(n_pairs: int, pairs_per_annotator: int, cv2: float, mean: float,
         beta = np.full(n_annotators, mean)
     annotator = np.arange(n_pairs) // pairs_per_annotator
     delta = grid[rng.choice(grid.size, size=n_pairs, p=probs)]
-    wins = rng.random(n_pairs) < 1.0 / (1.0 + np.exp(-beta[annotator] * delta))
-    return np.where(wins, delta, -delta), annotator
+    return np.where(panel_wins(delta, beta, annotator, rng), delta, -delta), annotator
 
 
 def separation_power(
@@ -181,15 +189,14 @@ def power_at_fit(margins: Sequence[float] | np.ndarray, fit: StrengthFit, *,
     rng = np.random.default_rng(seed)
     dist = fit.distribution()
     if panel:
-        _, codes = np.unique(np.asarray(list(groups), dtype=str), return_inverse=True)
+        codes, _ = group_codes(groups, m.size)
     else:
         codes = np.arange(m.size)
     hits = 0
     for _ in range(n_sims):
         beta = dist.sample(int(codes.max()) + 1,
                            generator=torch.Generator().manual_seed(int(rng.integers(2**62)))).numpy()
-        wins = rng.random(m.size) < 1.0 / (1.0 + np.exp(-beta[codes] * m))
-        sim = np.where(wins, m, -m)
+        sim = np.where(panel_wins(m, beta, codes, rng), m, -m)
         try:
             refit = fit_strength(sim, fit.family, n_boot=0, groups=codes if panel else None)
         except EvaluationError:  # one-signed labels: nothing to detect

@@ -261,7 +261,7 @@ def log_likelihood(margins: Any, family: str, params: dict[str, float],
     if groups is None:
         data = _Data(torch.as_tensor(m, dtype=torch.float64), None, m.size)
     else:
-        codes, _ = _group_codes(groups, m.size)
+        codes, _ = group_codes(groups, m.size)
         data = _Data(torch.as_tensor(m, dtype=torch.float64), torch.as_tensor(codes),
                      int(codes.max()) + 1)
     theta = torch.as_tensor(_theta(params, family), dtype=torch.float64)
@@ -316,7 +316,7 @@ def _as_float64(margins: Any) -> np.ndarray:
         raise EvaluationError(f"fit_strength: margins must be numbers ({exc})") from None
 
 
-def _group_codes(groups: Sequence[Any], n: int, what: str = "groups") -> tuple[np.ndarray, int]:
+def group_codes(groups: Sequence[Any], n: int, what: str = "groups") -> tuple[np.ndarray, int]:
     """Integer codes 0..G−1 of annotator ids (or cluster labels); refuses missing ids."""
     values = pd.Series(list(groups) if not isinstance(groups, pd.Series) else groups.to_list())
     if len(values) != n:
@@ -468,7 +468,7 @@ def fit_strength(
     if _MIN_MINORITY <= minority < 20:
         notes.append(f"only {minority} margins on the minority side: the scale of β is weakly "
                      "identified")
-    cluster_codes = None if clusters is None else _group_codes(clusters, m_np.size, "cluster")[0]
+    cluster_codes = None if clusters is None else group_codes(clusters, m_np.size, "cluster")[0]
     multi = n_annotators = n_single = None
     if groups is None:
         # The likelihood depends on the data only through the distinct margins and their counts.
@@ -478,7 +478,7 @@ def fit_strength(
         resample_codes, unit_of = (np.arange(m_np.size) if cluster_codes is None
                                    else cluster_codes), inverse
     else:
-        codes, n_annotators = _group_codes(groups, m_np.size)
+        codes, n_annotators = group_codes(groups, m_np.size)
         sizes = np.bincount(codes, minlength=n_annotators)
         n_single = int((sizes == 1).sum())
         multi = n_annotators - n_single

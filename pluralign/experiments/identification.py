@@ -40,6 +40,7 @@ import pandas as pd
 
 from pluralign.config import config_values
 from pluralign.errors import ConfigError
+from pluralign.evaluation.power import panel_wins
 from pluralign.evaluation.replication import paired_seed_interval
 from pluralign.experiments.base import print_summary
 from pluralign.runs import write_config, write_report, write_table
@@ -133,8 +134,7 @@ def simulate(population: str, cfg: IdentificationConfig, seed: int) -> tuple[np.
         true = x
         cv2 = POPULATIONS[population]
         beta = np.ones(a) if cv2 == 0 else rng.gamma(1 / cv2, cv2, size=a)
-    prefers_first = rng.random(a * n) < 1 / (1 + np.exp(-beta[group] * true))
-    return np.where(prefers_first, x, -x), group
+    return np.where(panel_wins(true, beta, group, rng), x, -x), group
 
 
 # ---------------------------------------------------------------------------------------- fit

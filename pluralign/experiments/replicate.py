@@ -140,7 +140,7 @@ def run_replication(cfg: ReplicateConfig) -> dict[str, Any]:
         write_table(out, "seeds.csv", rows)
         write_report(out, _summarise(cfg, rows))
 
-    done = run_seeds(cfg.seeds, cfg.seed_config, lambda c: train_and_compare(c),
+    done = run_seeds(cfg.seeds, cfg.seed_config, train_and_compare,
                      progress=cfg.progress, desc="replicate", after_seed=summarise)
     return _summarise(cfg, pd.DataFrame([_seed_row(seed, m, cfg.methods)
                                          for seed, m in done.items()]))
