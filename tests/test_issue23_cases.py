@@ -336,3 +336,13 @@ def test_a_runaway_strength_is_flagged_and_a_sane_one_is_not():
 def test_every_refusal_here_is_a_pluralign_error():
     assert issubclass(SocialChoiceError, PluralignError)
     assert issubclass(EvaluationError, PluralignError) and issubclass(SchemaError, PluralignError)
+
+
+@pytest.mark.parametrize("value", [None, 5, ""])
+def test_diagnose_compare_needs_a_file_per_name(tmp_path, capsys, value):
+    """Found by the CLI fuzz test on a fresh clone: compare: {a: null} ended in a TypeError."""
+    (tmp_path / "c.yaml").write_text(json.dumps({"compare": {"a": value}}))
+    assert main(["diagnose", "--config", str(tmp_path / "c.yaml"),
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert "compare" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

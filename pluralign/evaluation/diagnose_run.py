@@ -101,9 +101,10 @@ class DiagnoseConfig(RunFolderOptions):
             check_number(n, "DiagnoseConfig.power_pairs", **COUNT)
         self.by = check_names(self.by, "DiagnoseConfig.by")
         self.runs = check_names(self.runs, "DiagnoseConfig.runs") if self.runs else []
-        if not isinstance(self.compare, dict):
+        if not isinstance(self.compare, dict) or not all(
+                isinstance(f, str) and f for f in self.compare.values()):
             raise ConfigError(f"DiagnoseConfig.compare={self.compare!r} is invalid; use a "
-                                  "mapping name -> margins file, e.g. compare.prism=a.csv")
+                              "mapping name -> margins file, e.g. compare.prism=a.csv")
 
 
 def run_diagnosis(config: DiagnoseConfig) -> dict[str, Any]:
